@@ -1,0 +1,90 @@
+"""Numpy kernels of residual quantisation: the encode path executors run without torch.
+
+The code contract, shared with the torch kernels in ``_torch_ops``:
+
+* scores are the float32 formula ``||c||^2 - 2 r.c`` (``||r||^2`` is constant per row);
+* a row whose best score is within ``margin`` of another centroid's is *ambiguous*: float32
+  rounding (which differs between BLAS libraries, CPUs and GPUs) could decide it. Those rows,
+  and only those, are decided again by the float64 squared distance over the near candidates,
+  ties to the lowest index. ``margin`` bounds the float32 error of the formula (Higham's
+  gamma_d bound for a length-d dot product), so the exact winner is always among the
+  candidates and every backend returns the same code.
+
+Everything here takes already-validated, C-contiguous float32 input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32_EPS = float(np.finfo(np.float32).eps)
+ENCODE_CHUNK = 1024  # rows per GEMM block: keeps the (chunk, K) score block in cache
+
+
+def sq_norms(codebook: np.ndarray) -> np.ndarray:  # (k, d) -> (k,) float32, summed in float64
+    c = codebook.astype(np.float64)
+    return np.einsum("kd,kd->k", c, c).astype(np.float32)
+
+
+def tie_margin(dim: int, row_sq_norm: np.ndarray, max_code_sq_norm: float) -> np.ndarray:
+    """Bound on |float32 score difference - exact difference| for rows with the given norms."""
+    return (dim + 8) * F32_EPS * (row_sq_norm + np.float32(max_code_sq_norm))
+
+
+def exact_nearest(
+    residual: np.ndarray, codebook: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Float64 nearest among candidate (row, col) pairs, ties to the lowest col.
+
+    ``rows`` must be sorted ascending (as ``np.nonzero`` returns them); returns one code per
+    distinct row, in row order.
+    """
+    diff = residual[rows].astype(np.float64) - codebook[cols].astype(np.float64)
+    dist = np.einsum("nd,nd->n", diff, diff)
+    order = np.lexsort((cols, dist, rows))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    return cols[order][first]
+
+
+def nearest_codes(
+    residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray
+) -> np.ndarray:  # (n, d), (k, d), (k,) -> (n,) int64
+    """Index of the nearest centroid for each row, by the contract in the module docstring."""
+    scores = residual @ codebook.T  # (n, k)
+    scores *= -2.0
+    scores += code_sq_norms
+    codes = scores.argmin(axis=1)
+    best = np.take_along_axis(scores, codes[:, None], axis=1)
+    row_sq = np.einsum("nd,nd->n", residual, residual)
+    best += tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))[:, None]
+    near = scores <= best  # (n, k); the winner itself is always near
+    ambiguous = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+    if len(ambiguous):
+        rows, cols = np.nonzero(near[ambiguous])
+        codes[ambiguous] = exact_nearest(residual[ambiguous], codebook, rows, cols)
+    return codes
+
+
+def encode_residual(
+    x: np.ndarray, codebooks: list[np.ndarray], *, chunk: int = ENCODE_CHUNK
+) -> np.ndarray:  # (n, d), L x (k_l, d) -> (n, L) int32
+    """Greedy residual encoding: at each level the nearest centroid, then subtract it."""
+    n_levels = len(codebooks)
+    norms = [sq_norms(c) for c in codebooks]
+    codes = np.empty((len(x), n_levels), dtype=np.int32)
+    for start in range(0, len(x), chunk):
+        residual = x[start : start + chunk].copy()
+        for level, codebook in enumerate(codebooks):
+            level_codes = nearest_codes(residual, codebook, norms[level])
+            codes[start : start + chunk, level] = level_codes
+            residual -= codebook[level_codes]
+    return codes
+
+
+def decode_codes(codes: np.ndarray, codebooks: list[np.ndarray], dim: int) -> np.ndarray:
+    """Sum of the chosen centroids: (n, L') codes with L' <= L -> (n, dim) float32."""
+    out = np.zeros((len(codes), dim), dtype=np.float32)
+    for level in range(codes.shape[1]):
+        out += codebooks[level][codes[:, level]]
+    return out

@@ -1,0 +1,102 @@
+"""Model files: plain arrays in ``codebooks.npz`` beside a JSON ``metadata.json``.
+
+Never a pickle: arrays are read with ``allow_pickle=False``. Files we write also carry a
+format version and the sha256 of the arrays, checked on load, so a damaged or edited file
+is refused; files written by semantic-id 0.2.5 (no digest) load as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from semid_spark.exceptions import ModelFormatError
+
+METADATA_FILE = "metadata.json"
+ARRAYS_FILE = "codebooks.npz"
+FORMAT_VERSION = 1
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Digest of named arrays: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_write(path: str, write: Any, suffix: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_model(path: str, metadata: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """Write *arrays* and *metadata* (plus format version and sha256) into directory *path*.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a
+    half-written file under the final name. Returns the sha256.
+    """
+    os.makedirs(path, exist_ok=True)
+    sha = arrays_sha256(arrays)
+    meta = {**metadata, "format_version": FORMAT_VERSION, "sha256": sha}
+    _atomic_write(os.path.join(path, ARRAYS_FILE), lambda fh: np.savez(fh, **arrays), ".npz")
+    text = json.dumps(meta, indent=2, sort_keys=True).encode()
+    _atomic_write(os.path.join(path, METADATA_FILE), lambda fh: fh.write(text), ".json")
+    return sha
+
+
+def load_model(path: str, *, expected_type: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a model directory; verify type, format version and digest.
+
+    Raises
+    ------
+    ModelFormatError
+        For a missing or unreadable file, another model type, a newer format, an array
+        that needs pickle, or a digest that does not match the arrays.
+    """
+    meta_path, arrays_path = os.path.join(path, METADATA_FILE), os.path.join(path, ARRAYS_FILE)
+    for required in (meta_path, arrays_path):
+        if not os.path.isfile(required):
+            raise ModelFormatError(f"model file {required!r} is missing; is {path!r} a saved model?")
+    try:
+        with open(meta_path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{meta_path!r} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("type") != expected_type:
+        found = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelFormatError(f"{path!r} holds a model of type {found!r}, expected {expected_type!r}")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path!r} has format_version={version!r}; this semid_spark reads up to {FORMAT_VERSION}"
+        )
+    if not zipfile.is_zipfile(arrays_path):
+        raise ModelFormatError(f"{arrays_path!r} is damaged or not an .npz file")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as exc:  # object arrays would need pickle: refused
+        raise ModelFormatError(f"{arrays_path!r} holds arrays that need pickle; refused: {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFormatError(f"{arrays_path!r} is damaged or not an .npz file: {exc}") from None
+    if "sha256" in meta and arrays_sha256(arrays) != meta["sha256"]:
+        raise ModelFormatError(
+            f"{arrays_path!r} does not match the sha256 in {meta_path!r}: the file is damaged or was edited"
+        )
+    return meta, arrays

@@ -1,0 +1,245 @@
+"""RQ-KMeans: residual k-means, a drop-in for semantic-id 0.2.5's ``RQKMeans``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from semid_spark.algorithms import _ops, io
+from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
+from semid_spark.exceptions import ConfigError, EmptyClusterWarning, InvalidInputError, NotFittedError
+
+log = logging.getLogger(__name__)
+
+SEED_SAMPLE_PER_CLUSTER = 64  # k-means++ seeds on at most this many points per cluster
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    level: int
+    n_clusters: int
+    n_iter: int
+    inertia: float  # mean squared residual after this level
+    n_empty: int
+
+
+def _torch_device(device: str):
+    """Validate a device string and return the torch device (torch is imported here, lazily)."""
+    if not isinstance(device, str) or not (
+        device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
+    ):
+        raise ConfigError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but torch.backends.mps.is_available() is False")
+    return torch.device(device)
+
+
+class RQKMeans(BaseSemanticEncoder):
+    """Residual quantisation with k-means: level l clusters the residuals left by levels < l.
+
+    Parameters
+    ----------
+    n_levels : int, number of levels L (>= 1)
+    n_clusters : int or list of L ints (>= 2), codebook size per level; stored as a list
+    metric : ``"l2"`` only; ``"cosine"`` raises ``NotImplementedError`` (normalise the
+        embeddings first: on unit vectors l2 and cosine rank neighbours alike)
+    implementation : ``"kmeans"`` or ``"constrained"`` (balanced: at fit time every cluster
+        holds exactly N//K or N//K+1 of the level's points). ``encode`` afterwards is plain
+        nearest-centroid, so on new data the sizes are only as balanced as the data allows.
+    max_iter, tol : Lloyd stops after max_iter iterations or when the summed squared center
+        shift is <= tol * mean feature variance of the level's input (scikit-learn's rule)
+    random_state : int or None; the same seed gives the same codebooks bit for bit on the
+        same device; no global random state is read or changed
+    n_init : restarts per level keeping the lowest inertia; None means 1 (k-means++ seeding
+        makes more restarts rarely worth their cost)
+
+    Attributes
+    ----------
+    codebooks_ : list of L float32 arrays of shape (K_l, D)
+    D_ : int, embedding dimension
+    level_stats_ : list of LevelStats
+    """
+
+    def __init__(
+        self,
+        n_levels: int = 4,
+        n_clusters: int | Sequence[int] = 256,
+        metric: Literal["l2", "cosine"] = "l2",
+        implementation: Literal["kmeans", "constrained"] = "kmeans",
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        random_state: int | None = None,
+        verbose: bool = False,
+        n_init: int | None = None,
+    ):
+        if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
+            raise ConfigError(f"n_levels={n_levels!r}; expected an int >= 1")
+        if isinstance(n_clusters, (int, np.integer)) and not isinstance(n_clusters, bool):
+            sizes = [int(n_clusters)] * n_levels
+        else:
+            sizes = [int(k) for k in n_clusters]
+            if len(sizes) != n_levels:
+                raise ConfigError(f"len(n_clusters)={len(sizes)} must match n_levels={n_levels}")
+        if any(k < 2 for k in sizes):
+            raise ConfigError(f"n_clusters={sizes}; every level needs >= 2 clusters")
+        if metric == "cosine":
+            raise NotImplementedError("metric='cosine' is not implemented; normalise X and use metric='l2'")
+        if metric != "l2":
+            raise ConfigError(f"unknown metric {metric!r}; expected 'l2'")
+        if implementation not in ("kmeans", "constrained"):
+            raise ConfigError(f"unknown implementation {implementation!r}; expected 'kmeans' or 'constrained'")
+        if max_iter < 1 or tol < 0 or (n_init is not None and n_init < 1):
+            raise ConfigError(f"max_iter={max_iter}, tol={tol}, n_init={n_init}; expected >= 1, >= 0, >= 1")
+        self.n_levels = n_levels
+        self.n_clusters = sizes
+        self.metric = metric
+        self.implementation = implementation
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.verbose = verbose
+        self.n_init = n_init
+        self.codebooks_: list[np.ndarray] = []
+        self.D_: int | None = None
+        self.level_stats_: list[LevelStats] = []
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: ArrayLike, *, device: str = "cpu") -> "RQKMeans":
+        """Learn one codebook per level from X of shape (N, D); returns self."""
+        x = check_embeddings(X)
+        if len(x) < max(self.n_clusters):
+            raise InvalidInputError(
+                f"n_samples={len(x)} should be >= n_clusters={max(self.n_clusters)}"
+            )
+        torch_device = _torch_device(device)
+        import torch
+
+        from semid_spark.algorithms import _torch_ops
+
+        seeds = np.random.SeedSequence(self.random_state).spawn(self.n_levels)
+        codebooks, stats = [], []
+        with _torch_ops.full_fp32_matmul(), torch.no_grad():
+            residual = torch.from_numpy(x).to(torch_device)
+            for level, k in enumerate(self.n_clusters):
+                rng = np.random.default_rng(seeds[level])
+                centers, n_iter = self._fit_level(residual, k, rng, _torch_ops)
+                codebook = centers.float().cpu().numpy()
+                codes = _torch_ops.nearest_codes(residual, centers, _torch_ops.sq_norms(centers))
+                residual = residual - centers[codes]
+                inertia = float((residual * residual).sum(dim=1).mean())
+                n_empty = int((torch.bincount(codes, minlength=k) == 0).sum())
+                if n_empty:
+                    warnings.warn(f"level {level}: {n_empty} of {k} clusters are empty", EmptyClusterWarning)
+                stats.append(LevelStats(level, k, n_iter, inertia, n_empty))
+                codebooks.append(np.ascontiguousarray(codebook, dtype=np.float32))
+                log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, self.n_levels, k, n_iter, inertia, n_empty)
+        self.codebooks_, self.D_, self.level_stats_ = codebooks, x.shape[1], stats
+        return self
+
+    def _fit_level(self, x, k: int, rng: np.random.Generator, ops):
+        """Best of n_init runs of k-means++ then Lloyd on x (n, d): returns (centers, n_iter)."""
+        import torch
+
+        n = len(x)
+        tol_abs = self.tol * float(x.var(dim=0).mean())
+        best = None
+        for _ in range(self.n_init or 1):
+            n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
+            sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
+            init = ops.kmeans_plus_plus(x[torch.from_numpy(sample).to(x.device)], k, rng)
+            centers, n_iter = ops.lloyd(
+                x, init, max_iter=self.max_iter, tol=tol_abs, balanced=self.implementation == "constrained"
+            )
+            inertia = float(ops.assign(x, centers)[1].double().sum())
+            if best is None or inertia < best[0]:
+                best = (inertia, centers, n_iter)
+        return best[1], best[2]
+
+    # ------------------------------------------------------------------ using a model
+    def _check_fitted(self) -> None:
+        if not self.codebooks_ or self.D_ is None:
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() first")
+
+    def encode(self, X: ArrayLike, *, device: str = "cpu", batch_size: int | None = None) -> np.ndarray:
+        """Codes (N, L) int32: at each level the nearest centroid to the residual.
+
+        Ties go to the lowest index, and the numpy ("cpu") and torch (cuda/mps) paths give
+        identical codes (see ``_ops``). ``batch_size`` only bounds memory.
+        """
+        self._check_fitted()
+        x = check_embeddings(X, dim=self.D_)
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size}; expected >= 1 or None")
+        if device == "cpu":
+            return _ops.encode_residual(x, self.codebooks_, chunk=min(batch_size or _ops.ENCODE_CHUNK, _ops.ENCODE_CHUNK))
+        torch_device = _torch_device(device)
+        from semid_spark.algorithms import _torch_ops
+
+        return _torch_ops.encode_residual(x, self.codebooks_, torch_device, chunk=batch_size or 65536)
+
+    def decode(self, codes: ArrayLike) -> np.ndarray:
+        """Sum of the chosen centroids: (N, L') codes, L' <= L, -> (N, D) float32."""
+        self._check_fitted()
+        arr = check_codes(codes)
+        if arr.shape[1] > self.n_levels:
+            raise InvalidInputError(f"codes have {arr.shape[1]} levels; this model has {self.n_levels}")
+        for level in range(arr.shape[1]):
+            k = len(self.codebooks_[level])
+            bad = (arr[:, level] < 0) | (arr[:, level] >= k)
+            if n_bad := int(bad.sum()):
+                raise InvalidInputError(
+                    f"{n_bad} codes at level {level} are outside [0, {k}) (first at row {int(np.flatnonzero(bad)[0])})"
+                )
+        return _ops.decode_codes(arr, self.codebooks_, self.D_)
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the codebooks: the model's identity, stamped on every ID the job writes."""
+        self._check_fitted()
+        return io.arrays_sha256(self._arrays())
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {f"codebook_{i}": cb for i, cb in enumerate(self.codebooks_)}
+
+    def save(self, path: str) -> None:
+        """Write ``metadata.json`` + ``codebooks.npz`` (with sha256) into directory *path*."""
+        self._check_fitted()
+        meta = {
+            "type": "RQKMeans", "n_levels": self.n_levels, "n_clusters": self.n_clusters,
+            "metric": self.metric, "implementation": self.implementation, "max_iter": self.max_iter,
+            "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
+        }
+        io.save_model(path, meta, self._arrays())
+
+    @classmethod
+    def load(cls, path: str, *, device: str = "cpu") -> "RQKMeans":
+        """Read a model saved by ``save`` (or by semantic-id 0.2.5); the digest is verified."""
+        meta, arrays = io.load_model(path, expected_type="RQKMeans")
+        try:
+            model = cls(
+                n_levels=meta["n_levels"], n_clusters=meta["n_clusters"], metric=meta.get("metric", "l2"),
+                implementation=meta.get("implementation", "kmeans"), max_iter=meta.get("max_iter", 100),
+                tol=meta.get("tol", 1e-4), random_state=meta.get("random_state"), n_init=meta.get("n_init"),
+            )
+            books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(model.n_levels)]
+            dim = int(meta["D"])
+        except (KeyError, TypeError, ConfigError) as exc:
+            from semid_spark.exceptions import ModelFormatError
+
+            raise ModelFormatError(f"{path!r}: metadata and arrays do not describe a model: {exc!r}") from None
+        for i, (book, k) in enumerate(zip(books, model.n_clusters)):
+            if book.shape != (k, dim):
+                from semid_spark.exceptions import ModelFormatError
+
+                raise ModelFormatError(f"{path!r}: codebook_{i} has shape {book.shape}, expected {(k, dim)}")
+        model.codebooks_, model.D_ = books, dim
+        return model

@@ -1,0 +1,156 @@
+"""Shared pieces of every encoder: input validation, ID formatting, the encoder base class.
+
+Nothing here imports torch or pyspark, so the module is safe to import on a Spark
+executor or in a notebook without a GPU.
+"""
+
+from __future__ import annotations
+
+import string
+from abc import ABC, abstractmethod
+from typing import Callable, Literal, Sequence, Union
+
+import numpy as np
+
+from semid_spark.exceptions import InvalidInputError, ShapeMismatchError
+
+ArrayLike = Union[np.ndarray, Sequence[Sequence[float]]]
+IdFormat = Literal["plain", "token"]
+Formatter = Callable[[np.ndarray], str]
+
+_TOKEN_LETTERS = string.ascii_lowercase
+
+
+def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -> np.ndarray:
+    """Return *x* as a C-contiguous float32 array of shape (n_items, dim), or raise.
+
+    Raises
+    ------
+    ShapeMismatchError
+        When *x* is ragged, not 2-D, has no rows, or its width is not *dim*.
+    InvalidInputError
+        When rows hold NaN or Inf (after conversion to float32, so values beyond
+        float32's range count as Inf); the message gives how many rows and the first.
+    """
+    try:
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(x, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ShapeMismatchError(
+            f"{name} must be a 2-D array (N, D) of numbers; could not convert it: {exc}"
+        ) from None
+    if arr.ndim != 2:
+        raise ShapeMismatchError(
+            f"Expected 2-D input (N, D) for {name}, got a {arr.ndim}-D array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ShapeMismatchError(f"{name} must contain at least one sample (N > 0), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ShapeMismatchError(f"Expected D={dim}, got D={arr.shape[1]} for {name} of shape {arr.shape}")
+    bad_rows = ~np.isfinite(arr).all(axis=1)
+    if n_bad := int(bad_rows.sum()):
+        first = int(np.flatnonzero(bad_rows)[0])
+        raise InvalidInputError(
+            f"{name} contains NaN or Inf values in {n_bad} of {arr.shape[0]} rows (first at row {first})"
+        )
+    return arr
+
+
+def check_codes(codes: ArrayLike, *, name: str = "codes") -> np.ndarray:
+    """Return *codes* as a 2-D int64 array (n_items, n_levels), or raise.
+
+    Raises
+    ------
+    ShapeMismatchError
+        When *codes* is not 2-D or has no columns.
+    InvalidInputError
+        When *codes* holds non-integer values.
+    """
+    arr = np.asarray(codes)
+    if arr.ndim != 2:
+        raise ShapeMismatchError(f"Expected 2-D {name} (N, L), got a {arr.ndim}-D array of shape {arr.shape}")
+    if arr.shape[1] == 0 and arr.shape[0] > 0:
+        raise ShapeMismatchError(f"{name} must have at least one level, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+        if arr.size:
+            raise InvalidInputError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def codes_to_ids(
+    codes: ArrayLike,
+    *,
+    sep: str = "-",
+    fmt: IdFormat = "plain",
+    formatter: Formatter | None = None,
+) -> list[str]:
+    """Join each row of per-level codes into one semantic ID string.
+
+    Parameters
+    ----------
+    codes : array of shape (n_items, n_levels), integer
+    sep : separator for ``fmt="plain"``
+    fmt : ``"plain"`` gives ``"3-9-1"``; ``"token"`` gives ``"<a_3><b_9><c_1>"``, with one
+        letter per level that wraps after ``z``
+    formatter : callable taking one row of shape (n_levels,) and returning its ID;
+        when given, *sep* and *fmt* are ignored
+
+    Examples
+    --------
+    >>> codes_to_ids(np.array([[3, 9, 1]]))
+    ['3-9-1']
+    >>> codes_to_ids(np.array([[3, 9, 1]]), fmt="token")
+    ['<a_3><b_9><c_1>']
+    """
+    arr = check_codes(codes)
+    if formatter is not None:
+        return [formatter(row) for row in arr]
+    if fmt == "plain":
+        return [sep.join(row) for row in arr.astype(str).tolist()]
+    if fmt == "token":
+        n_levels = arr.shape[1]
+        prefixes = [f"<{_TOKEN_LETTERS[lvl % len(_TOKEN_LETTERS)]}_" for lvl in range(n_levels)]
+        return ["".join(p + c + ">" for p, c in zip(prefixes, row)) for row in arr.astype(str).tolist()]
+    raise ValueError(f"unknown fmt {fmt!r}; expected 'plain' or 'token'")
+
+
+class BaseSemanticEncoder(ABC):
+    """Base class of every encoder: subclass it to plug a custom encoder into the engine.
+
+    A subclass implements ``fit``, ``encode``, ``save`` and ``load``; ``decode`` is optional.
+    ``semantic_id`` turns codes into strings the same way for every encoder.
+    """
+
+    @abstractmethod
+    def fit(self, X: ArrayLike, *, device: str = "cpu") -> "BaseSemanticEncoder":
+        """Learn the codebooks from embeddings of shape (N, D); return ``self``."""
+
+    @abstractmethod
+    def encode(self, X: ArrayLike, *, device: str = "cpu", batch_size: int | None = None) -> np.ndarray:
+        """Map embeddings of shape (N, D) to int32 codes of shape (N, L)."""
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Approximate the embeddings of shape (N, D) that *codes* stand for."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement decode")
+
+    def semantic_id(
+        self,
+        codes: np.ndarray,
+        *,
+        sep: str = "-",
+        fmt: IdFormat = "plain",
+        formatter: Formatter | None = None,
+    ) -> list[str]:
+        """Format codes of shape (N, L) as ID strings; see :func:`codes_to_ids`."""
+        return codes_to_ids(codes, sep=sep, fmt=fmt, formatter=formatter)
+
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write the model to the directory *path* (created if absent)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, *, device: str = "cpu") -> "BaseSemanticEncoder":
+        """Read a model written by ``save``."""

@@ -1,0 +1,38 @@
+"""The errors semid_spark raises on purpose.
+
+``SemanticIdError`` is the root of every error raised deliberately, so callers
+can catch ours without catching everything. Each subclass also derives from the
+builtin a caller would naturally catch (``ValueError``, ``AttributeError``), and
+keeps the names of semantic-id 0.2.5 so code written against it still catches
+what it expects.
+"""
+
+from __future__ import annotations
+
+
+class SemanticIdError(Exception):
+    """Root of all errors raised on purpose by semid_spark."""
+
+
+class ConfigError(SemanticIdError, ValueError):
+    """Raised for a parameter or configuration value outside its valid range."""
+
+
+class InvalidInputError(SemanticIdError, ValueError):
+    """Raised for input data that cannot be used: NaN/Inf rows, out-of-range codes, bad keys."""
+
+
+class ShapeMismatchError(InvalidInputError):
+    """Raised for input that is not 2-D, is empty, or has the wrong dimension."""
+
+
+class NotFittedError(SemanticIdError, AttributeError):
+    """Raised when a method that needs a fitted model is called before ``fit``."""
+
+
+class ModelFormatError(SemanticIdError, ValueError):
+    """Raised when saved model files are missing, damaged, or of an unknown format."""
+
+
+class EmptyClusterWarning(UserWarning):
+    """Warned when k-means leaves clusters empty after re-seeding (too few distinct points)."""

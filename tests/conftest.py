@@ -1,0 +1,20 @@
+import numpy as np
+import pytest
+
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+
+def make_catalog(n: int = 1500, dim: int = 16, n_topics: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    topics = rng.standard_normal((n_topics, dim)).astype(np.float32)
+    return topics[rng.integers(0, n_topics, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def X() -> np.ndarray:
+    return make_catalog()
+
+
+@pytest.fixture(scope="session")
+def fitted(X) -> RQKMeans:
+    return RQKMeans(n_levels=3, n_clusters=10, random_state=42).fit(X)
