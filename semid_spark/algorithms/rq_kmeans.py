@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -12,7 +11,9 @@ import numpy as np
 
 from semid_spark.algorithms import _ops, io
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
-from semid_spark.exceptions import ConfigError, EmptyClusterWarning, InvalidInputError, NotFittedError
+from semid_spark.exceptions import (
+    ConfigError, EmptyClusterWarning, InvalidInputError, ModelFormatError, NotFittedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +234,9 @@ class RQKMeans(BaseSemanticEncoder):
             books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(model.n_levels)]
             dim = int(meta["D"])
         except (KeyError, TypeError, ConfigError) as exc:
-            from semid_spark.exceptions import ModelFormatError
-
             raise ModelFormatError(f"{path!r}: metadata and arrays do not describe a model: {exc!r}") from None
         for i, (book, k) in enumerate(zip(books, model.n_clusters)):
             if book.shape != (k, dim):
-                from semid_spark.exceptions import ModelFormatError
-
                 raise ModelFormatError(f"{path!r}: codebook_{i} has shape {book.shape}, expected {(k, dim)}")
         model.codebooks_, model.D_ = books, dim
         return model
