@@ -54,14 +54,17 @@ def nearest_codes(
     scores = residual @ codebook.T  # (n, k)
     scores *= -2.0
     scores += code_sq_norms
+    rows = np.arange(len(scores))
     codes = scores.argmin(axis=1)
-    best = np.take_along_axis(scores, codes[:, None], axis=1)
+    best = scores[rows, codes]
+    scores[rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
+    runner_up = scores.min(axis=1)
     row_sq = np.einsum("nd,nd->n", residual, residual)
-    best += tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))[:, None]
-    near = scores <= best  # (n, k); the winner itself is always near
-    ambiguous = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+    limit = best + tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))
+    ambiguous = np.flatnonzero(runner_up <= limit)
     if len(ambiguous):
-        rows, cols = np.nonzero(near[ambiguous])
+        scores[ambiguous, codes[ambiguous]] = best[ambiguous]
+        rows, cols = np.nonzero(scores[ambiguous] <= limit[ambiguous, None])
         codes[ambiguous] = exact_nearest(residual[ambiguous], codebook, rows, cols)
     return codes
 
