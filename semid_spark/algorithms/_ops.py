@@ -54,10 +54,10 @@ def nearest_codes(
     scores = residual @ codebook.T  # (n, k)
     scores *= -2.0
     scores += code_sq_norms
-    rows = np.arange(len(scores))
+    all_rows = np.arange(len(scores))
     codes = scores.argmin(axis=1)
-    best = scores[rows, codes]
-    scores[rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
+    best = scores[all_rows, codes]
+    scores[all_rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
     runner_up = scores.min(axis=1)
     row_sq = np.einsum("nd,nd->n", residual, residual)
     limit = best + tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))

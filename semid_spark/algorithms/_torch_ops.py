@@ -43,13 +43,17 @@ def nearest_codes(
     residual: torch.Tensor, codebook: torch.Tensor, code_sq_norms: torch.Tensor
 ) -> torch.Tensor:  # (n, d), (k, d), (k,) -> (n,) int64, identical to _ops.nearest_codes
     scores = torch.addmm(code_sq_norms, residual, codebook.T, alpha=-2.0)  # (n, k)
+    all_rows = torch.arange(len(scores), device=scores.device)
     best, codes = scores.min(dim=1)
+    scores[all_rows, codes] = torch.inf  # the runner-up decides whether the row is ambiguous
+    runner_up = scores.min(dim=1).values
     row_sq = (residual * residual).sum(dim=1)
-    margin = (residual.shape[1] + 8) * _ops.F32_EPS * (row_sq + code_sq_norms.max())
-    near = scores <= (best + margin)[:, None]
-    ambiguous = torch.nonzero(near.sum(dim=1) > 1).flatten()
+    limit = best + _ops.tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))
+    ambiguous = torch.nonzero(runner_up <= limit).flatten()
     if len(ambiguous):
-        rows, cols = np.nonzero(near[ambiguous].cpu().numpy())
+        scores[ambiguous, codes[ambiguous]] = best[ambiguous]
+        near = scores[ambiguous] <= limit[ambiguous, None]
+        rows, cols = np.nonzero(near.cpu().numpy())
         exact = _ops.exact_nearest(
             residual[ambiguous].cpu().numpy(), codebook.cpu().numpy(), rows, cols
         )

@@ -21,6 +21,10 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
+def _recon_mse(model, x: np.ndarray, codes: np.ndarray) -> float:
+    return float(((x - model.decode(codes)) ** 2).sum(1).mean())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
@@ -34,13 +38,13 @@ def main() -> int:
     ours = RQKMeans(n_levels=args.levels, n_clusters=args.clusters, random_state=0)
     _, fit_s = _timed(lambda: ours.fit(x))
     codes, enc_s = _timed(lambda: ours.encode(x))
-    rows["semid_spark"] = (fit_s, enc_s, float(((x - ours.decode(codes)) ** 2).sum(1).mean()))
+    rows["semid_spark"] = (fit_s, enc_s, _recon_mse(ours, x, codes))
     from semantic_id.algorithms.rq_kmeans import RQKMeans as Original
 
     original = Original(n_levels=args.levels, n_clusters=args.clusters, random_state=0, n_init=args.original_n_init)
     _, fit_s = _timed(lambda: original.fit(x))
     codes, enc_s = _timed(lambda: original.encode(x))
-    rows[f"semantic-id 0.2.5 (n_init={args.original_n_init})"] = (fit_s, enc_s, float(((x - original.decode(codes)) ** 2).sum(1).mean()))
+    rows[f"semantic-id 0.2.5 (n_init={args.original_n_init})"] = (fit_s, enc_s, _recon_mse(original, x, codes))
     print(f"{args.items}x{args.dim}, {args.levels} levels x {args.clusters}")
     print(f"{'':34s} {'fit s':>8s} {'encode s':>9s} {'encode rows/s':>14s} {'recon MSE':>10s}")
     for name, (f, e, m) in rows.items():
