@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench-fit clean
+.PHONY: demo test test-heavy bench-fit bench-ids clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,6 @@ clean:
 
 bench-fit: $(STAMP)
 	$(PY) -m semid_spark.bench.fit_compare
+
+bench-ids: $(STAMP)
+	$(PY) -m semid_spark.bench.ids_compare

@@ -36,3 +36,19 @@ class ModelFormatError(SemanticIdError, ValueError):
 
 class EmptyClusterWarning(UserWarning):
     """Warned when k-means leaves clusters empty after re-seeding (too few distinct points)."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """Raised for duplicate item keys in one call, or IDs that were already issued to other items."""
+
+
+class CounterOverflowError(InvalidInputError):
+    """Raised when more items share one code than the fixed-length counter level can number."""
+
+
+class ModelMismatchError(SemanticIdError, ValueError):
+    """Raised when a store or table holds the IDs of another model than the one in use."""
+
+
+class StoreError(SemanticIdError):
+    """Raised when a collision store cannot be opened or written, or has an unknown schema."""
