@@ -313,7 +313,8 @@ class SQLiteCollisionStore(CollisionStore):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
                     raise self._store_error(exc) from exc
                 raise
