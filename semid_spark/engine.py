@@ -97,6 +97,7 @@ class SemanticIdEngine:
         bases = self.encoder.semantic_id(codes, sep=sep, fmt=fmt, formatter=formatter)
         return self.unique_resolver.assign(
             bases, sep=sep, fmt=fmt, item_ids=item_ids, keys=keys, model_sha256=_model_sha256(self.encoder),
+            codes=codes, embeddings=X, encoder=self.encoder, formatter=formatter,  # for SinkhornResolver
         )
 
     # ------------------------------------------------------------------ persistence

@@ -91,3 +91,76 @@ def decode_codes(codes: np.ndarray, codebooks: list[np.ndarray], dim: int) -> np
     for level in range(codes.shape[1]):
         out += codebooks[level][codes[:, level]]
     return out
+
+
+# ---------------------------------------------------------------------------- RQ-VAE
+# An encoder MLP's float32 output differs between BLAS libraries and devices by far more
+# than one dot product's rounding, so the contract above is widened for learned latents:
+# a row is *unsure* when at some level its runner-up is within LATENT_SLACK * (||r||^2 +
+# max ||c||^2) of the best score, and unsure rows are encoded again from the input in float64
+# (MLP and distances) by ``exact_latent_codes``, which every backend calls. The slack is ~30x
+# the float32 error of a 4-layer MLP of width 512, so sure rows agree everywhere.
+LATENT_SLACK = 1e-3
+
+
+def mlp_forward(
+    x: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray], *, residual: bool,
+    dtype: type = np.float32,
+) -> np.ndarray:  # (n, d_in), weights (d_out, d_in) per layer -> (n, d_out); ReLU between layers
+    h = x.astype(dtype, copy=False)
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = h @ w.T.astype(dtype, copy=False) + b.astype(dtype, copy=False)
+        if i < len(weights) - 1:
+            np.maximum(h, 0, out=h)
+    return x.astype(dtype, copy=False) + h if residual else h
+
+
+def codes_with_slack(
+    z: np.ndarray, codebooks: list[np.ndarray], norms: list[np.ndarray], slack: float = LATENT_SLACK
+) -> tuple[np.ndarray, np.ndarray]:  # (n, e) -> codes (n, L) int32, unsure (n,) bool
+    residual, unsure = z.copy(), np.zeros(len(z), dtype=bool)
+    codes = np.empty((len(z), len(codebooks)), dtype=np.int32)
+    rows = np.arange(len(z))
+    for level, (codebook, norm) in enumerate(zip(codebooks, norms)):
+        scores = residual @ codebook.T
+        scores *= -2.0
+        scores += norm
+        level_codes = scores.argmin(axis=1)
+        best = scores[rows, level_codes]
+        scores[rows, level_codes] = np.inf
+        gap = scores.min(axis=1) - best
+        row_sq = np.einsum("nd,nd->n", residual, residual)
+        unsure |= gap <= slack * (row_sq + float(norm.max()))
+        codes[:, level] = level_codes
+        residual -= codebook[level_codes]
+    return codes, unsure
+
+
+def exact_latent_codes(
+    x: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray], residual: bool,
+    codebooks: list[np.ndarray],
+) -> np.ndarray:  # (n, d_in) -> (n, L) int32, float64 throughout, ties to the lowest index
+    r = mlp_forward(x, weights, biases, residual=residual, dtype=np.float64)
+    codes = np.empty((len(x), len(codebooks)), dtype=np.int32)
+    for level, codebook in enumerate(codebooks):
+        c = codebook.astype(np.float64)
+        dist = np.einsum("nd,nd->n", r, r)[:, None] - 2.0 * (r @ c.T) + np.einsum("kd,kd->k", c, c)
+        codes[:, level] = dist.argmin(axis=1)
+        r = r - c[codes[:, level]]
+    return codes
+
+
+def encode_latent(
+    x: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray], residual: bool,
+    codebooks: list[np.ndarray], *, chunk: int = ENCODE_CHUNK,
+) -> np.ndarray:  # (n, d_in) -> (n, L) int32: the encoder MLP, then residual codes
+    norms = [sq_norms(c) for c in codebooks]
+    codes = np.empty((len(x), len(codebooks)), dtype=np.int32)
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk]
+        z = mlp_forward(block, weights, biases, residual=residual)
+        block_codes, unsure = codes_with_slack(z, codebooks, norms)
+        if unsure.any():
+            block_codes[unsure] = exact_latent_codes(block[unsure], weights, biases, residual, codebooks)
+        codes[start : start + chunk] = block_codes
+    return codes

@@ -309,3 +309,43 @@ def balanced_assign(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         labels[left] = sub_labels
     _improve_by_swaps(x, centers, costs, ids, labels)
     return labels
+
+
+# ---------------------------------------------------------------------------- RQ-VAE encode
+def encode_latent(
+    x: np.ndarray, weights: list[np.ndarray], biases: list[np.ndarray], residual: bool,
+    codebooks: list[np.ndarray], device: torch.device, *, chunk: int = 65536,
+) -> np.ndarray:  # (n, d_in) -> (n, L) int32, identical to _ops.encode_latent
+    ws = [torch.from_numpy(w).to(device) for w in weights]
+    bs = [torch.from_numpy(b).to(device) for b in biases]
+    books = [torch.from_numpy(c).to(device) for c in codebooks]
+    norms = [sq_norms(c) for c in books]
+    codes = np.empty((len(x), len(books)), dtype=np.int32)
+    with full_fp32_matmul(), torch.no_grad():
+        for start in range(0, len(x), chunk):
+            block = torch.from_numpy(x[start : start + chunk]).to(device)
+            h = block
+            for i, (w, b) in enumerate(zip(ws, bs)):
+                h = torch.addmm(b, h, w.T)
+                if i < len(ws) - 1:
+                    h = torch.relu(h)
+            r = block + h if residual else h
+            unsure = torch.zeros(len(r), dtype=torch.bool, device=device)
+            level_codes = []
+            rows = torch.arange(len(r), device=device)
+            for codebook, norm in zip(books, norms):
+                scores = torch.addmm(norm, r, codebook.T, alpha=-2.0)
+                best, idx = scores.min(dim=1)
+                scores[rows, idx] = torch.inf
+                gap = scores.min(dim=1).values - best
+                unsure |= gap <= _ops.LATENT_SLACK * ((r * r).sum(dim=1) + float(norm.max()))
+                level_codes.append(idx)
+                r = r - codebook[idx]
+            block_codes = torch.stack(level_codes, dim=1).int().cpu().numpy()
+            unsure_np = unsure.cpu().numpy()
+            if unsure_np.any():
+                block_codes[unsure_np] = _ops.exact_latent_codes(
+                    x[start : start + chunk][unsure_np], weights, biases, residual, codebooks
+                )
+            codes[start : start + chunk] = block_codes
+    return codes

@@ -1,4 +1,4 @@
-"""Model files: plain arrays in ``codebooks.npz`` beside a JSON ``metadata.json``.
+"""Model files: plain arrays in an ``.npz`` (``codebooks.npz``, ``weights.npz``) beside ``metadata.json``.
 
 Never a pickle: arrays are read with ``allow_pickle=False``. Files we write also carry a
 format version and the sha256 of the arrays, checked on load, so a damaged or edited file
@@ -45,7 +45,9 @@ def _atomic_write(path: str, write: Any, suffix: str) -> None:
         raise
 
 
-def save_model(path: str, metadata: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+def save_model(
+    path: str, metadata: dict[str, Any], arrays: dict[str, np.ndarray], *, arrays_file: str = ARRAYS_FILE
+) -> str:
     """Write *arrays* and *metadata* (plus format version and sha256) into directory *path*.
 
     Each file is written to a temporary name and renamed, so a crash never leaves a
@@ -54,13 +56,15 @@ def save_model(path: str, metadata: dict[str, Any], arrays: dict[str, np.ndarray
     os.makedirs(path, exist_ok=True)
     sha = arrays_sha256(arrays)
     meta = {**metadata, "format_version": FORMAT_VERSION, "sha256": sha}
-    _atomic_write(os.path.join(path, ARRAYS_FILE), lambda fh: np.savez(fh, **arrays), ".npz")
+    _atomic_write(os.path.join(path, arrays_file), lambda fh: np.savez(fh, **arrays), ".npz")
     text = json.dumps(meta, indent=2, sort_keys=True).encode()
     _atomic_write(os.path.join(path, METADATA_FILE), lambda fh: fh.write(text), ".json")
     return sha
 
 
-def load_model(path: str, *, expected_type: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load_model(
+    path: str, *, expected_type: str, arrays_file: str = ARRAYS_FILE
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read a model directory; verify type, format version and digest.
 
     Raises
@@ -69,7 +73,7 @@ def load_model(path: str, *, expected_type: str) -> tuple[dict[str, Any], dict[s
         For a missing or unreadable file, another model type, a newer format, an array
         that needs pickle, or a digest that does not match the arrays.
     """
-    meta_path, arrays_path = os.path.join(path, METADATA_FILE), os.path.join(path, ARRAYS_FILE)
+    meta_path, arrays_path = os.path.join(path, METADATA_FILE), os.path.join(path, arrays_file)
     for required in (meta_path, arrays_path):
         if not os.path.isfile(required):
             raise ModelFormatError(f"model file {required!r} is missing; is {path!r} a saved model?")

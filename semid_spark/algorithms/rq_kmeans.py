@@ -202,6 +202,14 @@ class RQKMeans(BaseSemanticEncoder):
                 )
         return _ops.decode_codes(arr, self.codebooks_, self.D_)
 
+    def latent_residuals(self, X: ArrayLike, codes: np.ndarray) -> np.ndarray:
+        """What the last level quantises: X minus levels < L-1, (N, D) float64."""
+        self._check_fitted()
+        r = check_embeddings(X, dim=self.D_).astype(np.float64)
+        for level in range(self.n_levels - 1):
+            r -= self.codebooks_[level][np.asarray(codes)[:, level]]
+        return r
+
     @property
     def sha256(self) -> str:
         """Digest of the codebooks: the model's identity, stamped on every ID the job writes."""

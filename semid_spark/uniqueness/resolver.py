@@ -18,6 +18,8 @@ import string
 from abc import ABC, abstractmethod
 from typing import Any, Hashable, Literal, Sequence
 
+import numpy as np
+
 from semid_spark.exceptions import ConfigError, CounterOverflowError, DuplicateIdError, InvalidInputError
 from semid_spark.uniqueness.stores import CollisionStore, InMemoryCollisionStore
 
@@ -193,3 +195,156 @@ class UniqueIdResolver(BaseResolver):
             "unique among the items sharing a base; with a custom formatter or sep, a suffixed ID "
             "must never equal another item's base ID."
         )
+
+
+class SinkhornResolver(BaseResolver):
+    """Resolve collisions by moving colliding items to free codes of the last level.
+
+    Items whose full codes collide keep their first L-1 codes; within that prefix, they are
+    assigned distinct last-level codes not held by any other item, by an entropic
+    (Sinkhorn) transport plan over the free codes rounded to a one-to-one assignment, so
+    that each item gets a code near its residual. IDs stay semantic (no suffix) and keep
+    the requested format. Where a prefix has fewer free codes than colliding items, the
+    rest fall back to suffixes (``fallback_suffix=True``, a fresh in-memory counter as in
+    semantic-id 0.2.5) or stay duplicated.
+
+    Needs ``embeddings`` and ``encoder`` (an RQVAE or RQKMeans) in ``assign``; the
+    ``SemanticIdEngine`` passes both. Not persistent: use ``UniqueIdResolver`` with a store
+    for IDs that must stay unique across calls.
+    """
+
+    def __init__(self, max_iterations: int = 20, sk_epsilon: float | None = None, fallback_suffix: bool = True) -> None:
+        if max_iterations < 1 or (sk_epsilon is not None and sk_epsilon <= 0):
+            raise ConfigError(f"max_iterations={max_iterations}, sk_epsilon={sk_epsilon}; expected >= 1 and > 0")
+        self.max_iterations = max_iterations
+        self.sk_epsilon = 0.003 if sk_epsilon is None else float(sk_epsilon)
+        self.fallback_suffix = fallback_suffix
+
+    def assign(self, semantic_ids: Sequence[str], **kwargs: Any) -> list[str]:
+        embeddings, encoder = kwargs.get("embeddings"), kwargs.get("encoder")
+        if embeddings is None or encoder is None or not hasattr(encoder, "latent_residuals"):
+            raise ConfigError(
+                "SinkhornResolver.assign needs embeddings= and encoder= (a fitted RQVAE or RQKMeans, whose "
+                "last level it re-assigns); use it as the unique_resolver of a SemanticIdEngine, which passes them"
+            )
+        codes = kwargs.get("codes")
+        codes = encoder.encode(embeddings) if codes is None else np.asarray(codes)
+        if len(codes) != len(semantic_ids):
+            raise InvalidInputError(f"{len(semantic_ids)} semantic_ids for {len(codes)} embeddings; expected one each")
+        codes = self.resolve_codes(codes, encoder.latent_residuals(embeddings, codes), encoder.codebooks_)
+        sep, item_ids = kwargs.get("sep", "-"), kwargs.get("item_ids")
+        ids = encoder.semantic_id(codes, sep=sep, fmt=kwargs.get("fmt", "plain"), formatter=kwargs.get("formatter"))
+        return UniqueIdResolver().assign(ids, item_ids=item_ids, sep=sep) if self.fallback_suffix else ids
+
+    def resolve_codes(self, codes: np.ndarray, residuals: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
+        """codes (n, L), last-level residuals (n, e), the L codebooks -> codes with distinct rows.
+
+        First, within each prefix, colliding items share out its free last-level codes (the
+        Sinkhorn plan). Items left over (their prefix is full) are re-encoded one at a time from
+        the deepest level up: the next-nearest code at level j, greedy codes below it, and the
+        nearest free last-level code. Deterministic: groups and items in sorted order.
+        """
+        codes = self._share_last_level(codes, residuals, codebooks[-1])
+        return _place_leftovers(codes, residuals, codebooks)
+
+    def _share_last_level(self, codes: np.ndarray, residuals: np.ndarray, last_codebook: np.ndarray) -> np.ndarray:
+        codes = np.array(codes, dtype=np.int64, copy=True)
+        book = last_codebook.astype(np.float64)
+        for _ in range(self.max_iterations):
+            _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+            colliding = counts[inverse.ravel()] > 1
+            if not colliding.any():
+                break
+            moved = 0
+            prefixes, prefix_of = np.unique(codes[:, :-1], axis=0, return_inverse=True)
+            prefix_of = prefix_of.ravel()
+            for p in np.unique(prefix_of[colliding]):
+                members = np.flatnonzero(prefix_of == p)
+                movers = members[colliding[members]]
+                taken = set(codes[members[~colliding[members]], -1].tolist())
+                free = np.array([k for k in range(len(book)) if k not in taken])
+                new = self._one_to_one(residuals[movers].astype(np.float64), book[free])
+                placed = new >= 0
+                moved += int((codes[movers[placed], -1] != free[new[placed]]).sum())
+                codes[movers[placed], -1] = free[new[placed]]
+            if not moved:
+                break
+        return codes
+
+    def _one_to_one(self, r: np.ndarray, book: np.ndarray) -> np.ndarray:
+        """Each row of r (m, e) to a distinct row of book (f, e), or -1 when f < m."""
+        cost = np.einsum("md,md->m", r, r)[:, None] - 2 * r @ book.T + np.einsum("fd,fd->f", book, book)
+        log_plan = _sinkhorn_log_plan(cost, self.sk_epsilon)
+        order = np.argsort(-log_plan, axis=None, kind="stable")  # most confident pairs first
+        out = np.full(len(r), -1)
+        used = np.zeros(len(book), dtype=bool)
+        for flat in order:
+            i, j = divmod(int(flat), len(book))
+            if out[i] < 0 and not used[j]:
+                out[i], used[j] = j, True
+                if used.sum() == min(len(r), len(book)):
+                    break
+        return out
+
+
+def _place_leftovers(codes: np.ndarray, residuals: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
+    """Move each item that still shares its codes to the nearest free code tuple (see resolve_codes)."""
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    leftovers = np.flatnonzero(counts[inverse.ravel()] > 1)
+    if not len(leftovers):
+        return codes
+    books = [c.astype(np.float64) for c in codebooks]
+    n_levels = len(books)
+    occupied: dict[tuple, int] = {}
+    for row in map(tuple, codes.tolist()):
+        occupied[row] = occupied.get(row, 0) + 1
+    for i in leftovers:
+        old = tuple(codes[i].tolist())
+        if occupied[old] == 1:  # the others of its group have moved already
+            continue
+        for new in _alternatives(codes[i], residuals[i].astype(np.float64), books, n_levels):
+            if new not in occupied:
+                occupied[old] -= 1
+                occupied[new] = 1
+                codes[i] = new
+                break
+    return codes
+
+
+def _alternatives(row: np.ndarray, last_residual: np.ndarray, books: list[np.ndarray], n_levels: int):
+    """Code tuples for one item, nearest first: at level j = L-2 ... 0, each code of level j by
+    distance, greedy codes for the levels below, then every last-level code by distance."""
+    def by_distance(r, book):
+        return np.argsort(np.einsum("kd,kd->k", book - r, book - r), kind="stable")
+
+    for j in range(n_levels - 1, -1, -1):
+        r_j = last_residual + sum((books[l][row[l]] for l in range(j, n_levels - 1)), np.zeros_like(last_residual))
+        for c in (by_distance(r_j, books[j]) if j < n_levels - 1 else [None]):
+            prefix, r = list(row[:j]), r_j
+            if c is not None:
+                prefix.append(int(c))
+                r = r_j - books[j][c]
+                for level in range(j + 1, n_levels - 1):
+                    nearest = int(by_distance(r, books[level])[0])
+                    prefix.append(nearest)
+                    r = r - books[level][nearest]
+            for last in by_distance(r, books[-1]):
+                yield (*map(int, prefix), int(last))
+
+
+def _sinkhorn_log_plan(cost: np.ndarray, epsilon: float, n_iters: int = 200) -> np.ndarray:
+    """Log of the entropic transport plan between m rows (mass 1/m each) and f columns
+    (mass 1/f each), costs rescaled to [0, 1]."""
+    span = cost.max() - cost.min()
+    log_k = -(cost - cost.min()) / (max(span, 1e-12) * epsilon)
+    m, f = cost.shape
+    u, v = np.zeros(m), np.zeros(f)
+    for _ in range(n_iters):
+        u = -np.log(m) - _logsumexp(log_k + v[None, :], axis=1)
+        v = -np.log(f) - _logsumexp(log_k + u[:, None], axis=0)
+    return log_k + u[:, None] + v[None, :]
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    top = a.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)

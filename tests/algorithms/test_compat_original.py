@@ -31,3 +31,21 @@ def test_reconstruction_no_worse_than_original(X):
     ours = RQKMeans(n_levels=3, n_clusters=16, random_state=0).fit(X)
     original = Original(n_levels=3, n_clusters=16, random_state=0).fit(X)  # its default n_init=10
     assert mse(ours) <= 1.05 * mse(original)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_rq_vae_saved_by_original_migrates_with_the_same_codes(X, tmp_path, bn):
+    import torch
+    from semantic_id.algorithms.rq_vae import RQVAE as Original
+
+    from semid_spark.algorithms.rq_vae import RQVAE
+
+    torch.manual_seed(0)
+    original = Original(in_dim=16, num_emb_list=[8, 8], e_dim=8, layers=[32], bn=bn, epochs=3, batch_size=256)
+    original.fit(X)
+    original.save(str(tmp_path / "orig"))
+    ours = RQVAE.load(str(tmp_path / "orig"))  # model.pt read with weights_only, never unpickling code
+    assert np.array_equal(ours.encode(X), original.encode(X))
+    assert np.allclose(ours.decode(original.encode(X)), original.decode(original.encode(X)), atol=1e-5)
+    ours.save(str(tmp_path / "ours"))
+    assert np.array_equal(RQVAE.load(str(tmp_path / "ours")).encode(X), original.encode(X))

@@ -1,0 +1,455 @@
+"""RQ-VAE: a residual-quantised autoencoder, a drop-in for semantic-id 0.2.5's ``RQVAE``.
+
+Training runs on torch (cpu, cuda, mps). A fitted model is a set of plain arrays: encoding
+and decoding on ``device="cpu"`` use numpy only (BatchNorm folded into the linear layers),
+so Spark executors need neither torch nor a GPU, and get the same codes as the torch path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from semid_spark.algorithms import _ops, io
+from semid_spark.algorithms.rq_kmeans import _torch_device
+from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
+from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.npz"
+MONITOR_ROWS = 4096  # fixed sample on which each epoch's collision rate and utilisation are measured
+KMEANS_INIT_ROWS_PER_CODE = 64  # k-means codebook init on up to this many latents per code
+BN_EPS = 1e-5  # torch.nn.BatchNorm1d's default
+_SCHEDULERS = (None, "cosine", "step", "constant_with_warmup")
+
+
+class RQVAE(BaseSemanticEncoder):
+    """Residual-quantised VAE: MLP encoder -> L residual codebooks -> MLP decoder.
+
+    Parameters are those of semantic-id 0.2.5 (``in_dim`` ... ``verbose``), plus:
+
+    random_state : int or None; the same seed on the same device gives the same model
+    reset_dead_codes : after each epoch but the last, codes no batch of the epoch chose are
+        re-seeded on residuals sampled in proportion to their quantisation error (their
+        optimizer state cleared), which keeps codebook utilisation high
+
+    Training keeps the state of the epoch with the lowest collision rate on a fixed sample of
+    up to 4096 training rows (ties: the lower reconstruction loss on that sample), whatever
+    ``verbose`` is. ``fit`` starts from fresh weights each time.
+
+    Attributes
+    ----------
+    history_ : dict of per-epoch lists: loss, recon_loss, collision_rate, lr, utilization
+        (per level, fraction of codes used on the sample), n_reset (codes re-seeded)
+    best_epoch_ : index of the epoch whose state was kept
+    residual_encoder_ : True for an RQ-KMeans+ model (latent = x + encoder(x))
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 768,
+        num_emb_list: Sequence[int] | None = None,
+        e_dim: int = 64,
+        layers: Sequence[int] | None = None,
+        dropout_prob: float = 0.0,
+        bn: bool = False,
+        loss_type: Literal["mse", "l1"] = "mse",
+        quant_loss_weight: float = 1.0,
+        beta: float = 0.25,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 100,
+        sk_epsilons: Sequence[float] | None = None,
+        sk_iters: int = 100,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        batch_size: int = 2048,
+        epochs: int = 100,
+        lr_scheduler: Literal["cosine", "step", "constant_with_warmup"] | None = None,
+        warmup_epochs: int = 0,
+        lr_step_size: int = 50,
+        lr_gamma: float = 0.5,
+        device: str = "cpu",
+        verbose: bool | int = False,
+        random_state: int | None = None,
+        reset_dead_codes: bool = True,
+    ):
+        self.in_dim = _positive_int(in_dim, "in_dim")
+        self.num_emb_list = [256] * 4 if num_emb_list is None else [int(k) for k in num_emb_list]
+        if not self.num_emb_list or any(k < 2 for k in self.num_emb_list):
+            raise ConfigError(f"num_emb_list={self.num_emb_list}; expected one or more codebook sizes >= 2")
+        self.e_dim = _positive_int(e_dim, "e_dim")
+        self.layers = [512, 256, 128] if layers is None else [_positive_int(n, "layers[i]") for n in layers]
+        if loss_type not in ("mse", "l1"):
+            raise ConfigError(f"unknown loss_type {loss_type!r}; expected 'mse' or 'l1'")
+        if sk_epsilons is not None and (len(sk_epsilons) != len(self.num_emb_list) or min(sk_epsilons) < 0):
+            raise ConfigError(f"sk_epsilons={list(sk_epsilons)}; expected {len(self.num_emb_list)} values >= 0")
+        if lr_scheduler not in _SCHEDULERS:
+            raise ConfigError(f"unknown lr_scheduler {lr_scheduler!r}; expected one of {list(_SCHEDULERS)}")
+        if not 0 <= dropout_prob < 1 or lr <= 0 or epochs < 0 or warmup_epochs < 0 or lr_step_size < 1:
+            raise ConfigError(
+                f"dropout_prob={dropout_prob}, lr={lr}, epochs={epochs}, warmup_epochs={warmup_epochs}, "
+                f"lr_step_size={lr_step_size}; expected 0 <= dropout < 1, lr > 0, epochs >= 0, "
+                "warmup_epochs >= 0, lr_step_size >= 1"
+            )
+        self.dropout_prob, self.bn, self.loss_type = dropout_prob, bn, loss_type
+        self.quant_loss_weight, self.beta = quant_loss_weight, beta
+        self.kmeans_init, self.kmeans_iters = kmeans_init, _positive_int(kmeans_iters, "kmeans_iters")
+        self.sk_epsilons = None if sk_epsilons is None else [float(e) for e in sk_epsilons]
+        self.sk_iters = _positive_int(sk_iters, "sk_iters")
+        self.lr, self.weight_decay = lr, weight_decay
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.epochs, self.lr_scheduler, self.warmup_epochs = epochs, lr_scheduler, warmup_epochs
+        self.lr_step_size, self.lr_gamma = lr_step_size, lr_gamma
+        self.device, self.verbose, self.random_state = device, verbose, random_state
+        self.reset_dead_codes = reset_dead_codes
+        self.history_: dict[str, list] = {}
+        self.best_epoch_: int | None = None
+        self.residual_encoder_ = False
+        self._weights: dict[str, np.ndarray] | None = None  # the fitted model, torch-free
+        self._net = None  # torch module, built from _weights when needed
+        self._frozen: tuple | None = None
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.num_emb_list)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X: ArrayLike, *, device: str | None = None, pretrained_codebook_path: str | None = None) -> "RQVAE":
+        """Train on embeddings X of shape (N, in_dim); returns self.
+
+        ``pretrained_codebook_path``: an RQ-KMeans ``codebooks.npz`` (or its directory) to
+        warm-start from (RQ-KMeans+, see :mod:`semid_spark.algorithms.rq_kmeans_plus`).
+        """
+        x = check_embeddings(X, dim=self.in_dim)
+        torch_device = _torch_device(device or self.device)
+        import torch
+
+        from semid_spark.algorithms import _vae_nn, rq_kmeans_plus
+
+        seed = int(np.random.SeedSequence(self.random_state).generate_state(1)[0])
+        fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
+        # the caller's global RNG and determinism setting are left as they were
+        with torch.random.fork_rng(devices=fork_devices), _deterministic(torch, warn_only=torch_device.type != "cpu"):
+            torch.manual_seed(seed)
+            net = _vae_nn.RQVAENet(
+                self.in_dim, self.num_emb_list, self.e_dim, self.layers, dropout=self.dropout_prob,
+                bn=self.bn, beta=self.beta,
+            ).to(torch_device)
+            if pretrained_codebook_path is not None:
+                rq_kmeans_plus.warm_start(net, pretrained_codebook_path)
+            elif self.kmeans_init:
+                self._kmeans_init(net, x, torch_device, seed)
+            gen = torch.Generator().manual_seed(seed)
+            self._train(net, x, torch_device, gen)
+        self._set_net(net)
+        return self
+
+    def _kmeans_init(self, net, x: np.ndarray, device, seed: int) -> None:
+        """Codebooks from RQ-KMeans on the encoder's latents of a sample of X."""
+        import torch
+
+        from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+        rng = np.random.default_rng(seed)
+        n = min(len(x), KMEANS_INIT_ROWS_PER_CODE * max(self.num_emb_list))
+        if len(x) < max(self.num_emb_list):
+            raise InvalidInputError(f"kmeans_init needs n_samples={len(x)} >= the largest codebook, {max(self.num_emb_list)}")
+        sample = x[np.sort(rng.choice(len(x), n, replace=False))]
+        net.eval()
+        with torch.no_grad():
+            latent = net.latent(torch.from_numpy(sample).to(device)).cpu().numpy()
+        km = RQKMeans(self.n_levels, self.num_emb_list, max_iter=self.kmeans_iters, random_state=seed)
+        km.fit(latent, device=str(device))
+        with torch.no_grad():
+            for codebook, centers in zip(net.quantizer.codebooks, km.codebooks_):
+                codebook.copy_(torch.from_numpy(centers))
+
+    def _lr_factor(self, steps_per_epoch: int):
+        total, warm = self.epochs * steps_per_epoch, self.warmup_epochs * steps_per_epoch
+        kind, step_len, gamma = self.lr_scheduler, self.lr_step_size * steps_per_epoch, self.lr_gamma
+
+        def factor(step: int) -> float:
+            if kind in ("cosine", "constant_with_warmup") and step < warm:
+                return step / max(1, warm)
+            if kind == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            if kind == "step":
+                return gamma ** (step // step_len)
+            return 1.0
+
+        return factor
+
+    def _train(self, net, x: np.ndarray, device, gen) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        n, bs = len(x), self.batch_size
+        data = torch.from_numpy(x)
+        steps_per_epoch = math.ceil(n / bs)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor(steps_per_epoch))
+        monitor = data[torch.randperm(n, generator=gen)[:MONITOR_ROWS]].to(device)
+        recon_fn = F.mse_loss if self.loss_type == "mse" else F.l1_loss
+        self.history_ = {k: [] for k in ("loss", "recon_loss", "collision_rate", "lr", "utilization", "n_reset")}
+        best, best_state = None, None
+        for epoch in range(self.epochs):
+            net.train()
+            usage = [torch.zeros(k, dtype=torch.long, device=device) for k in self.num_emb_list]
+            recent: list[list] = [[] for _ in self.num_emb_list]  # residual inputs of the last batches
+            total = recon_total = 0.0
+            order = torch.randperm(n, generator=gen)
+            n_batches = 0
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                if self.bn and len(idx) < 2:  # BatchNorm cannot train on one row
+                    continue
+                xb = data[idx].to(device)
+                out, quant_loss, codes, inputs = net(xb, self.sk_epsilons, self.sk_iters)
+                recon = recon_fn(out, xb)
+                loss = recon + self.quant_loss_weight * quant_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total, recon_total, n_batches = total + loss.item(), recon_total + recon.item(), n_batches + 1
+                for level, k in enumerate(self.num_emb_list):
+                    usage[level] += torch.bincount(codes[:, level], minlength=k)
+                    recent[level] = (recent[level] + [inputs[level]])[-4:]
+            n_reset = 0
+            if self.reset_dead_codes and epoch < self.epochs - 1:
+                n_reset = self._reset_dead(net, opt, usage, recent, gen)
+            collision, utilization, monitor_recon = _monitor_stats(net, monitor, self.num_emb_list, recon_fn)
+            h = self.history_
+            h["loss"].append(total / max(1, n_batches))
+            h["recon_loss"].append(recon_total / max(1, n_batches))
+            h["collision_rate"].append(collision)
+            h["lr"].append(opt.param_groups[0]["lr"])
+            h["utilization"].append(utilization)
+            h["n_reset"].append(n_reset)
+            if best is None or (collision, monitor_recon) < best:
+                best, best_state, self.best_epoch_ = (collision, monitor_recon), copy.deepcopy(net.state_dict()), epoch
+            if self.verbose and (epoch + 1) % (self.verbose if type(self.verbose) is int else 10) == 0:
+                log.info("epoch %d/%d loss %.4g recon %.4g collision %.4f util %s reset %d", epoch + 1,
+                         self.epochs, h["loss"][-1], h["recon_loss"][-1], collision,
+                         [round(u, 3) for u in utilization], n_reset)
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+
+    def _reset_dead(self, net, opt, usage, recent, gen) -> int:
+        """Re-seed unused codes on residuals drawn with probability proportional to their error."""
+        import torch
+
+        n_reset = 0
+        for level, codebook in enumerate(net.quantizer.codebooks):
+            dead = torch.nonzero(usage[level] == 0).flatten()
+            if not len(dead) or not recent[level]:
+                continue
+            pool = torch.cat(recent[level])
+            with torch.no_grad():
+                from semid_spark.algorithms._vae_nn import sq_dists
+
+                err = sq_dists(pool, codebook).min(dim=1).values.clamp_min(0).double().cpu() + 1e-12
+                pick = torch.multinomial(err, len(dead), replacement=len(dead) > len(pool), generator=gen)
+                codebook[dead] = pool[pick.to(pool.device)]
+            state = opt.state.get(codebook, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][dead] = 0
+            n_reset += len(dead)
+        return n_reset
+
+    # ------------------------------------------------------------------ the fitted arrays
+    def _set_net(self, net) -> None:
+        net = net.eval().cpu()
+        self._net = net
+        self.residual_encoder_ = net.residual_encoder
+        self._weights = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
+        self._frozen = None
+
+    def _check_fitted(self) -> None:
+        if self._weights is None:
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() first")
+
+    @property
+    def codebooks_(self) -> list[np.ndarray]:
+        """The L codebooks, float32 arrays of shape (K_l, e_dim)."""
+        self._check_fitted()
+        return [self._weights[f"quantizer.codebooks.{i}"] for i in range(self.n_levels)]
+
+    def frozen(self) -> tuple[list, list, bool, list, list, list]:
+        """Inference arrays: (encoder weights, biases, residual, codebooks, decoder weights, biases).
+
+        BatchNorm (eval mode) is folded into the linear layers; everything is float32.
+        """
+        self._check_fitted()
+        if self._frozen is None:
+            enc_w, enc_b = _fold_mlp(self._weights, "encoder")
+            dec_w, dec_b = _fold_mlp(self._weights, "decoder")
+            self._frozen = (enc_w, enc_b, self.residual_encoder_, self.codebooks_, dec_w, dec_b)
+        return self._frozen
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the weights: the model's identity."""
+        self._check_fitted()
+        return io.arrays_sha256(self._weights)
+
+    @property
+    def module(self):
+        """The torch module (built from the arrays on first use; needs torch)."""
+        self._check_fitted()
+        if self._net is None:
+            import torch
+
+            from semid_spark.algorithms._vae_nn import RQVAENet
+
+            net = RQVAENet(self.in_dim, self.num_emb_list, self.e_dim, self.layers, dropout=self.dropout_prob,
+                           bn=self.bn, beta=self.beta, residual_encoder=self.residual_encoder_)
+            net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._weights.items()})
+            self._net = net.eval()
+        return self._net
+
+    # ------------------------------------------------------------------ using a model
+    def encode(self, X: ArrayLike, *, device: str | None = None, batch_size: int | None = None) -> np.ndarray:
+        """Codes (N, L) int32. ``device="cpu"`` runs on numpy; cuda/mps on torch; same codes."""
+        enc_w, enc_b, residual, books, _, _ = self.frozen()
+        x = check_embeddings(X, dim=self.in_dim)
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size}; expected >= 1 or None")
+        device = device or self.device
+        if device == "cpu":
+            return _ops.encode_latent(x, enc_w, enc_b, residual, books,
+                                      chunk=min(batch_size or _ops.ENCODE_CHUNK, _ops.ENCODE_CHUNK))
+        from semid_spark.algorithms import _torch_ops
+
+        return _torch_ops.encode_latent(x, enc_w, enc_b, residual, books, _torch_device(device),
+                                        chunk=batch_size or 65536)
+
+    def latent_residuals(self, X: ArrayLike, codes: np.ndarray) -> np.ndarray:
+        """What the last level quantises: latent minus levels < L-1 (N, e_dim), float64."""
+        enc_w, enc_b, residual, books, _, _ = self.frozen()
+        z = _ops.mlp_forward(check_embeddings(X, dim=self.in_dim), enc_w, enc_b, residual=residual, dtype=np.float64)
+        for level in range(self.n_levels - 1):
+            z = z - books[level][codes[:, level]]
+        return z
+
+    def decode(self, codes: ArrayLike) -> np.ndarray:
+        """Decoder output (N, in_dim) float32 for codes (N, L'), L' <= L (numpy)."""
+        _, _, _, books, dec_w, dec_b = self.frozen()
+        arr = check_codes(codes)
+        if arr.shape[1] > self.n_levels:
+            raise InvalidInputError(f"codes have {arr.shape[1]} levels; this model has {self.n_levels}")
+        for level in range(arr.shape[1]):
+            k = len(books[level])
+            if n_bad := int(((arr[:, level] < 0) | (arr[:, level] >= k)).sum()):
+                raise InvalidInputError(f"{n_bad} codes at level {level} are outside [0, {k})")
+        z_q = _ops.decode_codes(arr, books, self.e_dim)
+        return _ops.mlp_forward(z_q, dec_w, dec_b, residual=False)
+
+    # ------------------------------------------------------------------ files
+    def _params(self) -> dict:
+        return {
+            "in_dim": self.in_dim, "num_emb_list": self.num_emb_list, "e_dim": self.e_dim, "layers": self.layers,
+            "dropout_prob": self.dropout_prob, "bn": self.bn, "loss_type": self.loss_type,
+            "quant_loss_weight": self.quant_loss_weight, "beta": self.beta, "kmeans_init": self.kmeans_init,
+            "kmeans_iters": self.kmeans_iters, "sk_epsilons": self.sk_epsilons, "sk_iters": self.sk_iters,
+        }
+
+    def save(self, path: str) -> None:
+        """Write ``metadata.json`` + ``weights.npz`` (named float32 arrays, sha256) into *path*."""
+        self._check_fitted()
+        meta = {"type": "RQVAE", **self._params(), "residual_encoder": self.residual_encoder_,
+                "random_state": self.random_state, "reset_dead_codes": self.reset_dead_codes}
+        io.save_model(os.fspath(path), meta, self._weights, arrays_file=WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, path: str, *, device: str = "cpu") -> "RQVAE":
+        """Read a model saved by ``save``; without torch. A ``model.pt`` of semantic-id 0.2.5
+        is migrated with torch's weights-only loader (never unpickling code)."""
+        path = os.fspath(path)
+        if not os.path.exists(os.path.join(path, WEIGHTS_FILE)) and os.path.exists(os.path.join(path, "model.pt")):
+            from semid_spark.algorithms.rq_kmeans_plus import load_original
+
+            return load_original(cls, path, device=device)
+        meta, weights = io.load_model(path, expected_type="RQVAE", arrays_file=WEIGHTS_FILE)
+        try:
+            params = {k: meta[k] for k in cls(in_dim=1, num_emb_list=[2])._params()}
+            model = cls(**params, device=device, random_state=meta.get("random_state"),
+                        reset_dead_codes=meta.get("reset_dead_codes", True))
+            model.residual_encoder_ = bool(meta.get("residual_encoder", False))
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise ModelFormatError(f"{path!r}: metadata does not describe an RQVAE: {exc!r}") from None
+        model._adopt_weights(weights, path)
+        return model
+
+    def _adopt_weights(self, weights: dict[str, np.ndarray], source: str) -> None:
+        """Take named arrays as the fitted model after checking their shapes against the params."""
+        dims = [self.in_dim, *self.layers, self.e_dim]
+        expected = {f"quantizer.codebooks.{i}": (k, self.e_dim) for i, k in enumerate(self.num_emb_list)}
+        for prefix, ds in (("encoder", dims), ("decoder", dims[::-1])):
+            for i in range(len(ds) - 1):
+                expected[f"{prefix}.layers.{i}.linear.weight"] = (ds[i + 1], ds[i])
+                expected[f"{prefix}.layers.{i}.linear.bias"] = (ds[i + 1],)
+        for name, shape in expected.items():
+            if name not in weights or weights[name].shape != shape:
+                found = weights[name].shape if name in weights else "missing"
+                raise ModelFormatError(f"{source!r}: array {name} is {found}, expected shape {shape}")
+        self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+        self._net, self._frozen = None, None
+
+
+@contextlib.contextmanager
+def _deterministic(torch, *, warn_only: bool) -> Iterator[None]:
+    """Deterministic kernels while training: multi-threaded CPU backward of codebook lookups
+    otherwise sums in a varying order, and the same seed would not give the same model."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name}={value!r}; expected an int >= 1")
+    return int(value)
+
+
+def _fold_mlp(weights: dict[str, np.ndarray], prefix: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Linear (+ eval-mode BatchNorm) layers -> plain (weight, bias) pairs, float32."""
+    ws, bs = [], []
+    i = 0
+    while f"{prefix}.layers.{i}.linear.weight" in weights:
+        w = weights[f"{prefix}.layers.{i}.linear.weight"].astype(np.float64)
+        b = weights[f"{prefix}.layers.{i}.linear.bias"].astype(np.float64)
+        if f"{prefix}.layers.{i}.bn.weight" in weights:
+            g = weights[f"{prefix}.layers.{i}.bn.weight"] / np.sqrt(weights[f"{prefix}.layers.{i}.bn.running_var"] + BN_EPS)
+            b = g * (b - weights[f"{prefix}.layers.{i}.bn.running_mean"]) + weights[f"{prefix}.layers.{i}.bn.bias"]
+            w = g[:, None] * w
+        ws.append(np.ascontiguousarray(w, dtype=np.float32))
+        bs.append(np.ascontiguousarray(b, dtype=np.float32))
+        i += 1
+    return ws, bs
+
+
+def _monitor_stats(net, monitor, sizes: list[int], recon_fn) -> tuple[float, list[float], float]:
+    """(collision rate, per-level utilisation, reconstruction loss) on the monitor sample."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        out, _, codes, _ = net(monitor)
+        recon = float(recon_fn(out, monitor))
+    codes_np = codes.cpu().numpy()
+    n_unique = len(np.unique(codes_np, axis=0))
+    utilization = [len(np.unique(codes_np[:, level])) / k for level, k in enumerate(sizes)]
+    return 1.0 - n_unique / len(codes_np), utilization, recon
