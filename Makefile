@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench-fit bench-ids clean
+.PHONY: demo test test-heavy bench-fit bench-ids bench-vae clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ bench-fit: $(STAMP)
 
 bench-ids: $(STAMP)
 	$(PY) -m semid_spark.bench.ids_compare
+
+bench-vae: $(STAMP)
+	$(PY) -m semid_spark.bench.vae_report
