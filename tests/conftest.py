@@ -18,3 +18,15 @@ def X() -> np.ndarray:
 @pytest.fixture(scope="session")
 def fitted(X) -> RQKMeans:
     return RQKMeans(n_levels=3, n_clusters=10, random_state=42).fit(X)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local SparkSession with Delta for the whole test run (started only if a test asks)."""
+    from semid_spark.config import SparkConfig
+    from semid_spark.spark.session import get_session
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_session(SparkConfig(master="local[2]", shuffle_partitions=4, warehouse_dir=str(warehouse)))
+    yield session
+    session.stop()

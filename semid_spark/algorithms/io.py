@@ -8,6 +8,7 @@ is refused; files written by semantic-id 0.2.5 (no digest) load as they are.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -103,4 +104,29 @@ def load_model(
         raise ModelFormatError(
             f"{arrays_path!r} does not match the sha256 in {meta_path!r}: the file is damaged or was edited"
         )
+    return meta, arrays
+
+
+_META_KEY = "__metadata__"
+
+
+def dumps_model(metadata: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """One model as bytes (an .npz holding the arrays and the JSON metadata with its sha256):
+    what the Spark job ships to executors."""
+    meta = {**metadata, "format_version": FORMAT_VERSION, "sha256": arrays_sha256(arrays)}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **{_META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    return buffer.getvalue()
+
+
+def loads_model(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The reverse of :func:`dumps_model`; the digest is verified."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        meta = json.loads(arrays.pop(_META_KEY).tobytes())
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelFormatError(f"model bytes are damaged or not a model: {exc!r}") from None
+    if arrays_sha256(arrays) != meta.get("sha256"):
+        raise ModelFormatError("model bytes do not match their sha256")
     return meta, arrays

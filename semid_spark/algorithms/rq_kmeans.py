@@ -219,20 +219,31 @@ class RQKMeans(BaseSemanticEncoder):
     def _arrays(self) -> dict[str, np.ndarray]:
         return {f"codebook_{i}": cb for i, cb in enumerate(self.codebooks_)}
 
-    def save(self, path: str) -> None:
-        """Write ``metadata.json`` + ``codebooks.npz`` (with sha256) into directory *path*."""
-        self._check_fitted()
-        meta = {
+    def _metadata(self) -> dict:
+        return {
             "type": "RQKMeans", "n_levels": self.n_levels, "n_clusters": self.n_clusters,
             "metric": self.metric, "implementation": self.implementation, "max_iter": self.max_iter,
             "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
         }
-        io.save_model(path, meta, self._arrays())
+
+    def save(self, path: str) -> None:
+        """Write ``metadata.json`` + ``codebooks.npz`` (with sha256) into directory *path*."""
+        self._check_fitted()
+        io.save_model(path, self._metadata(), self._arrays())
+
+    def to_bytes(self) -> bytes:
+        """The model as bytes (arrays + metadata + sha256), e.g. to ship to Spark executors."""
+        self._check_fitted()
+        return io.dumps_model(self._metadata(), self._arrays())
 
     @classmethod
     def load(cls, path: str, *, device: str = "cpu") -> "RQKMeans":
         """Read a model saved by ``save`` (or by semantic-id 0.2.5); the digest is verified."""
         meta, arrays = io.load_model(path, expected_type="RQKMeans")
+        return cls._from_parts(meta, arrays, path)
+
+    @classmethod
+    def _from_parts(cls, meta: dict, arrays: dict[str, np.ndarray], path: str) -> "RQKMeans":
         try:
             model = cls(
                 n_levels=meta["n_levels"], n_clusters=meta["n_clusters"], metric=meta.get("metric", "l2"),

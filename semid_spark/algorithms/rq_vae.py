@@ -363,12 +363,19 @@ class RQVAE(BaseSemanticEncoder):
             "kmeans_iters": self.kmeans_iters, "sk_epsilons": self.sk_epsilons, "sk_iters": self.sk_iters,
         }
 
+    def _metadata(self) -> dict:
+        return {"type": "RQVAE", **self._params(), "residual_encoder": self.residual_encoder_,
+                "random_state": self.random_state, "reset_dead_codes": self.reset_dead_codes}
+
     def save(self, path: str) -> None:
         """Write ``metadata.json`` + ``weights.npz`` (named float32 arrays, sha256) into *path*."""
         self._check_fitted()
-        meta = {"type": "RQVAE", **self._params(), "residual_encoder": self.residual_encoder_,
-                "random_state": self.random_state, "reset_dead_codes": self.reset_dead_codes}
-        io.save_model(os.fspath(path), meta, self._weights, arrays_file=WEIGHTS_FILE)
+        io.save_model(os.fspath(path), self._metadata(), self._weights, arrays_file=WEIGHTS_FILE)
+
+    def to_bytes(self) -> bytes:
+        """The model as bytes (arrays + metadata + sha256), e.g. to ship to Spark executors."""
+        self._check_fitted()
+        return io.dumps_model(self._metadata(), self._weights)
 
     @classmethod
     def load(cls, path: str, *, device: str = "cpu") -> "RQVAE":
@@ -380,6 +387,10 @@ class RQVAE(BaseSemanticEncoder):
 
             return load_original(cls, path, device=device)
         meta, weights = io.load_model(path, expected_type="RQVAE", arrays_file=WEIGHTS_FILE)
+        return cls._from_parts(meta, weights, path, device=device)
+
+    @classmethod
+    def _from_parts(cls, meta: dict, weights: dict[str, np.ndarray], path: str, *, device: str = "cpu") -> "RQVAE":
         try:
             params = {k: meta[k] for k in cls(in_dim=1, num_emb_list=[2])._params()}
             model = cls(**params, device=device, random_state=meta.get("random_state"),

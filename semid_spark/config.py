@@ -1,0 +1,165 @@
+"""Job configuration: frozen dataclasses, read from YAML at the edge, with ``--set`` overrides.
+
+Unknown keys and bad values fail at load time, naming the key and listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
+
+import yaml
+
+from semid_spark.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"  # used only when no session is active (spark-submit, Databricks bring theirs)
+    app_name: str = "semid_spark"
+    warehouse_dir: str = "artifacts/spark-warehouse"
+    shuffle_partitions: int = 8
+    conf: dict = field(default_factory=dict)  # extra spark.* settings for the embedded session
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    path: str | None = None  # Delta or Parquet directory ...
+    table: str | None = None  # ... or a table name
+    format: Literal["delta", "parquet"] = "delta"
+    key_col: str = "item_id"
+    embedding_col: str = "embedding"
+    on_invalid: Literal["fail", "reject"] = "fail"  # reject: bad rows go to reject_path and are skipped
+    reject_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.table is None):
+            raise ConfigError("input: give exactly one of input.path or input.table")
+        if self.on_invalid == "reject" and not self.reject_path:
+            raise ConfigError("input.on_invalid=reject needs input.reject_path (where rejected rows are written)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "artifacts/model"
+    kind: Literal["rq_kmeans", "rq_vae"] = "rq_kmeans"
+    n_levels: int = 3
+    n_clusters: int = 256
+    sample_size: int = 200_000  # at most this many rows go to the driver for fitting
+    seed: int = 0
+    fit_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda when the driver has it
+    refit: bool = False  # run: fit even when a model exists at path (a new model needs a new table)
+    params: dict = field(default_factory=dict)  # further constructor arguments of the algorithm
+
+    def __post_init__(self) -> None:
+        if self.n_levels < 1 or self.n_clusters < 2 or self.sample_size < self.n_clusters:
+            raise ConfigError(
+                f"model: n_levels={self.n_levels}, n_clusters={self.n_clusters}, sample_size={self.sample_size}; "
+                "expected n_levels >= 1, n_clusters >= 2, sample_size >= n_clusters"
+            )
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    device: Literal["cpu", "cuda"] = "cpu"  # cpu: numpy on executors (no torch needed)
+    batch_rows: int = 8192  # rows per Arrow batch handed to the encoder
+
+
+@dataclass(frozen=True)
+class UniquenessConfig:
+    sep: str = "-"
+    hot_code_rows: int = 1_000_000  # a code with more new rows than this is ranked in several tasks
+
+    def __post_init__(self) -> None:
+        if self.hot_code_rows < 1:
+            raise ConfigError(f"uniqueness.hot_code_rows={self.hot_code_rows}; expected >= 1")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str | None = "artifacts/semantic_ids"
+    table: str | None = None
+    new_table_on_model_change: bool = False  # replace the table (kept in Delta history) for a new model
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.table is None):
+            raise ConfigError("output: give exactly one of output.path or output.table")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: InputConfig
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    uniqueness: UniquenessConfig = field(default_factory=UniquenessConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> "JobConfig":
+        """Read *path*, apply ``section.key=value`` overrides (values parsed as YAML), validate."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path!r}: {exc}") from None
+        return cls.from_dict(raw, overrides, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, overrides: Sequence[str] = (), *, source: str = "config") -> "JobConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            parts = key.strip().split(".")
+            if not sep or len(parts) != 2:
+                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.n_clusters=64")
+            raw.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+        return _build(cls, raw, source)
+
+
+def _build(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(raw) - known):
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, f"{where}.{name}")
+        else:
+            values[name] = _check_value(value, hint, f"{where}.{name}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    options = get_args(hint) if get_origin(hint) is not Literal else (hint,)
+    for option in options or (hint,):
+        if get_origin(option) is Literal:
+            if value in get_args(option):
+                return value
+        elif option is type(None):
+            if value is None:
+                return value
+        elif option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        elif option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        elif option in (str, bool, dict) and isinstance(value, option):
+            return value
+    raise ConfigError(f"{where}={value!r}: expected {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    args = get_args(hint)
+    return " or ".join(_describe(a) if get_origin(a) is Literal else getattr(a, "__name__", str(a)) for a in args) or getattr(hint, "__name__", str(hint))

@@ -1,0 +1,1 @@
+"""The Delta output table: created if absent, model recorded, insert-only merges."""

@@ -1,0 +1,1 @@
+"""The Spark side: session, input validation, sampling, encoding on executors, the pipeline."""

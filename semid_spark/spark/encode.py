@@ -1,0 +1,94 @@
+"""Encoding on executors: the frozen model, cached once per Python worker, over Arrow batches.
+
+``mapInArrow`` hands each task's rows to Python as Arrow record batches; the embedding
+column (``list<float>``) becomes one (n, dim) numpy array without a per-row Python loop,
+and the codes go back as ``list<int32>``. Executors use numpy (no torch) unless
+``device="cuda"``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from semid_spark.spark.columns import CODES
+
+_MODELS: dict[str, object] = {}  # model sha256 -> encoder, per Python worker; the one deliberate global
+
+
+class FrozenModel:
+    """What executors receive: the model's bytes (broadcast when there is a SparkContext) and sha."""
+
+    def __init__(self, spark: SparkSession, encoder) -> None:
+        self.sha256 = encoder.sha256
+        payload = encoder.to_bytes()
+        try:
+            self._broadcast, self._bytes = spark.sparkContext.broadcast(payload), None
+        except Exception:  # Spark Connect / Databricks serverless: no SparkContext, ship the bytes in the closure
+            self._broadcast, self._bytes = None, payload
+
+    def payload(self) -> bytes:
+        return self._broadcast.value if self._broadcast is not None else self._bytes
+
+    def __getstate__(self) -> dict:  # the closure carries the broadcast handle (or the bytes), not the session
+        return {"sha256": self.sha256, "_broadcast": self._broadcast, "_bytes": self._bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def cached_encoder(model: FrozenModel):
+    if model.sha256 not in _MODELS:
+        from semid_spark.algorithms import encoder_from_bytes
+
+        encoder = encoder_from_bytes(model.payload())
+        if encoder.sha256 != model.sha256:
+            raise RuntimeError(f"executor received model {encoder.sha256[:12]}, expected {model.sha256[:12]}")
+        _MODELS[model.sha256] = encoder
+    return _MODELS[model.sha256]
+
+
+def arrow_embeddings(column: pa.Array, dim: int) -> np.ndarray:
+    """list<float> Arrow column -> (n, dim) float32 (input already validated: no nulls, all length dim)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten() if column.offset or len(column) == 0 else column.values
+    flat = values.to_numpy(zero_copy_only=False)
+    # a writable copy: Arrow's buffers are read-only, and torch (fitting on the driver) wants to own its input
+    return np.array(flat[: len(column) * dim], dtype=np.float32).reshape(len(column), dim)
+
+
+def codes_column(codes: np.ndarray) -> pa.Array:
+    n, n_levels = codes.shape
+    offsets = pa.array(np.arange(0, (n + 1) * n_levels, n_levels, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(codes.astype(np.int32, copy=False).ravel()))
+
+
+def encode_embeddings(
+    df: DataFrame, model: FrozenModel, *, key_col: str, embedding_col: str, dim: int, device: str = "cpu",
+) -> DataFrame:
+    """(key, embedding) -> (key, codes array<int>) on executors; order and partitioning kept."""
+    key_field = df.schema[key_col]
+    schema = T.StructType([T.StructField(key_col, key_field.dataType, False),
+                           T.StructField(CODES, T.ArrayType(T.IntegerType(), False), False)])
+    arrow_schema = pa.schema([pa.field(key_col, _arrow_type(key_field.dataType), False),
+                              pa.field(CODES, pa.list_(pa.field("element", pa.int32(), False)), False)])
+
+    def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        encoder = cached_encoder(model)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            x = arrow_embeddings(batch.column(embedding_col), dim)
+            codes = encoder.encode(x, device=device)
+            yield pa.RecordBatch.from_arrays([batch.column(key_col), codes_column(codes)], schema=arrow_schema)
+
+    return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
+
+
+def _arrow_type(data_type: T.DataType) -> pa.DataType:
+    return {T.StringType: pa.string(), T.LongType: pa.int64(), T.IntegerType: pa.int32()}[type(data_type)]

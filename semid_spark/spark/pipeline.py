@@ -1,0 +1,202 @@
+"""The job: read and validate → sample → fit on the driver → encode on executors → rank → Delta.
+
+Everything testable lives here; ``jobs/`` and the CLI only parse arguments and call these.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from semid_spark.config import JobConfig, ModelConfig
+from semid_spark.delta.table import TableRef, check_table, write_ids
+from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, RUN_ID, SEMANTIC_ID
+from semid_spark.spark.encode import FrozenModel, encode_embeddings
+from semid_spark.spark.sample import sample_embeddings
+from semid_spark.spark.session import stage
+from semid_spark.spark.validate import InputReport, check_input, normalize_columns, split_invalid
+from semid_spark.uniqueness.ranking import assign_counters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What a run did: row counts and seconds per stage."""
+
+    n_input: int = 0
+    n_rejected: int = 0
+    n_new: int = 0
+    n_inserted: int = 0
+    model_sha256: str = ""
+    collision_share: float = 0.0  # share of this run's new items whose codes another item also has
+    seconds: dict[str, float] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+
+
+def read_input(spark: SparkSession, cfg: JobConfig) -> DataFrame:
+    src = cfg.input
+    if src.table:
+        return spark.read.table(src.table)
+    return spark.read.format(src.format).load(src.path)
+
+
+def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport) -> tuple[DataFrame, InputReport]:
+    """Normalized, checked input; bad rows raise (or, with on_invalid=reject, go to the reject table)."""
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
+    df = normalize_columns(df, key, emb)
+    if cfg.input.on_invalid == "reject":
+        valid, rejected, dim = split_invalid(df, key, emb, dim=dim)
+        valid = valid.cache()
+        n_rejected = rejected.count()
+        if n_rejected:
+            rejected.withColumn(RUN_ID, F.lit(report.run_id)).write.format("delta").mode("append").save(cfg.input.reject_path)
+            log.warning("%d rows rejected into %s", n_rejected, cfg.input.reject_path)
+        report.n_rejected = n_rejected
+        df = valid
+    df, info = check_input(df, key, emb, dim=dim)
+    report.n_input = info.n_rows
+    return df, info
+
+
+def _fit_device(model_cfg: ModelConfig) -> str:
+    if model_cfg.fit_device != "auto":
+        return model_cfg.fit_device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def new_encoder(model_cfg: ModelConfig, dim: int):
+    if model_cfg.kind == "rq_kmeans":
+        from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+        return RQKMeans(model_cfg.n_levels, model_cfg.n_clusters, random_state=model_cfg.seed, **model_cfg.params)
+    from semid_spark.algorithms.rq_vae import RQVAE
+
+    params = {"e_dim": 32, "layers": [512, 256, 128], "kmeans_init": True, "lr": 1e-3, **model_cfg.params}
+    return RQVAE(in_dim=dim, num_emb_list=[model_cfg.n_clusters] * model_cfg.n_levels,
+                 random_state=model_cfg.seed, **params)
+
+
+def load_encoder(path: str):
+    import json
+
+    with open(os.path.join(path, "metadata.json"), encoding="utf-8") as fh:
+        kind = json.load(fh).get("type")
+    if kind == "RQVAE":
+        from semid_spark.algorithms.rq_vae import RQVAE
+
+        return RQVAE.load(path)
+    from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+    return RQKMeans.load(path)
+
+
+def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport):
+    """Sample to the driver, fit there (cuda when it has one), save the model."""
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
+    with stage(spark, "semid: sample embeddings to the driver"), _timed(report, "sample"):
+        x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                              sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+    device = _fit_device(cfg.model)
+    with _timed(report, "fit"):
+        encoder = new_encoder(cfg.model, info.dim).fit(x, device=device)
+        encoder.save(cfg.model.path)
+    log.info("fitted %s on %d sampled rows (%s), sha256 %s, saved to %s", type(encoder).__name__, len(x),
+             device, encoder.sha256[:12], cfg.model.path)
+    return encoder
+
+
+def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, cfg: JobConfig, report: RunReport) -> None:
+    """Encode, rank new items after the written ones, insert them into the Delta table."""
+    key, emb, sep = cfg.input.key_col, cfg.input.embedding_col, cfg.uniqueness.sep
+    out = TableRef(cfg.output.path, cfg.output.table)
+    dim = getattr(encoder, "D_", None) or getattr(encoder, "in_dim", None)
+    if dim != info.dim:
+        raise_mismatch(info.dim, dim, emb)
+    mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
+    report.model_sha256 = encoder.sha256
+    written = out.read(spark) if mode == "append" else None
+    todo = df.join(written.select(key), key, "left_anti") if written is not None else df
+
+    with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"):
+        encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
+                                    dim=info.dim, device=cfg.encode.device)
+        encoded = encoded.withColumn(BASE_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep))
+        encoded = encoded.cache()
+        report.n_new = encoded.count()
+    if report.n_new == 0:
+        report.n_inserted = 0
+        log.info("no new items: the table already holds every key")
+        return
+    next_counters = None
+    if written is not None:
+        next_counters = (written.select(F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep).alias(BASE_ID),
+                                        COUNTER).groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next")))
+    with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
+        ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows)
+        rows = ranked.select(
+            key,
+            F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(SEMANTIC_ID),
+            CODES, COUNTER,
+            F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(report.run_id).alias(RUN_ID),
+            F.current_timestamp().alias(ASSIGNED_AT),
+        )
+        shared = encoded.groupBy(BASE_ID).count().where("count > 1").agg(F.sum("count")).first()[0] or 0
+        report.collision_share = shared / report.n_new
+    with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
+        report.n_inserted = write_ids(spark, out, rows, key_col=key, encoder=encoder, mode=mode)
+    encoded.unpersist()
+
+
+def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
+    from semid_spark.exceptions import ShapeMismatchError
+
+    raise ShapeMismatchError(f"embeddings in {col!r} have length {data_dim}; the model expects {model_dim}")
+
+
+def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None) -> RunReport:
+    """The whole pipeline. ``fit=None``: fit when no model is saved at model.path (or refit is set)."""
+    report = RunReport()
+    with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
+        df, info = validated_input(spark, read_input(spark, cfg), cfg, None, report)
+    must_fit = fit if fit is not None else (cfg.model.refit or not os.path.exists(os.path.join(cfg.model.path, "metadata.json")))
+    encoder = fit_model(spark, df, info, cfg, report) if must_fit else load_encoder(cfg.model.path)
+    assign_ids(spark, df, info, encoder, cfg, report)
+    log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
+             report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
+             report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
+    return report
+
+
+def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    report = RunReport()
+    with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
+        df, info = validated_input(spark, read_input(spark, cfg), cfg, None, report)
+    report.model_sha256 = fit_model(spark, df, info, cfg, report).sha256
+    return report
+
+
+def assign_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    return run(spark, cfg, fit=False)
+
+
+class _timed:
+    def __init__(self, report: RunReport, name: str) -> None:
+        self.report, self.name = report, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.report.seconds[self.name] = self.report.seconds.get(self.name, 0.0) + time.perf_counter() - self.start

@@ -1,0 +1,100 @@
+"""Input checks, all before anything is written: columns, types, lengths, NaN/inf, keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from semid_spark.exceptions import InvalidInputError, ShapeMismatchError
+from semid_spark.spark.columns import KEY_TYPES, REASON
+
+
+@dataclass(frozen=True)
+class InputReport:
+    n_rows: int
+    dim: int
+    n_rejected: int = 0
+
+
+def normalize_columns(df: DataFrame, key_col: str, embedding_col: str) -> DataFrame:
+    """(key, embedding as array<float>) or an error naming the column and what was expected."""
+    for col in (key_col, embedding_col):
+        if col not in df.columns:
+            raise InvalidInputError(f"input has no column {col!r}; its columns are {df.columns}")
+    key_type = df.schema[key_col].dataType
+    if not isinstance(key_type, KEY_TYPES):
+        raise InvalidInputError(f"key column {key_col!r} is {key_type.simpleString()}; expected string, bigint or int")
+    emb_type = df.schema[embedding_col].dataType
+    if isinstance(emb_type, VectorUDT):
+        emb = vector_to_array(F.col(embedding_col), "float32")
+    elif isinstance(emb_type, T.ArrayType) and isinstance(emb_type.elementType, (T.FloatType, T.DoubleType)):
+        emb = F.col(embedding_col).cast(T.ArrayType(T.FloatType()))
+    else:
+        raise InvalidInputError(
+            f"embedding column {embedding_col!r} is {emb_type.simpleString()}; expected array<float>, "
+            "array<double> or an ML Vector"
+        )
+    return df.select(F.col(key_col), emb.alias(embedding_col))
+
+
+def _problems(key_col: str, emb_col: str, dim_col) -> list[tuple[str, object]]:
+    """(reason, condition) pairs, in the order they are reported; the first true one rejects a row."""
+    emb = F.col(emb_col)
+    return [
+        ("null key", F.col(key_col).isNull()),
+        ("null embedding", emb.isNull()),
+        ("wrong length", F.size(emb) != dim_col),
+        ("NaN or inf", F.exists(emb, lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))) | v.isNull())),
+        ("duplicate key", F.col("_key_count") > 1),
+    ]
+
+
+def _with_checks(df: DataFrame, key_col: str, emb_col: str, dim: int) -> DataFrame:
+    counted = df.withColumn("_key_count", F.count(F.lit(1)).over(Window.partitionBy(key_col)))
+    reason = F.lit(None).cast("string")
+    for label, cond in reversed(_problems(key_col, emb_col, F.lit(dim))):
+        reason = F.when(cond, F.lit(label)).otherwise(reason)
+    return counted.withColumn(REASON, reason).drop("_key_count")
+
+
+def infer_dim(df: DataFrame, emb_col: str) -> int:
+    row = df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col).alias("n")).limit(1).collect()
+    if not row:
+        raise InvalidInputError(f"input has no rows with an embedding in {emb_col!r} (is it empty?)")
+    return int(row[0]["n"])
+
+
+def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, InputReport]:
+    """Validate normalized input; raise one error listing every problem with its row count.
+
+    Returns the input and a report (rows, dimension). ``dim`` defaults to the first row's length.
+    """
+    dim = dim if dim is not None else infer_dim(df, emb_col)
+    checked = _with_checks(df, key_col, emb_col, dim)
+    counts = checked.groupBy(REASON).count().collect()
+    by_reason = {r[REASON]: r["count"] for r in counts}
+    n_rows = sum(by_reason.values())
+    if n_rows == 0:
+        raise InvalidInputError("input is empty: no rows to assign IDs to")
+    bad = {k: v for k, v in by_reason.items() if k is not None}
+    if bad:
+        what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
+                "wrong length": f"embedding length != {dim} in {emb_col!r}",
+                "NaN or inf": f"NaN/inf values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
+        detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
+        error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
+        raise error(f"input has {sum(bad.values())} bad rows of {n_rows}: {detail}. Nothing was written "
+                    "(set input.on_invalid=reject to skip them into a reject table)")
+    return df, InputReport(n_rows=n_rows, dim=dim)
+
+
+def split_invalid(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, DataFrame, int]:
+    """(valid rows, rejected rows with a reject_reason column, dim) for ``on_invalid: reject``."""
+    dim = dim if dim is not None else infer_dim(df, emb_col)
+    checked = _with_checks(df, key_col, emb_col, dim)
+    return (checked.where(F.col(REASON).isNull()).drop(REASON), checked.where(F.col(REASON).isNotNull()), dim)

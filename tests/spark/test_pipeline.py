@@ -1,0 +1,267 @@
+"""The Spark job end to end on a local session: IDs, stability, determinism, Delta, bad input."""
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.ml.linalg import Vectors
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.algorithms.rq_vae import RQVAE
+from semid_spark.config import JobConfig
+from semid_spark.demo import generated_catalog
+from semid_spark.exceptions import InvalidInputError, ModelMismatchError, ShapeMismatchError
+from semid_spark.spark import pipeline
+from semid_spark.spark.encode import FrozenModel, encode_embeddings
+
+DIM = 16
+ID_COLS = ["item_id", "semantic_id", "codes", "counter"]
+
+
+def catalog(n, seed=0, start=0):
+    x = generated_catalog(n + start, DIM, 12, seed)[start:]
+    keys = [f"sku{i:06d}" for i in range(start, start + n)]
+    return keys, x
+
+
+def frame(spark, keys, x, key_type=pa.string()):
+    table = pa.table({"item_id": pa.array(keys, type=key_type),
+                      "embedding": pa.array(list(np.asarray(x, dtype=np.float32)), type=pa.list_(pa.float32()))})
+    return spark.createDataFrame(table)
+
+
+def config(tmp, **sections):
+    raw = {"input": {"path": f"{tmp}/in"}, "model": {"path": f"{tmp}/model", "n_clusters": 8, "sample_size": 1000},
+           "output": {"path": f"{tmp}/out"}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return JobConfig.from_dict(raw)
+
+
+def write_input(spark, df, path, mode="overwrite"):
+    df.write.format("delta").mode(mode).save(path)
+
+
+def ids(spark, cfg):
+    return spark.read.format("delta").load(cfg.output.path).select(*ID_COLS)
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    keys, x = catalog(1200)
+    write_input(spark, frame(spark, keys, x), f"{tmp}/in")
+    cfg = config(tmp)
+    report = pipeline.run(spark, cfg)
+    return tmp, cfg, report, keys, x
+
+
+def reference_ids(rows):
+    """The contract computed in plain Python: per base, keys in order take counters 0, 1, ..."""
+    by_base = defaultdict(list)
+    for key, codes in rows:
+        by_base["-".join(map(str, codes))].append(key)
+    out = {}
+    for base, members in by_base.items():
+        for counter, key in enumerate(sorted(members)):
+            out[key] = base if counter == 0 else f"{base}-{counter}"
+    return out
+
+
+def test_first_run_writes_one_unique_id_per_item(spark, first_run):
+    tmp, cfg, report, keys, x = first_run
+    table = ids(spark, cfg).collect()
+    assert report.n_input == report.n_new == report.n_inserted == len(table) == 1200
+    assert len({r.semantic_id for r in table}) == 1200
+    assert {r.item_id: r.semantic_id for r in table} == reference_ids([(r.item_id, r.codes) for r in table])
+    props = DeltaTable.forPath(spark, cfg.output.path).detail().first()["properties"]
+    assert props["semid.model_sha256"] == report.model_sha256 and props["semid.codebook_sizes"] == "8,8,8"
+
+
+def test_executor_codes_equal_the_driver_model(spark, first_run):
+    tmp, cfg, report, keys, x = first_run
+    model = RQKMeans.load(cfg.model.path)
+    table = {r.item_id: r.codes for r in ids(spark, cfg).collect()}
+    assert np.array_equal(np.array([table[k] for k in keys]), model.encode(x))
+
+
+def test_executor_codes_equal_the_driver_model_for_rq_vae(spark):
+    keys, x = catalog(300)
+    model = RQVAE(in_dim=DIM, num_emb_list=[8, 8], e_dim=8, layers=[16], epochs=3, random_state=0).fit(x)
+    encoded = encode_embeddings(frame(spark, keys, x).repartition(3), FrozenModel(spark, model), key_col="item_id",
+                                embedding_col="embedding", dim=DIM)
+    got = {r.item_id: r.codes for r in encoded.collect()}
+    assert np.array_equal(np.array([got[k] for k in keys]), model.encode(x))
+
+
+def test_rerun_on_the_same_input_inserts_nothing(spark, first_run):
+    tmp, cfg, report, keys, x = first_run
+    before = DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"]
+    again = pipeline.run(spark, cfg)
+    assert again.n_new == again.n_inserted == 0
+    assert DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"] == before
+
+
+def test_incremental_run_keeps_old_ids_and_continues_counters(spark, tmp_path):
+    keys, x = catalog(1000)
+    cfg = config(tmp_path)
+    write_input(spark, frame(spark, keys[:800], x[:800]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    old = {r.item_id: r for r in spark.read.format("delta").load(cfg.output.path).collect()}
+    write_input(spark, frame(spark, keys[800:], x[800:]), cfg.input.path, mode="append")
+    report = pipeline.run(spark, cfg)
+    assert report.n_new == report.n_inserted == 200
+    new = {r.item_id: r for r in spark.read.format("delta").load(cfg.output.path).collect()}
+    assert all(new[k] == old[k] for k in old)  # every column of every old row, run id included
+    assert len({r.semantic_id for r in new.values()}) == 1000
+    by_base = defaultdict(list)
+    for r in new.values():
+        by_base[tuple(r.codes)].append((r.item_id in old, r.counter, r.item_id))
+    for members in by_base.values():
+        counters = sorted(c for _, c, _ in members)
+        assert counters == list(range(len(members)))  # no gaps, no repeats
+        old_max = max((c for was_old, c, _ in members if was_old), default=-1)
+        fresh = sorted((c, k) for was_old, c, k in members if not was_old)
+        assert all(c > old_max for c, _ in fresh) and [k for _, k in fresh] == sorted(k for _, k in fresh)
+
+
+def test_output_does_not_depend_on_partitioning(spark, tmp_path):
+    keys, x = catalog(900, seed=3)
+    df = frame(spark, keys, x)
+    model = RQKMeans(3, 8, random_state=0).fit(x)
+    model.save(str(tmp_path / "model"))
+    outputs = []
+    for n_parts in (1, 17):
+        cfg = config(tmp_path / f"p{n_parts}", model={"path": str(tmp_path / "model")}, uniqueness={"hot_code_rows": 40})
+        write_input(spark, df.repartition(n_parts).orderBy(F.rand(n_parts)), cfg.input.path)
+        pipeline.run(spark, cfg)
+        outputs.append(ids(spark, cfg))
+    assert_df_equality(outputs[0], outputs[1], ignore_row_order=True)
+
+
+def test_hot_code_is_ranked_in_several_tasks_with_the_same_numbers(spark, tmp_path):
+    keys, x = catalog(600, seed=5)
+    x[:400] = x[0]  # 400 items share one code
+    df = frame(spark, keys, x)
+    model = RQKMeans(3, 8, random_state=0).fit(x)
+    model.save(str(tmp_path / "model"))
+    results = {}
+    for hot in (10**9, 50):
+        cfg = config(tmp_path / f"h{hot}", model={"path": str(tmp_path / "model")}, uniqueness={"hot_code_rows": hot})
+        write_input(spark, df, cfg.input.path)
+        pipeline.run(spark, cfg)
+        results[hot] = ids(spark, cfg)
+    assert_df_equality(results[10**9], results[50], ignore_row_order=True)
+
+    from semid_spark.uniqueness import ranking
+
+    encoded = encode_embeddings(df, FrozenModel(spark, model), key_col="item_id", embedding_col="embedding", dim=DIM)
+    encoded = encoded.withColumn("base_id", F.array_join(F.transform("codes", lambda c: c.cast("string")), "-"))
+    ranked = ranking.assign_counters(encoded, None, key_col="item_id", hot_code_rows=50)
+    hot_base = "-".join(map(str, model.encode(x[:1])[0]))
+    tasks = ranked.where(F.col("base_id") == hot_base).select(F.spark_partition_id().alias("task")).distinct().count()
+    assert tasks > 1
+
+
+def test_a_model_of_another_sha_is_refused_and_the_table_is_kept(spark, first_run, tmp_path):
+    tmp, cfg, report, keys, x = first_run
+    version = DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"]
+    other = config(tmp, model={"path": str(tmp_path / "other"), "seed": 1})
+    with pytest.raises(ModelMismatchError, match="holds IDs of model sha256="):
+        pipeline.run(spark, other)
+    assert DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"] == version
+    assert spark.read.format("delta").load(cfg.output.path).count() == 1200
+
+
+def test_new_table_on_model_change_replaces_it(spark, tmp_path):
+    keys, x = catalog(300)
+    cfg = config(tmp_path)
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    first = pipeline.run(spark, cfg)
+    second = pipeline.run(spark, config(tmp_path, model={"seed": 1, "refit": True},
+                                        output={"new_table_on_model_change": True}))
+    assert first.model_sha256 != second.model_sha256 and second.n_inserted == 300
+    table = spark.read.format("delta").load(cfg.output.path)
+    assert table.select("model_sha256").distinct().collect()[0][0] == second.model_sha256
+
+
+def bad_frame(spark, problem):
+    keys, x = catalog(50)
+    keys, x = list(keys), [list(map(float, row)) for row in x]
+    if problem == "null key":
+        keys[3] = None
+    elif problem == "duplicate key":
+        keys[4] = keys[5] = "dup"
+    elif problem == "nan":
+        x[7][2] = float("nan")
+    elif problem == "inf":
+        x[8][0] = float("inf")
+    elif problem == "length":
+        x[9] = x[9][:5]
+    elif problem == "null embedding":
+        x[10] = None
+    schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("embedding", T.ArrayType(T.DoubleType()))])
+    return spark.createDataFrame(list(zip(keys, x)), schema)
+
+
+@pytest.mark.parametrize(
+    "problem, error, message",
+    [
+        ("null key", InvalidInputError, r"1 rows with null in key column 'item_id'"),
+        ("duplicate key", InvalidInputError, r"2 rows with duplicate keys in 'item_id'"),
+        ("nan", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
+        ("inf", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
+        ("length", ShapeMismatchError, r"1 rows with embedding length != 16"),
+        ("null embedding", InvalidInputError, r"1 rows with null in 'embedding'"),
+    ],
+)
+def test_bad_rows_are_named_and_nothing_is_written(spark, tmp_path, problem, error, message):
+    cfg = config(tmp_path)
+    write_input(spark, bad_frame(spark, problem), cfg.input.path)
+    with pytest.raises(error, match=message):
+        pipeline.run(spark, cfg)
+    assert not DeltaTable.isDeltaTable(spark, cfg.output.path)
+
+
+def test_bad_schema_and_empty_input_are_named(spark, tmp_path):
+    keys, x = catalog(20)
+    cases = [
+        (frame(spark, keys, x).withColumnRenamed("embedding", "vec"), r"no column 'embedding'; its columns are \['item_id', 'vec'\]"),
+        (frame(spark, keys, x).withColumn("item_id", F.lit(1.5)), r"key column 'item_id' is double"),
+        (frame(spark, keys, x).withColumn("embedding", F.lit("x")), r"'embedding' is string; expected array<float>"),
+        (frame(spark, keys, x).limit(0), r"no rows with an embedding"),
+    ]
+    for i, (df, message) in enumerate(cases):
+        cfg = config(tmp_path / str(i))
+        write_input(spark, df, cfg.input.path)
+        with pytest.raises(InvalidInputError, match=message):
+            pipeline.run(spark, cfg)
+        assert not DeltaTable.isDeltaTable(spark, cfg.output.path)
+
+
+def test_reject_mode_skips_bad_rows_into_a_reject_table(spark, tmp_path):
+    cfg = config(tmp_path, input={"on_invalid": "reject", "reject_path": str(tmp_path / "rejects")})
+    df = bad_frame(spark, "nan").union(bad_frame(spark, "null key").where(F.col("item_id").isNull()))
+    write_input(spark, df, cfg.input.path)
+    report = pipeline.run(spark, cfg)
+    rejects = spark.read.format("delta").load(str(tmp_path / "rejects"))
+    assert sorted(r.reject_reason for r in rejects.collect()) == ["NaN or inf", "null key"]
+    assert report.n_rejected == 2 and report.n_inserted == 49
+
+
+def test_vectors_doubles_and_long_keys_are_accepted(spark, tmp_path):
+    keys, x = catalog(200)
+    rows = [(i, Vectors.dense(row.astype(float))) for i, row in enumerate(x)]
+    cfg = config(tmp_path)
+    write_input(spark, spark.createDataFrame(rows, ["item_id", "embedding"]), cfg.input.path)
+    report = pipeline.run(spark, cfg)
+    table = spark.read.format("delta").load(cfg.output.path)
+    assert report.n_inserted == 200 and dict(table.dtypes)["item_id"] == "bigint"
+    model = RQKMeans.load(cfg.model.path)
+    got = {r.item_id: r.codes for r in table.collect()}
+    assert np.array_equal(np.array([got[i] for i in range(200)]), model.encode(x))
