@@ -78,13 +78,15 @@ class UniquenessConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    path: str | None = "artifacts/semantic_ids"
-    table: str | None = None
+    path: str | None = None  # a Delta directory (default artifacts/semantic_ids) ...
+    table: str | None = None  # ... or a table name
     new_table_on_model_change: bool = False  # replace the table (kept in Delta history) for a new model
 
     def __post_init__(self) -> None:
-        if (self.path is None) == (self.table is None):
-            raise ConfigError("output: give exactly one of output.path or output.table")
+        if self.path is not None and self.table is not None:
+            raise ConfigError("output: give one of output.path or output.table, not both")
+        if self.path is None and self.table is None:
+            object.__setattr__(self, "path", "artifacts/semantic_ids")
 
 
 @dataclass(frozen=True)

@@ -1,50 +1,90 @@
-"""`make demo`: fit RQ-KMeans on a generated catalog and print sample semantic IDs.
+"""`make demo`: the whole job on the embedded local Spark, twice.
 
-Until the Spark job lands this runs the algorithm path end to end on one machine.
+1. writes a synthetic catalog (clustered embeddings, 200k items) as a Delta table;
+2. runs the pipeline (validate, sample, fit RQ-KMeans, encode on executors, rank, write Delta);
+3. appends 10% new items and runs again: only the new keys get IDs, and no old ID changes.
+Prints sample IDs, row counts, the collision share and the seconds of each stage.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import time
 from typing import Sequence
 
 import numpy as np
 
-from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.synthetic import generated_catalog
 
 
-def generated_catalog(n_items: int, dim: int, n_topics: int, seed: int) -> np.ndarray:
-    """(n_items, dim) float32 embeddings drawn around n_topics topic centers."""
-    rng = np.random.default_rng(seed)
-    topics = rng.standard_normal((n_topics, dim)).astype(np.float32)
-    return topics[rng.integers(0, n_topics, n_items)] + 0.3 * rng.standard_normal((n_items, dim)).astype(np.float32)
+def catalog_frame(spark, x: np.ndarray, start: int):
+    import pyarrow as pa
+
+    keys = pa.array([f"item{i:07d}" for i in range(start, start + len(x))])
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]).cast(pa.list_(pa.float32()))
+    return spark.createDataFrame(pa.table({"item_id": keys, "embedding": emb}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--config", default="conf/demo.yaml")
+    parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--out", default="artifacts/demo_model")
+    parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    x = generated_catalog(args.items, args.dim, n_topics=50, seed=0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "semid_spark.algorithms"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pyspark.sql import functions as F
+
+    from semid_spark.config import JobConfig
+    from semid_spark.spark import pipeline
+    from semid_spark.spark.session import get_session
+
+    cfg = JobConfig.from_yaml(args.config, args.set)
+    for path in (cfg.input.path, cfg.model.path, cfg.output.path):
+        shutil.rmtree(path, ignore_errors=True)  # the demo starts from nothing each time
     start = time.perf_counter()
-    model = RQKMeans(n_levels=3, n_clusters=64, random_state=42).fit(x)
-    fit_s = time.perf_counter() - start
+    spark = get_session(cfg.spark)
+    print(f"Spark {spark.version} with Delta ready in {time.perf_counter() - start:.1f} s")
+
+    n_new = args.items // 10
+    x = generated_catalog(args.items + n_new, args.dim, n_topics=100, seed=0)
     start = time.perf_counter()
-    codes = model.encode(x)
-    encode_s = time.perf_counter() - start
-    ids = model.semantic_id(codes)
-    model.save(args.out)
-    reloaded = RQKMeans.load(args.out)
-    assert np.array_equal(reloaded.encode(x[:1000]), codes[:1000])
-    print(f"fit {args.items}x{args.dim} in {fit_s:.2f}s, encode in {encode_s:.3f}s; model {args.out} sha256 {model.sha256[:12]}")
-    print(f"distinct IDs: {len(set(ids))} of {len(ids)}")
-    for i in range(5):
-        print(f"  item {i}: {ids[i]}")
+    catalog_frame(spark, x[: args.items], 0).write.format("delta").mode("overwrite").save(cfg.input.path)
+    print(f"catalog: {args.items:,} items x {args.dim} written to {cfg.input.path} in {time.perf_counter() - start:.1f} s")
+
+    first = pipeline.run(spark, cfg)
+    _print_report("run 1 (fit + assign)", first)
+    table = spark.read.format("delta").load(cfg.output.path)
+    print("sample IDs:")
+    for row in table.orderBy("item_id").limit(5).collect():
+        print(f"  {row.item_id}  {row.semantic_id:<14} codes={row.codes} counter={row.counter}")
+
+    catalog_frame(spark, x[args.items:], args.items).write.format("delta").mode("append").save(cfg.input.path)
+    second = pipeline.run(spark, cfg)
+    _print_report(f"run 2 (+{n_new:,} new items, same model)", second)
+
+    before = spark.read.format("delta").option("versionAsOf", 0).load(cfg.output.path).alias("a")
+    after = spark.read.format("delta").load(cfg.output.path).alias("b")
+    changed = before.join(after, "item_id").where(
+        (F.col("a.semantic_id") != F.col("b.semantic_id")) | (F.col("a.counter") != F.col("b.counter"))).count()
+    total, distinct = after.count(), after.select("semantic_id").distinct().count()
+    print(f"table {cfg.output.path}: {total:,} rows, {distinct:,} distinct semantic_ids; "
+          f"old IDs changed by run 2: {changed}")
+    if changed or total != distinct or total != args.items + n_new:
+        print("FAILED: IDs are not unique and stable")
+        return 1
     return 0
+
+
+def _print_report(title: str, report) -> None:
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    print(f"{title}: {report.n_input:,} input rows, {report.n_new:,} new, {report.n_inserted:,} inserted, "
+          f"collision share {report.collision_share:.4f}; model {report.model_sha256[:12]}; {stages}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
-from semid_spark.demo import generated_catalog
+from semid_spark.synthetic import generated_catalog
 
 
 def _timed(fn):

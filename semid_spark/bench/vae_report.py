@@ -14,7 +14,7 @@ import numpy as np
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
-from semid_spark.demo import generated_catalog
+from semid_spark.synthetic import generated_catalog
 
 
 def quality(model, x: np.ndarray, codes: np.ndarray) -> dict:

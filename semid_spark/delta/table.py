@@ -7,6 +7,7 @@ changes, re-running the same input inserts nothing, and a failed run commits not
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
@@ -75,7 +76,9 @@ def write_ids(spark: SparkSession, ref: TableRef, rows: DataFrame, *, key_col: s
     """Create (one atomic CREATE TABLE AS SELECT, with the model's properties) or insert-only MERGE."""
     if mode == "append":
         return insert_new(spark, ref, rows, key_col)
-    identifier = ref.name or f"delta.`{ref.path}`"
+    # a path identifier must be absolute, or Spark reads `delta` as a schema name
+    path = ref.path if ref.path is None or "://" in ref.path else os.path.abspath(ref.path)
+    identifier = ref.name or f"delta.`{path}`"
     writer = rows.writeTo(identifier).using("delta")
     for key, value in model_properties(encoder).items():
         writer = writer.tableProperty(key, value)

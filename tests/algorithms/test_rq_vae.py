@@ -10,7 +10,7 @@ import torch
 from semid_spark.algorithms import _torch_ops
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
-from semid_spark.demo import generated_catalog
+from semid_spark.synthetic import generated_catalog
 from semid_spark.engine import SemanticIdEngine
 from semid_spark.exceptions import (
     ConfigError, InvalidInputError, ModelFormatError, NotFittedError, ShapeMismatchError,

@@ -14,7 +14,7 @@ from pyspark.sql import types as T
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.config import JobConfig
-from semid_spark.demo import generated_catalog
+from semid_spark.synthetic import generated_catalog
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError, ShapeMismatchError
 from semid_spark.spark import pipeline
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
@@ -265,3 +265,18 @@ def test_vectors_doubles_and_long_keys_are_accepted(spark, tmp_path):
     model = RQKMeans.load(cfg.model.path)
     got = {r.item_id: r.codes for r in table.collect()}
     assert np.array_equal(np.array([got[i] for i in range(200)]), model.encode(x))
+
+
+def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
+    from semid_spark.cli import main
+
+    keys, x = catalog(300)
+    write_input(spark, frame(spark, keys, x), str(tmp_path / "in"))
+    conf = tmp_path / "job.yaml"
+    conf.write_text(f"input: {{path: {tmp_path}/in}}\nmodel: {{path: {tmp_path}/model, n_clusters: 8, sample_size: 300}}\n"
+                    f"output: {{path: {tmp_path}/out}}\n")
+    assert main(["fit", "--config", str(conf)]) == 0
+    assert main(["assign", "--config", str(conf), "--set", "uniqueness.hot_code_rows=20"]) == 0
+    assert '"n_inserted": 300' in capsys.readouterr().out
+    assert main(["run", "--config", str(conf), "--set", "model.seed=5", "--set", "model.refit=true"]) == 2
+    assert "ModelMismatchError" in capsys.readouterr().err

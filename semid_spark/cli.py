@@ -1,0 +1,52 @@
+"""``semid fit|assign|run --config FILE [--set section.key=value ...]``: the job's command line.
+
+The same entry point serves the console script, ``python -m semid_spark.cli`` and the thin
+files in ``jobs/`` that spark-submit runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Sequence
+
+from semid_spark.exceptions import SemanticIdError
+
+log = logging.getLogger("semid_spark")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="semid", description="Semantic IDs for a catalog, on Spark, into Delta.")
+    parser.add_argument("command", choices=["fit", "assign", "run"],
+                        help="fit: sample and fit the model; assign: IDs for keys not yet in the table; run: both")
+    parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (parsed as YAML), e.g. --set model.n_clusters=64")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from semid_spark.config import JobConfig
+    from semid_spark.spark import pipeline
+    from semid_spark.spark.session import get_session
+
+    try:
+        cfg = JobConfig.from_yaml(args.config, args.set)
+        spark = get_session(cfg.spark)
+        step = {"fit": pipeline.fit_only, "assign": pipeline.assign_only, "run": pipeline.run}[args.command]
+        report = step(spark, cfg)
+    except SemanticIdError as exc:
+        print(f"semid {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(report), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
