@@ -165,11 +165,15 @@ def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
     raise ShapeMismatchError(f"embeddings in {col!r} have length {data_dim}; the model expects {model_dim}")
 
 
-def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None) -> RunReport:
-    """The whole pipeline. ``fit=None``: fit when no model is saved at model.path (or refit is set)."""
+def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: DataFrame | None = None) -> RunReport:
+    """The whole pipeline. ``fit=None``: fit when no model is saved at model.path (or refit is set).
+
+    ``items``: a DataFrame to use instead of reading ``cfg.input`` (e.g. in a notebook).
+    """
     report = RunReport()
     with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
-        df, info = validated_input(spark, read_input(spark, cfg), cfg, None, report)
+        source = items if items is not None else read_input(spark, cfg)
+        df, info = validated_input(spark, source, cfg, None, report)
     must_fit = fit if fit is not None else (cfg.model.refit or not os.path.exists(os.path.join(cfg.model.path, "metadata.json")))
     encoder = fit_model(spark, df, info, cfg, report) if must_fit else load_encoder(cfg.model.path)
     assign_ids(spark, df, info, encoder, cfg, report)
@@ -187,8 +191,8 @@ def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
     return report
 
 
-def assign_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
-    return run(spark, cfg, fit=False)
+def assign_only(spark: SparkSession, cfg: JobConfig, *, items: DataFrame | None = None) -> RunReport:
+    return run(spark, cfg, fit=False, items=items)
 
 
 class _timed:

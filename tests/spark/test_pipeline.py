@@ -280,3 +280,27 @@ def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
     assert '"n_inserted": 300' in capsys.readouterr().out
     assert main(["run", "--config", str(conf), "--set", "model.seed=5", "--set", "model.refit=true"]) == 2
     assert "ModelMismatchError" in capsys.readouterr().err
+
+
+def test_rq_vae_job_from_a_dataframe(spark, tmp_path):
+    keys, x = catalog(400)
+    cfg = config(tmp_path, model={"kind": "rq_vae", "n_levels": 2, "sample_size": 400,
+                                  "params": {"epochs": 3, "layers": [16], "e_dim": 8, "batch_size": 128}})
+    report = pipeline.run(spark, cfg, items=frame(spark, keys, x).repartition(3))
+    model = RQVAE.load(cfg.model.path)
+    got = {r.item_id: r.codes for r in spark.read.format("delta").load(cfg.output.path).collect()}
+    assert report.n_inserted == 400 and np.array_equal(np.array([got[k] for k in keys]), model.encode(x))
+
+
+def test_a_run_failing_on_executors_leaves_the_table_as_it_was(spark, tmp_path):
+    keys, x = catalog(500)
+    cfg = config(tmp_path)
+    write_input(spark, frame(spark, keys[:400], x[:400]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    version = DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"]
+    write_input(spark, frame(spark, keys[400:], x[400:]), cfg.input.path, mode="append")
+    broken = config(tmp_path, encode={"device": "cuda"})  # no GPU on the executors: the encode tasks fail
+    with pytest.raises(Exception, match="cuda"):
+        pipeline.run(spark, broken)
+    assert DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"] == version
+    assert spark.read.format("delta").load(cfg.output.path).count() == 400
