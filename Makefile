@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench-fit bench-ids bench-vae clean
+.PHONY: demo test test-heavy bench-fit bench-ids bench-vae bench-encode clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench-ids: $(STAMP)
 
 bench-vae: $(STAMP)
 	$(PY) -m semid_spark.bench.vae_report
+
+bench-encode: $(STAMP)
+	$(PY) -m semid_spark.bench.spark_encode
