@@ -48,7 +48,7 @@ def _problems(key_col: str, emb_col: str, dim_col) -> list[tuple[str, object]]:
     return [
         ("null key", F.col(key_col).isNull()),
         ("null embedding", emb.isNull()),
-        ("wrong length", F.size(emb) != dim_col),
+        ("wrong length", emb.isNotNull() & (F.size(emb) != dim_col)),
         ("NaN or inf", F.exists(emb, lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))) | v.isNull())),
         ("duplicate key", F.col("_key_count") > 1),
     ]
@@ -72,23 +72,29 @@ def infer_dim(df: DataFrame, emb_col: str) -> int:
 def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, InputReport]:
     """Validate normalized input; raise one error listing every problem with its row count.
 
-    Returns the input and a report (rows, dimension). ``dim`` defaults to the first row's length.
+    One aggregation over the rows (no shuffle of embeddings) plus a count of duplicate keys
+    (shuffling keys only). Returns the input and a report (rows, dimension); ``dim``
+    defaults to the first row's length.
     """
     dim = dim if dim is not None else infer_dim(df, emb_col)
-    checked = _with_checks(df, key_col, emb_col, dim)
-    counts = checked.groupBy(REASON).count().collect()
-    by_reason = {r[REASON]: r["count"] for r in counts}
-    n_rows = sum(by_reason.values())
+    problems = [(label, cond) for label, cond in _problems(key_col, emb_col, F.lit(dim)) if label != "duplicate key"]
+    stats = df.agg(F.count(F.lit(1)).alias("n"),
+                   *[F.sum(F.when(cond, 1).otherwise(0)).alias(label) for label, cond in problems]).first()
+    n_rows = int(stats["n"])
     if n_rows == 0:
         raise InvalidInputError("input is empty: no rows to assign IDs to")
-    bad = {k: v for k, v in by_reason.items() if k is not None}
+    bad = {label: int(stats[label] or 0) for label, _ in problems if stats[label]}
+    dupes = (df.where(F.col(key_col).isNotNull()).groupBy(key_col).count().where(F.col("count") > 1)
+               .agg(F.sum("count")).first()[0])
+    if dupes:
+        bad["duplicate key"] = int(dupes)
     if bad:
         what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
                 "wrong length": f"embedding length != {dim} in {emb_col!r}",
                 "NaN or inf": f"NaN/inf values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
         detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
         error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
-        raise error(f"input has {sum(bad.values())} bad rows of {n_rows}: {detail}. Nothing was written "
+        raise error(f"input has bad rows among {n_rows}: {detail}. Nothing was written "
                     "(set input.on_invalid=reject to skip them into a reject table)")
     return df, InputReport(n_rows=n_rows, dim=dim)
 

@@ -217,7 +217,7 @@ def bad_frame(spark, problem):
         ("nan", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
         ("inf", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
         ("length", ShapeMismatchError, r"1 rows with embedding length != 16"),
-        ("null embedding", InvalidInputError, r"1 rows with null in 'embedding'"),
+        ("null embedding", InvalidInputError, r"bad rows among 50: 1 rows with null in 'embedding'\. Nothing"),
     ],
 )
 def test_bad_rows_are_named_and_nothing_is_written(spark, tmp_path, problem, error, message):
