@@ -1,0 +1,1 @@
+"""Utilities with semantic-id 0.2.5's module names (metrics)."""
