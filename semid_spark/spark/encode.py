@@ -52,14 +52,17 @@ def cached_encoder(model: FrozenModel):
     return _MODELS[model.sha256]
 
 
-def arrow_embeddings(column: pa.Array, dim: int) -> np.ndarray:
-    """list<float> Arrow column -> (n, dim) float32 (input already validated: no nulls, all length dim)."""
+def arrow_embeddings(column: pa.Array, dim: int, *, copy: bool = False) -> np.ndarray:
+    """list<float> Arrow column -> (n, dim) float32 (input already validated: no nulls, all length dim).
+
+    Without *copy* the array is a read-only view of Arrow's buffer (no copy, for encoding);
+    with it, a writable array (torch, fitting on the driver, wants to own its input).
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.flatten() if column.offset or len(column) == 0 else column.values
-    flat = values.to_numpy(zero_copy_only=False)
-    # a writable copy: Arrow's buffers are read-only, and torch (fitting on the driver) wants to own its input
-    return np.array(flat[: len(column) * dim], dtype=np.float32).reshape(len(column), dim)
+    flat = values.to_numpy(zero_copy_only=False)[: len(column) * dim]
+    return (np.array(flat, dtype=np.float32) if copy else flat.astype(np.float32, copy=False)).reshape(len(column), dim)
 
 
 def codes_column(codes: np.ndarray) -> pa.Array:

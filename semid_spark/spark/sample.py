@@ -30,4 +30,4 @@ def sample_embeddings(
                 .orderBy("_h", key_col).limit(sample_size)
                 .select(embedding_col))
     table = picked.toArrow()
-    return arrow_embeddings(table.column(embedding_col), dim)
+    return arrow_embeddings(table.column(embedding_col), dim, copy=True)
