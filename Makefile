@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench-fit bench-ids bench-vae bench-encode clean
+.PHONY: demo test test-heavy bench bench-fit bench-ids bench-vae bench-encode clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,6 @@ bench-vae: $(STAMP)
 
 bench-encode: $(STAMP)
 	$(PY) -m semid_spark.bench.spark_encode
+
+bench: $(STAMP)
+	$(PY) -m semid_spark.cli bench

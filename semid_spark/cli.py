@@ -1,4 +1,4 @@
-"""``semid fit|assign|run --config FILE [--set section.key=value ...]``: the job's command line.
+"""``semid fit|assign|run --config FILE [--set section.key=value ...]`` and ``semid bench``.
 
 The same entry point serves the console script, ``python -m semid_spark.cli`` and the thin
 files in ``jobs/`` that spark-submit runs.
@@ -30,6 +30,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR]
+        from semid_spark.bench.suite import main as bench_main
+
+        return bench_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from semid_spark.config import JobConfig

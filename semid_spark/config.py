@@ -20,6 +20,7 @@ class SparkConfig:
     app_name: str = "semid_spark"
     warehouse_dir: str = "artifacts/spark-warehouse"
     shuffle_partitions: int = 8
+    driver_memory: str = "4g"  # the embedded session's JVM heap (local mode runs executors in it)
     conf: dict = field(default_factory=dict)  # extra spark.* settings for the embedded session
 
 

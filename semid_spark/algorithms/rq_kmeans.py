@@ -62,6 +62,9 @@ class RQKMeans(BaseSemanticEncoder):
         same device; no global random state is read or changed
     n_init : restarts per level keeping the lowest inertia; None means 1 (k-means++ seeding
         makes more restarts rarely worth their cost)
+    max_samples_per_cluster : None (Lloyd on every point) or a cap: Lloyd runs on a random
+        subsample of at most this many points per cluster at each level, as faiss does (256);
+        all points are still encoded and pass their residuals on (ignored when constrained)
 
     Attributes
     ----------
@@ -81,6 +84,7 @@ class RQKMeans(BaseSemanticEncoder):
         random_state: int | None = None,
         verbose: bool = False,
         n_init: int | None = None,
+        max_samples_per_cluster: int | None = None,
     ):
         if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
             raise ConfigError(f"n_levels={n_levels!r}; expected an int >= 1")
@@ -109,6 +113,9 @@ class RQKMeans(BaseSemanticEncoder):
         self.random_state = random_state
         self.verbose = verbose
         self.n_init = n_init
+        if max_samples_per_cluster is not None and max_samples_per_cluster < 1:
+            raise ConfigError(f"max_samples_per_cluster={max_samples_per_cluster}; expected >= 1 or None")
+        self.max_samples_per_cluster = max_samples_per_cluster
         self.codebooks_: list[np.ndarray] = []
         self.D_: int | None = None
         self.level_stats_: list[LevelStats] = []
@@ -151,6 +158,12 @@ class RQKMeans(BaseSemanticEncoder):
         import torch
 
         n = len(x)
+        cap = self.max_samples_per_cluster
+        if cap is not None and n > cap * k and self.implementation == "kmeans":
+            # Lloyd on a subsample, as faiss does (its default is 256 per centroid); every
+            # point is still encoded with the result, and its residual passed on
+            keep = np.sort(rng.choice(n, cap * k, replace=False))
+            x, n = x[torch.from_numpy(keep).to(x.device)], cap * k
         tol_abs = self.tol * float(x.var(dim=0).mean())
         best = None
         for _ in range(self.n_init or 1):
@@ -224,6 +237,7 @@ class RQKMeans(BaseSemanticEncoder):
             "type": "RQKMeans", "n_levels": self.n_levels, "n_clusters": self.n_clusters,
             "metric": self.metric, "implementation": self.implementation, "max_iter": self.max_iter,
             "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
+            "max_samples_per_cluster": self.max_samples_per_cluster,
         }
 
     def save(self, path: str) -> None:
@@ -249,6 +263,7 @@ class RQKMeans(BaseSemanticEncoder):
                 n_levels=meta["n_levels"], n_clusters=meta["n_clusters"], metric=meta.get("metric", "l2"),
                 implementation=meta.get("implementation", "kmeans"), max_iter=meta.get("max_iter", 100),
                 tol=meta.get("tol", 1e-4), random_state=meta.get("random_state"), n_init=meta.get("n_init"),
+                max_samples_per_cluster=meta.get("max_samples_per_cluster"),
             )
             books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(model.n_levels)]
             dim = int(meta["D"])

@@ -39,6 +39,7 @@ def get_session(cfg: SparkConfig | None = None) -> SparkSession:
         .config("spark.sql.warehouse.dir", warehouse)
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")

@@ -65,12 +65,14 @@ def _code_neighbors(codes: np.ndarray, query_idx: np.ndarray, n_neighbors: int, 
 def _embedding_neighbors(x: np.ndarray, query_idx: np.ndarray, n_neighbors: int) -> np.ndarray:
     """Exact Euclidean neighbours in float64 (the ground truth)."""
     x64 = np.asarray(x, dtype=np.float64)
+    x64_t = np.ascontiguousarray(x64.T)
     sq = np.einsum("nd,nd->n", x64, x64)
     out = np.empty((len(query_idx), n_neighbors), dtype=np.int64)
     for s in range(0, len(query_idx), _QUERY_BLOCK):
         block = query_idx[s:s + _QUERY_BLOCK]
-        dist = sq[block, None] - 2.0 * (x64[block] @ x64.T) + sq[None, :]
-        np.maximum(dist, 0, out=dist)
+        dist = x64[block] @ x64_t  # ||y||^2 - 2 q.y: the squared distance less a per-row constant
+        dist *= -2.0
+        dist += sq[None, :]
         out[s:s + len(block)] = _nearest(dist, n_neighbors)
     return out
 

@@ -195,3 +195,19 @@ def test_decode_rejects_out_of_range_codes(fitted):
         fitted.decode(np.array([[-1, 0, 0]]))
     with pytest.raises(InvalidInputError, match="4 levels"):
         fitted.decode(np.zeros((1, 4), int))
+
+
+def test_lloyd_on_a_capped_sample_per_cluster(X, tmp_path):
+    full = RQKMeans(n_levels=3, n_clusters=10, random_state=0).fit(X)
+    capped = RQKMeans(n_levels=3, n_clusters=10, random_state=0, max_samples_per_cluster=30).fit(X)
+    again = RQKMeans(n_levels=3, n_clusters=10, random_state=0, max_samples_per_cluster=30).fit(X)
+    assert capped.sha256 == again.sha256 != full.sha256
+
+    def mse(m):
+        return float(((X - m.decode(m.encode(X))) ** 2).sum(1).mean())
+
+    assert mse(capped) < 1.2 * mse(full)  # 300 of 1500 points per level still fit well
+    capped.save(str(tmp_path / "m"))
+    assert RQKMeans.load(str(tmp_path / "m")).max_samples_per_cluster == 30
+    with pytest.raises(ConfigError, match="max_samples_per_cluster=0"):
+        RQKMeans(max_samples_per_cluster=0)
