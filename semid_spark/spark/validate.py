@@ -49,7 +49,10 @@ def _problems(key_col: str, emb_col: str, dim_col) -> list[tuple[str, object]]:
         ("null key", F.col(key_col).isNull()),
         ("null embedding", emb.isNull()),
         ("wrong length", emb.isNotNull() & (F.size(emb) != dim_col)),
-        ("NaN or inf", F.exists(emb, lambda v: F.isnan(v) | (F.abs(v) == F.lit(float("inf"))) | v.isNull())),
+        # native array functions, no per-element lambda: NaN sorts above every number in Spark,
+        # so one NaN makes array_max NaN; array_compact drops null elements
+        ("NaN or inf", F.isnan(F.array_max(emb)) | (F.array_max(emb) == F.lit(float("inf")))
+         | (F.array_min(emb) == F.lit(float("-inf"))) | (F.size(F.array_compact(emb)) != F.size(emb))),
         ("duplicate key", F.col("_key_count") > 1),
     ]
 
