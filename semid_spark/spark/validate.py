@@ -94,7 +94,7 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
     if bad:
         what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
                 "wrong length": f"embedding length != {dim} in {emb_col!r}",
-                "NaN or inf": f"NaN/inf values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
+                "NaN or inf": f"NaN, inf or null values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
         detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
         error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
         raise error(f"input has bad rows among {n_rows}: {detail}. Nothing was written "

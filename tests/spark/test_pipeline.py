@@ -200,7 +200,9 @@ def bad_frame(spark, problem):
     elif problem == "nan":
         x[7][2] = float("nan")
     elif problem == "inf":
-        x[8][0] = float("inf")
+        x[8][0] = -float("inf")
+    elif problem == "null element":
+        x[11][3] = None
     elif problem == "length":
         x[9] = x[9][:5]
     elif problem == "null embedding":
@@ -214,8 +216,9 @@ def bad_frame(spark, problem):
     [
         ("null key", InvalidInputError, r"1 rows with null in key column 'item_id'"),
         ("duplicate key", InvalidInputError, r"2 rows with duplicate keys in 'item_id'"),
-        ("nan", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
-        ("inf", InvalidInputError, r"1 rows with NaN/inf values in 'embedding'"),
+        ("nan", InvalidInputError, r"1 rows with NaN, inf or null values in 'embedding'"),
+        ("inf", InvalidInputError, r"1 rows with NaN, inf or null values in 'embedding'"),
+        ("null element", InvalidInputError, r"1 rows with NaN, inf or null values in 'embedding'"),
         ("length", ShapeMismatchError, r"1 rows with embedding length != 16"),
         ("null embedding", InvalidInputError, r"bad rows among 50: 1 rows with null in 'embedding'\. Nothing"),
     ],
