@@ -290,6 +290,56 @@ def job_row(n: int, dim: int, codes: int) -> Row:
                f"{job_s:.1f} s vs {plain_s:.1f} s on {n:,} x {dim} rows; stages (s): {stages}")
 
 
+# ------------------------------------------------------------------ hot codes
+def _stage_task_times(spark, description: str) -> list[list[float]]:
+    """Task durations (s) of each stage of the jobs run under *description* (Spark's REST API)."""
+    import urllib.request
+
+    base = f"{spark.sparkContext.uiWebUrl}/api/v1/applications/{spark.sparkContext.applicationId}"
+
+    def get(path: str):
+        with urllib.request.urlopen(base + path, timeout=30) as response:
+            return json.load(response)
+
+    stage_ids = {sid for job in get("/jobs") if job.get("description") == description for sid in job["stageIds"]}
+    out = []
+    for sid in sorted(stage_ids):
+        for attempt in get(f"/stages/{sid}"):
+            if attempt.get("status") == "COMPLETE":
+                tasks = get(f"/stages/{sid}/{attempt['attemptId']}/taskList?length=100000")
+                out.append([t["duration"] / 1000 for t in tasks if "duration" in t])
+    return out
+
+
+def hot_code_row(n: int, partitions: int) -> Row:
+    """Ranking where one code holds 10% of the rows: slowest / median task of the window stage."""
+    from pyspark.sql import functions as F
+
+    from semid_spark.spark.session import get_session
+    from semid_spark.uniqueness.ranking import assign_counters
+
+    spark = get_session()
+    saved = {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")}
+    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # keep one task per partition
+    items = (spark.range(n).withColumnRenamed("id", "item_id")
+             .withColumn("base_id", F.when(F.col("item_id") % 10 == 0, F.lit("7-7-7"))
+                         .otherwise(F.concat_ws("-", *(F.pmod(F.xxhash64("item_id", F.lit(s)), F.lit(64)) for s in range(3))))))
+    skew = {}
+    for label, hot_rows in (("unsplit", 10 * n), ("split", max(1, n // (4 * partitions)))):
+        description = f"semid-bench: rank, hot code {label}"
+        spark.sparkContext.setJobDescription(description)
+        assign_counters(items, None, key_col="item_id", hot_code_rows=hot_rows).write.format("noop").mode("overwrite").save()
+        spark.sparkContext.setJobDescription(None)
+        stages = [t for t in _stage_task_times(spark, description) if len(t) == partitions]
+        worst = max(stages, key=sum) if stages else []  # the heaviest stage: the sort and window
+        skew[label] = (max(worst) / max(float(np.median(worst)), 1e-3)) if worst else float("nan")
+    for key, value in saved.items():
+        spark.conf.set(key, value)
+    return Row("ranking with one code at 10% of rows: slowest / median task", skew["split"], "<= 3", skew["split"] <= 3,
+               f"{n:,} rows, {partitions} shuffle partitions; without splitting hot codes: {skew['unsplit']:.1f}")
+
+
 # ------------------------------------------------------------------ the table
 def render(rows: list[Row]) -> str:
     lines = ["| figure | value | goal | met | detail |", "|---|---|---|---|---|"]
@@ -336,6 +386,7 @@ def _run(args: argparse.Namespace) -> int:
     add([sqlite_row(20_000 if q else 1_000_000)])
     add([metrics_row(5_000 if q else 100_000, 50 if q else 200)])
     if not args.skip_spark:
+        add([hot_code_row(20_000 if q else 4_000_000, 8)])
         add([job_row(5_000 if q else 300_000, 128, codes)])
     table = render(rows)
     print(table)
