@@ -18,7 +18,7 @@ ArrayLike = Union[np.ndarray, Sequence[Sequence[float]]]
 IdFormat = Literal["plain", "token"]
 Formatter = Callable[[np.ndarray], str]
 
-_TOKEN_LETTERS = string.ascii_lowercase
+TOKEN_LETTERS = string.ascii_lowercase
 
 
 def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -> np.ndarray:
@@ -56,8 +56,11 @@ def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -
     return arr
 
 
-def check_codes(codes: ArrayLike, *, name: str = "codes") -> np.ndarray:
+def check_codes(codes: ArrayLike, *, name: str = "codes", sizes: Sequence[int] | None = None) -> np.ndarray:
     """Return *codes* as a 2-D int64 array (n_items, n_levels), or raise.
+
+    With *sizes* (the codebook size of each level), codes may use at most ``len(sizes)``
+    levels and each must lie in ``[0, sizes[level])``.
 
     Raises
     ------
@@ -71,12 +74,22 @@ def check_codes(codes: ArrayLike, *, name: str = "codes") -> np.ndarray:
         raise ShapeMismatchError(f"Expected 2-D {name} (N, L), got a {arr.ndim}-D array of shape {arr.shape}")
     if arr.shape[1] == 0 and arr.shape[0] > 0:
         raise ShapeMismatchError(f"{name} must have at least one level, got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            return arr.astype(np.int64)
-        if arr.size:
+    if arr.dtype.kind not in "iu" and arr.size:
+        integral = arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+        if not integral:
             raise InvalidInputError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
+    arr = arr.astype(np.int64, copy=False)
+    if sizes is not None:
+        if arr.shape[1] > len(sizes):
+            raise InvalidInputError(f"{name} have {arr.shape[1]} levels; this model has {len(sizes)}")
+        for level in range(arr.shape[1]):
+            k = sizes[level]
+            bad = (arr[:, level] < 0) | (arr[:, level] >= k)
+            if n_bad := int(bad.sum()):
+                raise InvalidInputError(
+                    f"{n_bad} {name} at level {level} are outside [0, {k}) (first at row {int(np.flatnonzero(bad)[0])})"
+                )
+    return arr
 
 
 def codes_to_ids(
@@ -111,7 +124,7 @@ def codes_to_ids(
         return [sep.join(row) for row in arr.astype(str).tolist()]
     if fmt == "token":
         n_levels = arr.shape[1]
-        prefixes = [f"<{_TOKEN_LETTERS[lvl % len(_TOKEN_LETTERS)]}_" for lvl in range(n_levels)]
+        prefixes = [f"<{TOKEN_LETTERS[lvl % len(TOKEN_LETTERS)]}_" for lvl in range(n_levels)]
         return ["".join(p + c + ">" for p, c in zip(prefixes, row)) for row in arr.astype(str).tolist()]
     raise ValueError(f"unknown fmt {fmt!r}; expected 'plain' or 'token'")
 

@@ -203,16 +203,7 @@ class RQKMeans(BaseSemanticEncoder):
     def decode(self, codes: ArrayLike) -> np.ndarray:
         """Sum of the chosen centroids: (N, L') codes, L' <= L, -> (N, D) float32."""
         self._check_fitted()
-        arr = check_codes(codes)
-        if arr.shape[1] > self.n_levels:
-            raise InvalidInputError(f"codes have {arr.shape[1]} levels; this model has {self.n_levels}")
-        for level in range(arr.shape[1]):
-            k = len(self.codebooks_[level])
-            bad = (arr[:, level] < 0) | (arr[:, level] >= k)
-            if n_bad := int(bad.sum()):
-                raise InvalidInputError(
-                    f"{n_bad} codes at level {level} are outside [0, {k}) (first at row {int(np.flatnonzero(bad)[0])})"
-                )
+        arr = check_codes(codes, sizes=[len(c) for c in self.codebooks_])
         return _ops.decode_codes(arr, self.codebooks_, self.D_)
 
     def latent_residuals(self, X: ArrayLike, codes: np.ndarray) -> np.ndarray:

@@ -344,13 +344,7 @@ class RQVAE(BaseSemanticEncoder):
     def decode(self, codes: ArrayLike) -> np.ndarray:
         """Decoder output (N, in_dim) float32 for codes (N, L'), L' <= L (numpy)."""
         _, _, _, books, dec_w, dec_b = self.frozen()
-        arr = check_codes(codes)
-        if arr.shape[1] > self.n_levels:
-            raise InvalidInputError(f"codes have {arr.shape[1]} levels; this model has {self.n_levels}")
-        for level in range(arr.shape[1]):
-            k = len(books[level])
-            if n_bad := int(((arr[:, level] < 0) | (arr[:, level] >= k)).sum()):
-                raise InvalidInputError(f"{n_bad} codes at level {level} are outside [0, {k})")
+        arr = check_codes(codes, sizes=[len(b) for b in books])
         z_q = _ops.decode_codes(arr, books, self.e_dim)
         return _ops.mlp_forward(z_q, dec_w, dec_b, residual=False)
 

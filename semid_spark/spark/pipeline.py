@@ -132,7 +132,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"):
         encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
                                     dim=info.dim, device=cfg.encode.device)
-        encoded = encoded.withColumn(BASE_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep))
+        encoded = encoded.withColumn(BASE_ID, _base_id(sep))
         encoded = encoded.cache()
         report.n_new = encoded.count()
     if report.n_new == 0:
@@ -141,7 +141,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         return
     next_counters = None
     if written is not None:
-        next_counters = (written.select(F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep).alias(BASE_ID),
+        next_counters = (written.select(_base_id(sep).alias(BASE_ID),
                                         COUNTER).groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next")))
     with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
         ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows)
@@ -159,6 +159,11 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     encoded.unpersist()
 
 
+def _base_id(sep: str):
+    """The codes column joined with *sep*: "3-9-1"."""
+    return F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep)
+
+
 def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
     from semid_spark.exceptions import ShapeMismatchError
 
@@ -171,9 +176,7 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     ``items``: a DataFrame to use instead of reading ``cfg.input`` (e.g. in a notebook).
     """
     report = RunReport()
-    with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
-        source = items if items is not None else read_input(spark, cfg)
-        df, info = validated_input(spark, source, cfg, None, report)
+    df, info = _read_validated(spark, cfg, report, items)
     must_fit = fit if fit is not None else (cfg.model.refit or not os.path.exists(os.path.join(cfg.model.path, "metadata.json")))
     encoder = fit_model(spark, df, info, cfg, report) if must_fit else load_encoder(cfg.model.path)
     assign_ids(spark, df, info, encoder, cfg, report)
@@ -183,10 +186,15 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     return report
 
 
+def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None):
+    with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
+        source = items if items is not None else read_input(spark, cfg)
+        return validated_input(spark, source, cfg, None, report)
+
+
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
     report = RunReport()
-    with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
-        df, info = validated_input(spark, read_input(spark, cfg), cfg, None, report)
+    df, info = _read_validated(spark, cfg, report, None)
     report.model_sha256 = fit_model(spark, df, info, cfg, report).sha256
     return report
 

@@ -14,16 +14,16 @@ level: ``3-9-1-0``, ``3-9-1-1``, or ``<a_3><b_9><c_1><d_0>`` in token form.
 
 from __future__ import annotations
 
-import string
 from abc import ABC, abstractmethod
 from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 
+from semid_spark.core import TOKEN_LETTERS
+
 from semid_spark.exceptions import ConfigError, CounterOverflowError, DuplicateIdError, InvalidInputError
 from semid_spark.uniqueness.stores import CollisionStore, InMemoryCollisionStore
 
-_TOKEN_LETTERS = string.ascii_lowercase
 
 
 class BaseResolver(ABC):
@@ -181,7 +181,7 @@ class UniqueIdResolver(BaseResolver):
                 "fit more levels or clusters so fewer items share codes."
             )
         if fmt == "token":
-            letters = _TOKEN_LETTERS
+            letters = TOKEN_LETTERS
             return [f"{b}<{letters[b.count('<') % len(letters)]}_{c}>" for b, c in zip(bases, counts)]
         return [f"{b}{sep}{c}" for b, c in zip(bases, counts)]
 
