@@ -27,7 +27,8 @@ def suffix_rule(bases):
 
 def test_original_snippet_runs_unchanged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    X = make_catalog(n=100, dim=16, n_topics=5, seed=3)
+    base = make_catalog(n=80, dim=16, n_topics=5, seed=3)
+    X = np.vstack([base, base[:20]])  # 20 repeated items: collisions whatever seed the snippet's fit draws
 
     encoder = RQKMeans(n_levels=3, n_clusters=10)
     store = SQLiteCollisionStore("collisions.db")
