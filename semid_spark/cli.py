@@ -1,4 +1,4 @@
-"""``semid fit|assign|run --config FILE [--set section.key=value ...]`` and ``semid bench``.
+"""``semid fit|assign|run|evaluate --config FILE [--set section.key=value ...]`` and ``semid bench``.
 
 The same entry point serves the console script, ``python -m semid_spark.cli`` and the thin
 files in ``jobs/`` that spark-submit runs.
@@ -20,12 +20,21 @@ log = logging.getLogger("semid_spark")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="semid", description="Semantic IDs for a catalog, on Spark, into Delta.")
-    parser.add_argument("command", choices=["fit", "assign", "run"],
-                        help="fit: sample and fit the model; assign: IDs for keys not yet in the table; run: both")
+    parser.add_argument("command", choices=["fit", "assign", "run", "evaluate"],
+                        help="fit: sample and fit the model; assign: IDs for keys not yet in the table; run: both; "
+                             "evaluate: the quality report of the table (markdown, JSON, plots, Embedding Atlas file)")
     parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (parsed as YAML), e.g. --set model.n_clusters=64")
     parser.add_argument("--log-level", default="INFO")
+    report = parser.add_argument_group("evaluate")
+    report.add_argument("--out", default="artifacts/evaluate", help="directory for report.md/json, PNGs, atlas.parquet")
+    report.add_argument("--source", choices=["auto", "table", "catalog"], default="auto",
+                        help="the written ID table (auto: when it exists) or the catalog encoded with the model")
+    report.add_argument("--sample-size", type=int, default=20_000, help="rows sampled for neighbour figures")
+    report.add_argument("--k", type=int, default=10, help="neighbours per query")
+    report.add_argument("--queries", type=int, default=1000, help="queries for agreement by prefix depth")
+    report.add_argument("--projection", choices=["pca", "umap"], default="pca", help="2-D projection for the Atlas file")
     return parser.parse_args(argv)
 
 
@@ -44,12 +53,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = JobConfig.from_yaml(args.config, args.set)
         spark = get_session(cfg.spark)
+        if args.command == "evaluate":
+            return _evaluate(spark, cfg, args)
         step = {"fit": pipeline.fit_only, "assign": pipeline.assign_only, "run": pipeline.run}[args.command]
         report = step(spark, cfg)
     except SemanticIdError as exc:
         print(f"semid {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(report), default=str))
+    return 0
+
+
+def _evaluate(spark, cfg, args: argparse.Namespace) -> int:
+    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+
+    options = EvaluateOptions(out_dir=args.out, sample_size=args.sample_size, k=args.k, n_queries=args.queries,
+                              projection=args.projection, source=args.source)
+    report, paths = evaluate_job(spark, cfg, options)
+    print(f"{report.n_items:,} items: collision rate {report.collision_rate:.4f}, largest bucket "
+          f"{report.largest_bucket}, neighbours sharing the level-1 code "
+          f"{report.prefix_agreement[0] if report.prefix_agreement else float('nan'):.3f}")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
     return 0
 
 

@@ -78,6 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if changed or total != distinct or total != args.items + n_new:
         print("FAILED: IDs are not unique and stable")
         return 1
+
+    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+
+    report_dir = os.path.join(os.path.dirname(os.path.abspath(cfg.output.path)), "report")
+    quality, paths = evaluate_job(spark, cfg, EvaluateOptions(out_dir=report_dir))
+    agreement = ", ".join(f"{a:.3f} (random {r:.2g})" for a, r in zip(quality.prefix_agreement, quality.random_pair_agreement))
+    print(f"quality: collision rate {quality.collision_rate:.4f}, largest bucket {quality.largest_bucket}; "
+          f"share of {quality.k} nearest neighbours sharing the prefix, depth 1..{quality.n_levels}: {agreement}")
+    print(f"report: {paths['markdown']} (+ report.json, plots); Embedding Atlas file: {paths['atlas']}")
     return 0
 
 
