@@ -71,3 +71,14 @@ def test_same_numbers_as_the_original(seed):
         assert np.allclose(ours[key], theirs[key], rtol=0, atol=1e-9), key
     assert metrics.distance_correlation(x, codes, metric="hamming") == pytest.approx(
         original.distance_correlation(x, codes, metric="hamming"), abs=1e-9)
+
+
+@pytest.mark.parametrize("high, n_levels", [(2, 1), (4, 3), (256, 3), (1 << 20, 4), (1 << 30, 3)])
+def test_packed_code_distances_equal_the_definition(high, n_levels):
+    rng = np.random.default_rng(high + n_levels)
+    codes = rng.integers(0, high, (300, n_levels))
+    codes[150:] = codes[:150]  # shared prefixes of every depth
+    codes[200:250, -1] = rng.integers(0, high, 50)
+    queries = codes[rng.choice(300, 40)]
+    want = metrics.hierarchical_distance(queries[:, None, :], codes[None, :, :]).astype(np.float64)
+    np.testing.assert_array_equal(metrics._code_distances(queries, codes, "hierarchical"), want)
