@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench bench-fit bench-ids bench-vae bench-encode clean
+.PHONY: demo test test-heavy bench bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,compare,report]"
+	$(PY) -m pip install -q -e ".[spark,test,compare,report]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,8 +21,26 @@ test: $(STAMP)
 test-heavy: $(STAMP)
 	$(PY) -m pytest -m heavy -q
 
+# Real text, offline: emoji names embedded by WordLlama, through the job and the quality report.
+example: $(STAMP)
+	$(PY) -m pip install -q -e ".[example]"
+	$(PY) -m semid_spark.examples.emoji_ids
+
+# The wheel for spark-submit --py-files, a packed virtualenv, or a Databricks wheel task.
+dist: $(STAMP)
+	rm -rf dist build
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
+
+# The Airflow DAG's integrity check, in its own virtualenv (Airflow is not a dependency of the package).
+AIRFLOW_VENV := .venv-airflow
+airflow-check:
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q "apache-airflow==3.3.2" "apache-airflow-providers-apache-spark==6.3.4"
+	AIRFLOW_HOME=$(CURDIR)/$(AIRFLOW_VENV)/home $(AIRFLOW_VENV)/bin/python jobs/airflow/check_dag.py
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(AIRFLOW_VENV) build dist *.egg-info .pytest_cache .hypothesis
 
 bench-fit: $(STAMP)
 	$(PY) -m semid_spark.bench.fit_compare

@@ -26,7 +26,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (parsed as YAML), e.g. --set model.n_clusters=64")
-    parser.add_argument("--log-level", default="INFO")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bars (scheduled jobs)")
+    loud.add_argument("--verbose", action="store_true", help="debug logs of semid_spark and progress bars everywhere")
+    parser.add_argument("--log-level", default=None, help="log level (overrides --quiet/--verbose), e.g. INFO")
     report = parser.add_argument_group("evaluate")
     report.add_argument("--out", default="artifacts/evaluate", help="directory for report.md/json, PNGs, atlas.parquet")
     report.add_argument("--source", choices=["auto", "table", "catalog"], default="auto",
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _set_up_output(args)
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
     from semid_spark.spark.session import get_session
@@ -62,6 +65,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(asdict(report), default=str))
     return 0
+
+
+def _set_up_output(args: argparse.Namespace) -> None:
+    import os
+
+    import semid_spark
+    from semid_spark.utils.progress import set_progress
+
+    level = args.log_level.upper() if args.log_level else ("WARNING" if args.quiet else "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    if args.verbose:
+        log.setLevel(logging.DEBUG)
+    set_progress(False if args.quiet else (True if args.verbose else None))
+    log.info("semid_spark %s from %s", semid_spark.__version__, os.path.dirname(semid_spark.__file__))
 
 
 def _evaluate(spark, cfg, args: argparse.Namespace) -> int:

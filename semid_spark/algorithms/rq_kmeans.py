@@ -10,6 +10,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from semid_spark.algorithms import _ops, io
+from semid_spark.utils.progress import progress
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import (
     ConfigError, EmptyClusterWarning, InvalidInputError, ModelFormatError, NotFittedError,
@@ -137,7 +138,9 @@ class RQKMeans(BaseSemanticEncoder):
         codebooks, stats = [], []
         with _torch_ops.full_fp32_matmul(), torch.no_grad():
             residual = torch.from_numpy(x).to(torch_device)
-            for level, k in enumerate(self.n_clusters):
+            levels = progress(enumerate(self.n_clusters), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=self.n_levels,
+                              unit="level")
+            for level, k in levels:
                 rng = np.random.default_rng(seeds[level])
                 centers, n_iter = self._fit_level(residual, k, rng, _torch_ops)
                 codebook = centers.float().cpu().numpy()
@@ -149,6 +152,7 @@ class RQKMeans(BaseSemanticEncoder):
                     warnings.warn(f"level {level}: {n_empty} of {k} clusters are empty", EmptyClusterWarning)
                 stats.append(LevelStats(level, k, n_iter, inertia, n_empty))
                 codebooks.append(np.ascontiguousarray(codebook, dtype=np.float32))
+                levels.set_postfix(mse=f"{inertia:.4g}", iters=n_iter)
                 log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, self.n_levels, k, n_iter, inertia, n_empty)
         self.codebooks_, self.D_, self.level_stats_ = codebooks, x.shape[1], stats
         return self

@@ -17,6 +17,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from semid_spark.algorithms import _ops, io
+from semid_spark.utils.progress import progress
 from semid_spark.algorithms.rq_kmeans import _torch_device
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
@@ -199,7 +200,8 @@ class RQVAE(BaseSemanticEncoder):
         recon_fn = F.mse_loss if self.loss_type == "mse" else F.l1_loss
         self.history_ = {k: [] for k in ("loss", "recon_loss", "collision_rate", "lr", "utilization", "n_reset")}
         best, best_state = None, None
-        for epoch in range(self.epochs):
+        epochs = progress(range(self.epochs), desc=f"RQ-VAE fit ({n:,} rows)", unit="epoch")
+        for epoch in epochs:
             net.train()
             usage = [torch.zeros(k, dtype=torch.long, device=device) for k in self.num_emb_list]
             recent: list[list] = [[] for _ in self.num_emb_list]  # residual inputs of the last batches
@@ -233,6 +235,7 @@ class RQVAE(BaseSemanticEncoder):
             h["lr"].append(opt.param_groups[0]["lr"])
             h["utilization"].append(utilization)
             h["n_reset"].append(n_reset)
+            epochs.set_postfix(loss=f"{h['loss'][-1]:.4g}", collision=f"{collision:.4f}")
             if best is None or (collision, monitor_recon) < best:
                 best, best_state, self.best_epoch_ = (collision, monitor_recon), copy.deepcopy(net.state_dict()), epoch
             if self.verbose and (epoch + 1) % (self.verbose if type(self.verbose) is int else 10) == 0:

@@ -25,10 +25,13 @@ class FrozenModel:
 
     def __init__(self, spark: SparkSession, encoder) -> None:
         self.sha256 = encoder.sha256
+        from semid_spark.spark.session import spark_context
+
         payload = encoder.to_bytes()
-        try:
-            self._broadcast, self._bytes = spark.sparkContext.broadcast(payload), None
-        except Exception:  # Spark Connect / Databricks serverless: no SparkContext, ship the bytes in the closure
+        sc = spark_context(spark)
+        if sc is not None:
+            self._broadcast, self._bytes = sc.broadcast(payload), None
+        else:  # Spark Connect / Databricks serverless: no SparkContext, ship the bytes in the closure
             self._broadcast, self._bytes = None, payload
 
     def payload(self) -> bytes:

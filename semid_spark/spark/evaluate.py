@@ -25,6 +25,7 @@ from semid_spark.spark.columns import CODES, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
 from semid_spark.spark.session import stage
 from semid_spark.utils import metrics
+from semid_spark.utils.progress import Steps
 from semid_spark.utils.quality import CodeCounts, DepthCounts, QualityReport, build_report, prefix_agreement, projection_2d
 from semid_spark.utils.report_files import write_atlas, write_report
 
@@ -104,10 +105,32 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
     sizes = _sizes(encoder) if encoder is not None else _table_sizes(spark, out)
     n_levels = len(sizes)
 
-    with stage(spark, "semid evaluate: exact counts of codes"):
-        counts = code_counts(ids, n_levels)
-    with stage(spark, "semid evaluate: sample rows with embeddings"):
-        sample = _sample(ids, items, key, emb, text_cols, counts.n_items, options)
+    step = Steps("semid evaluate", 5)
+    try:
+        step("exact counts")
+        with stage(spark, "semid evaluate: exact counts of codes"):
+            counts = code_counts(ids, n_levels)
+        step("sample")
+        with stage(spark, "semid evaluate: sample rows with embeddings"):
+            sample = _sample(ids, items, key, emb, text_cols, counts.n_items, options)
+        step("neighbour metrics")
+        report, x, codes = _sampled_report(sample, counts, sizes, encoder, emb, n_levels, options)
+        step("report files")
+        paths = write_report(report, options.out_dir, level_counts=counts.level_counts,
+                             title=f"Semantic ID quality: {out if source == 'table' else 'catalog ' + str(cfg.input.path or cfg.input.table)}")
+        step("Embedding Atlas file")
+        paths["atlas"] = write_atlas(
+            os.path.join(options.out_dir, "atlas.parquet"), keys=sample.column(key), semantic_ids=sample.column(SEMANTIC_ID),
+            codes=codes, xy=projection_2d(x, options.projection, seed=options.seed), key_col=key,
+            extra={c: sample.column(c) for c in text_cols})
+    finally:
+        step.close()
+    log.info("quality report of %d items (%d sampled) written to %s", counts.n_items, len(x), options.out_dir)
+    return report, paths
+
+
+def _sampled_report(sample, counts: CodeCounts, sizes: list[int], encoder, emb: str, n_levels: int,
+                    options: EvaluateOptions) -> tuple[QualityReport, np.ndarray, np.ndarray]:
     x = arrow_embeddings(sample.column(emb), _dim(encoder) if encoder else len(sample.column(emb)[0]), copy=True)
     codes = np.array(sample.column(CODES).to_pylist(), dtype=np.int64).reshape(len(x), n_levels)
     k = min(options.k, len(x) - 1)
@@ -115,14 +138,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
     agreement = prefix_agreement(x, codes, k=k, n_queries=options.n_queries, seed=options.seed) if k >= 1 else []
     report = build_report(counts, sizes, sample=sample_metrics, agreement=agreement, k=k,
                           model_sha256=encoder.sha256 if encoder is not None else "")
-    paths = write_report(report, options.out_dir, level_counts=counts.level_counts,
-                         title=f"Semantic ID quality: {out if source == 'table' else 'catalog ' + str(cfg.input.path or cfg.input.table)}")
-    paths["atlas"] = write_atlas(
-        os.path.join(options.out_dir, "atlas.parquet"), keys=sample.column(key), semantic_ids=sample.column(SEMANTIC_ID),
-        codes=codes, xy=projection_2d(x, options.projection, seed=options.seed), key_col=key,
-        extra={c: sample.column(c) for c in text_cols})
-    log.info("quality report of %d items (%d sampled) written to %s", counts.n_items, len(x), options.out_dir)
-    return report, paths
+    return report, x, codes
 
 
 def _sample(ids: DataFrame, items: DataFrame, key: str, emb: str, text_cols: list[str], n_items: int,

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from semid_spark.config import JobConfig, ModelConfig
 from semid_spark.delta.table import TableRef, check_table, write_ids
+from semid_spark.exceptions import InvalidInputError, ModelFormatError
 from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
 from semid_spark.spark.sample import sample_embeddings
@@ -41,10 +42,17 @@ class RunReport:
 
 
 def read_input(spark: SparkSession, cfg: JobConfig) -> DataFrame:
+    """The catalog, or an error saying what could not be read and which setting names it."""
+    from pyspark.errors import AnalysisException
+
     src = cfg.input
-    if src.table:
-        return spark.read.table(src.table)
-    return spark.read.format(src.format).load(src.path)
+    try:
+        if src.table:
+            return spark.read.table(src.table)
+        return spark.read.format(src.format).load(src.path)
+    except AnalysisException as exc:
+        what = f"table {src.table!r} (input.table)" if src.table else f"{src.format} path {src.path!r} (input.path, input.format)"
+        raise InvalidInputError(f"cannot read the input {what}: {str(exc).splitlines()[0]}") from None
 
 
 def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport) -> tuple[DataFrame, InputReport]:
@@ -91,6 +99,9 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
 def load_encoder(path: str):
     import json
 
+    if not os.path.exists(os.path.join(path, "metadata.json")):
+        raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
+                               "when the model is missing), or point model.path at a saved model")
     with open(os.path.join(path, "metadata.json"), encoding="utf-8") as fh:
         kind = json.load(fh).get("type")
     if kind == "RQVAE":

@@ -57,7 +57,7 @@ def get_session(cfg: SparkConfig | None = None) -> SparkSession:
 def stage(spark: SparkSession, description: str) -> Iterator[None]:
     """Name the Spark jobs of a pipeline stage (the Spark UI then reads as the pipeline), and log its time."""
     start = time.perf_counter()
-    sc = _spark_context(spark)
+    sc = spark_context(spark)
     if sc is not None:
         sc.setJobDescription(description)
     try:
@@ -68,9 +68,33 @@ def stage(spark: SparkSession, description: str) -> Iterator[None]:
         log.info("%s: %.1f s", description, time.perf_counter() - start)
 
 
-def _spark_context(spark: SparkSession):
-    """The SparkContext, or None on Spark Connect (Databricks serverless) where there is none."""
+def delta_package() -> str:
+    """The Maven coordinate of Delta's jar for this pyspark and delta-spark: what ``--packages`` needs."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+
+
+CONNECT_SAFE_CONF = "semid.connectSafe"
+
+
+def is_connect_safe(spark: SparkSession) -> bool:
+    """True on Spark Connect (Databricks serverless and shared clusters, ``builder.remote``), or when
+    the session sets ``semid.connectSafe=true``: the job then never touches ``sparkContext`` or RDDs
+    (the model travels in the task closure, stages are not described)."""
+    if type(spark).__module__.startswith("pyspark.sql.connect"):  # by name: importing pyspark's connect
+        return True  # modules without grpc installed exits the process (its doctest guard)
+    return str(spark.conf.get(CONNECT_SAFE_CONF, "false")).lower() == "true"
+
+
+def spark_context(spark: SparkSession):
+    """The SparkContext, or None on the Connect-safe path (never asks for it there)."""
+    if is_connect_safe(spark):
+        return None
     try:
         return spark.sparkContext
-    except Exception:  # Spark Connect raises on .sparkContext
+    except Exception:  # a remote session of a type we did not recognise
         return None
