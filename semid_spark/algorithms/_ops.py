@@ -48,17 +48,24 @@ def exact_nearest(
 
 
 def nearest_codes(
-    residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray
-) -> np.ndarray:  # (n, d), (k, d), (k,) -> (n,) int64
-    """Index of the nearest centroid for each row, by the contract in the module docstring."""
-    scores = residual @ codebook.T  # (n, k)
-    scores *= -2.0
+    residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray, minus_2_codebook_t: np.ndarray | None = None,
+) -> np.ndarray:  # (n, d), (k, d), (k,), optional (d, k) -> (n,) int64
+    """Index of the nearest centroid for each row, by the contract in the module docstring.
+
+    ``minus_2_codebook_t`` (``-2 * codebook.T``, precomputed once per model) saves a pass over
+    the scores: scaling by a power of two is exact, so the scores are bit-identical.
+    """
+    if minus_2_codebook_t is None:
+        scores = residual @ codebook.T  # (n, k)
+        scores *= -2.0
+    else:
+        scores = residual @ minus_2_codebook_t
     scores += code_sq_norms
     all_rows = np.arange(len(scores))
     codes = scores.argmin(axis=1)
     best = scores[all_rows, codes]
     scores[all_rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
-    runner_up = scores.min(axis=1)
+    runner_up = scores[all_rows, scores.argmin(axis=1)]  # = min(axis=1); numpy's row argmin is ~2x faster
     row_sq = np.einsum("nd,nd->n", residual, residual)
     limit = best + tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))
     ambiguous = np.flatnonzero(runner_up <= limit)
@@ -75,11 +82,12 @@ def encode_residual(
     """Greedy residual encoding: at each level the nearest centroid, then subtract it."""
     n_levels = len(codebooks)
     norms = [sq_norms(c) for c in codebooks]
+    scaled = [np.ascontiguousarray(-2.0 * c.T, dtype=np.float32) for c in codebooks]
     codes = np.empty((len(x), n_levels), dtype=np.int32)
     for start in range(0, len(x), chunk):
         residual = x[start : start + chunk].copy()
         for level, codebook in enumerate(codebooks):
-            level_codes = nearest_codes(residual, codebook, norms[level])
+            level_codes = nearest_codes(residual, codebook, norms[level], scaled[level])
             codes[start : start + chunk, level] = level_codes
             residual -= codebook[level_codes]
     return codes
