@@ -83,6 +83,9 @@ def write_ids(spark: SparkSession, ref: TableRef, rows: DataFrame, *, key_col: s
     for key, value in model_properties(encoder).items():
         writer = writer.tableProperty(key, value)
     writer.createOrReplace() if mode == "replace" else writer.create()
+    metrics = ref.delta(spark).history(1).select("operationMetrics").first()[0] or {}
+    if "numOutputRows" in metrics:  # Delta records the rows its CREATE TABLE AS SELECT wrote: no re-scan
+        return int(metrics["numOutputRows"])
     return ref.read(spark).count()
 
 

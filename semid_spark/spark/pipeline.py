@@ -22,7 +22,7 @@ from semid_spark.spark.encode import FrozenModel, encode_embeddings
 from semid_spark.spark.sample import sample_embeddings
 from semid_spark.spark.session import stage
 from semid_spark.spark.validate import InputReport, check_input, normalize_columns, split_invalid
-from semid_spark.uniqueness.ranking import assign_counters
+from semid_spark.uniqueness.ranking import assign_counters, code_stats
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,10 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         next_counters = (written.select(_base_id(sep).alias(BASE_ID),
                                         COUNTER).groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next")))
     with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
-        ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows)
+        shared, hot = code_stats(encoded, cfg.uniqueness.hot_code_rows)
+        report.collision_share = shared / report.n_new
+        ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
+                                 hot=hot)
         rows = ranked.select(
             key,
             F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(SEMANTIC_ID),
@@ -163,8 +166,6 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(report.run_id).alias(RUN_ID),
             F.current_timestamp().alias(ASSIGNED_AT),
         )
-        shared = encoded.groupBy(BASE_ID).count().where("count > 1").agg(F.sum("count")).first()[0] or 0
-        report.collision_share = shared / report.n_new
     with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
         report.n_inserted = write_ids(spark, out, rows, key_col=key, encoder=encoder, mode=mode)
     encoded.unpersist()

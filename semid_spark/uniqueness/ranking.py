@@ -24,14 +24,25 @@ _BUCKET, _RN, _BEFORE = "_bucket", "_rank_in_bucket", "_rows_before"
 BOUNDARY_SAMPLE = 64  # sampled keys per range when choosing range boundaries of a hot code
 
 
-def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int) -> DataFrame:
+def code_stats(new_items: DataFrame, hot_code_rows: int) -> tuple[int, list]:
+    """(rows whose base another row shares, hot bases as rows of (base_id, count)) in one job."""
+    per_base = new_items.groupBy(BASE_ID).count()
+    row = per_base.agg(
+        F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("shared"),
+        F.collect_list(F.when(F.col("count") > hot_code_rows, F.struct(BASE_ID, "count"))).alias("hot"),  # a handful
+    ).first()
+    return int(row["shared"] or 0), sorted(row["hot"], key=lambda r: r[BASE_ID])
+
+
+def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int,
+                    hot: list | None = None) -> DataFrame:
     """new_items (key, ..., base_id) + next_counters (base_id, next) -> new_items + counter (int).
 
     *next_counters* holds, per base already in the table, the first free counter; bases not
-    in it start at 0.
+    in it start at 0. *hot*: the bases over *hot_code_rows*, when ``code_stats`` already found them.
     """
-    per_base = new_items.groupBy(BASE_ID).count()
-    hot = per_base.where(F.col("count") > hot_code_rows).collect()  # a handful of rows at most
+    if hot is None:
+        hot = code_stats(new_items, hot_code_rows)[1]
     bucket = _bucket_expr(new_items, hot, key_col=key_col, hot_code_rows=hot_code_rows)
     items = new_items.withColumn(_BUCKET, bucket)
     ranked = items.withColumn(
