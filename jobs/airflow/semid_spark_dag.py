@@ -39,7 +39,8 @@ DAG_ID = "semid_spark_ids"
 JOBS_DIR = "{{ var.value.get('semid_jobs_dir', '/opt/semid_spark/jobs') }}"
 WHEEL = "{{ var.value.get('semid_wheel', '/opt/semid_spark/dist/semid_spark-0.1.0-py3-none-any.whl') }}"
 CONFIG = "{{ var.value.get('semid_config', '/opt/semid_spark/conf/cluster.example.yaml') }}"
-SNAPSHOT = "--set", "input.path={{ params.catalog_root }}/ds={{ ds }}"
+# the logical date's snapshot replaces the config's input (a table name there is cleared)
+SNAPSHOT = "--set", "input.table=null", "--set", "input.path={{ params.catalog_root }}/ds={{ ds }}"
 SPARK_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -84,7 +85,7 @@ with DAG(
     tags=["semid_spark", "semantic-ids"],
 ) as dag:
     branch = BranchPythonOperator(task_id="choose_fit", python_callable=choose_fit)
-    fit = spark_job("fit", "fit.py", *SNAPSHOT, "--set", "model.refit=true")
+    fit = spark_job("fit", "fit.py", *SNAPSHOT)
     skip_fit = EmptyOperator(task_id="skip_fit")
     assign = spark_job("assign", "assign.py", *SNAPSHOT, trigger_rule="none_failed_min_one_success")
     evaluate = spark_job("evaluate", "evaluate.py", *SNAPSHOT, "--out", "{{ params.model_path }}/../report/{{ ds }}")

@@ -23,8 +23,8 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from semid_spark.exceptions import ModelFormatError
-from semid_spark.spark.columns import BASE_ID, COUNTER
+from semid_spark.exceptions import ModelFormatError, NotFittedError
+from semid_spark.spark.columns import BASE_ID, CODES, COUNTER
 
 _DATA = "data"
 
@@ -115,6 +115,8 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         from semid_spark.spark.validate import check_input, normalize_columns
         from semid_spark.uniqueness.ranking import assign_counters
 
+        if self._encoder is None:
+            raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
         key, emb = self._columns()
         codes_col, out_col, sep = (self.getOrDefault(p) for p in (self.codesCol, self.outputCol, self.sep))
         df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
@@ -125,10 +127,10 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
             raise_mismatch(info.dim, dim, emb)
         spark = dataset.sparkSession
         encoded = encode_embeddings(df, FrozenModel(spark, self._encoder), key_col=key, embedding_col=emb, dim=dim)
-        encoded = encoded.withColumn(BASE_ID, F.array_join(F.transform("codes", lambda c: c.cast("string")), sep))
+        encoded = encoded.withColumn(BASE_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep))
         ranked = assign_counters(encoded, None, key_col=key, hot_code_rows=self.getOrDefault(self.hotCodeRows))
         ids = ranked.select(
-            key, F.col("codes").alias(codes_col),
+            key, F.col(CODES).alias(codes_col),
             F.when(F.col(COUNTER) == 0, F.col(BASE_ID))
              .otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(out_col))
         kept = [c for c in dataset.columns if c not in (codes_col, out_col)]

@@ -10,7 +10,7 @@ from pyspark.ml.feature import Normalizer
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import StringType, StructField, StructType
 
-from semid_spark.exceptions import InvalidInputError, ModelFormatError
+from semid_spark.exceptions import InvalidInputError, ModelFormatError, NotFittedError
 from semid_spark.spark.ml import SemanticIdEstimator, SemanticIdModel
 from tests.spark.test_pipeline import catalog
 
@@ -77,3 +77,5 @@ def test_params_and_bad_input_are_named(spark, raw):
     df, _ = raw
     with pytest.raises(InvalidInputError, match="no column 'embedding'.*'raw'"):
         SemanticIdEstimator(nClusters=8, sampleSize=500).fit(df)
+    with pytest.raises(NotFittedError, match="SemanticIdEstimator.fit"):
+        SemanticIdModel().transform(df)
