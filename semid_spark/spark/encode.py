@@ -15,7 +15,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from semid_spark.spark.columns import CODES
+from semid_spark.spark.columns import CODES, PROBLEM
 
 _MODELS: dict[str, object] = {}  # model sha256 -> encoder, per Python worker; the one deliberate global
 
@@ -76,22 +76,52 @@ def codes_column(codes: np.ndarray) -> pa.Array:
 
 def encode_embeddings(
     df: DataFrame, model: FrozenModel, *, key_col: str, embedding_col: str, dim: int, device: str = "cpu",
+    flag_problems: bool = False,
 ) -> DataFrame:
-    """(key, embedding) -> (key, codes array<int>) on executors; order and partitioning kept."""
+    """(key, embedding) -> (key, codes array<int>) on executors; order and partitioning kept.
+
+    With *flag_problems* the rows are not assumed valid: each batch is checked in numpy as it
+    is encoded (``validate.row_problems``), and a ``problem`` column says why a row has null
+    codes (0 for encoded rows), so one pass both validates and encodes.
+    """
     key_field = df.schema[key_col]
-    schema = T.StructType([T.StructField(key_col, key_field.dataType, False),
-                           T.StructField(CODES, T.ArrayType(T.IntegerType(), False), False)])
-    arrow_schema = pa.schema([pa.field(key_col, _arrow_type(key_field.dataType), False),
-                              pa.field(CODES, pa.list_(pa.field("element", pa.int32(), False)), False)])
+    fields = [T.StructField(key_col, key_field.dataType, flag_problems),
+              T.StructField(CODES, T.ArrayType(T.IntegerType(), False), flag_problems)]
+    arrow_fields = [pa.field(key_col, _arrow_type(key_field.dataType), flag_problems),
+                    pa.field(CODES, pa.list_(pa.field("element", pa.int32(), False)), flag_problems)]
+    if flag_problems:
+        fields.append(T.StructField(PROBLEM, T.IntegerType(), False))
+        arrow_fields.append(pa.field(PROBLEM, pa.int32(), False))
+    schema, arrow_schema = T.StructType(fields), pa.schema(arrow_fields)
+
+    def encode_batch(encoder, keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
+        codes = encoder.encode(arrow_embeddings(emb, dim), device=device)
+        return pa.RecordBatch.from_arrays([keys, codes_column(codes), *extra], schema=arrow_schema)
 
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         encoder = cached_encoder(model)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            x = arrow_embeddings(batch.column(embedding_col), dim)
-            codes = encoder.encode(x, device=device)
-            yield pa.RecordBatch.from_arrays([batch.column(key_col), codes_column(codes)], schema=arrow_schema)
+            keys, emb = batch.column(key_col), batch.column(embedding_col)
+            if not flag_problems:
+                yield encode_batch(encoder, keys, emb, [])
+                continue
+            from semid_spark.spark.validate import row_problems
+
+            problem = row_problems(emb, dim)
+            good = problem == 0
+            if good.all():
+                yield encode_batch(encoder, keys, emb, [pa.array(np.zeros(len(good), dtype=np.int32))])
+                continue
+            if good.any():
+                mask = pa.array(good)
+                yield encode_batch(encoder, keys.filter(mask), emb.filter(mask),
+                                   [pa.array(np.zeros(int(good.sum()), dtype=np.int32))])
+            bad = pa.array(~good)
+            yield pa.RecordBatch.from_arrays(
+                [keys.filter(bad), pa.nulls(int((~good).sum()), arrow_schema.field(CODES).type),
+                 pa.array(problem[~good].astype(np.int32))], schema=arrow_schema)
 
     return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
 

@@ -17,11 +17,11 @@ from pyspark.sql import functions as F
 from semid_spark.config import JobConfig, ModelConfig
 from semid_spark.delta.table import TableRef, check_table, write_ids
 from semid_spark.exceptions import InvalidInputError, ModelFormatError
-from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, RUN_ID, SEMANTIC_ID
+from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
-from semid_spark.spark.sample import sample_embeddings
 from semid_spark.spark.session import stage
-from semid_spark.spark.validate import InputReport, check_input, normalize_columns, split_invalid
+from semid_spark.spark.sample import BadSampleError, sample_embeddings
+from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
 from semid_spark.uniqueness.ranking import assign_counters, code_stats
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,17 @@ def read_input(spark: SparkSession, cfg: JobConfig) -> DataFrame:
         raise InvalidInputError(f"cannot read the input {what}: {str(exc).splitlines()[0]}") from None
 
 
-def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport) -> tuple[DataFrame, InputReport]:
-    """Normalized, checked input; bad rows raise (or, with on_invalid=reject, go to the reject table)."""
+def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport,
+                    *, rows_checked_later: bool = False) -> tuple[DataFrame, InputReport]:
+    """Normalized, checked input; bad rows raise (or, with on_invalid=reject, go to the reject table).
+
+    *rows_checked_later*: check only the keys here (one aggregation over the key column); the
+    caller checks the embeddings in the passes that read them (``run``: the sample and encode).
+    """
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     df = normalize_columns(df, key, emb)
     if cfg.input.on_invalid == "reject":
+        rows_checked_later = False
         valid, rejected, dim = split_invalid(df, key, emb, dim=dim)
         valid = valid.cache()
         n_rejected = rejected.count()
@@ -68,7 +74,11 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
             log.warning("%d rows rejected into %s", n_rejected, cfg.input.reject_path)
         report.n_rejected = n_rejected
         df = valid
-    df, info = check_input(df, key, emb, dim=dim)
+    if rows_checked_later:  # keys now; embeddings where they are read anyway (sample, encode)
+        dim = dim if dim is not None else infer_dim(df, emb)
+        info = InputReport(n_rows=check_keys(df, key), dim=dim, rows_checked=False)
+    else:
+        df, info = check_input(df, key, emb, dim=dim)
     report.n_input = info.n_rows
     return df, info
 
@@ -113,23 +123,33 @@ def load_encoder(path: str):
     return RQKMeans.load(path)
 
 
-def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport):
-    """Sample to the driver, fit there (cuda when it has one), save the model."""
+def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport, *,
+              save: bool = True):
+    """Sample to the driver, fit there (cuda when it has one), save the model (or leave that to the caller)."""
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     with stage(spark, "semid: sample embeddings to the driver"), _timed(report, "sample"):
-        x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
-                              sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+        try:
+            x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                                  sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+        except BadSampleError:
+            check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
+            raise
     device = _fit_device(cfg.model)
     with _timed(report, "fit"):
         encoder = new_encoder(cfg.model, info.dim).fit(x, device=device)
-        encoder.save(cfg.model.path)
-    log.info("fitted %s on %d sampled rows (%s), sha256 %s, saved to %s", type(encoder).__name__, len(x),
-             device, encoder.sha256[:12], cfg.model.path)
+        if save:
+            encoder.save(cfg.model.path)
+    log.info("fitted %s on %d sampled rows (%s), sha256 %s", type(encoder).__name__, len(x), device, encoder.sha256[:12])
     return encoder
 
 
-def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, cfg: JobConfig, report: RunReport) -> None:
-    """Encode, rank new items after the written ones, insert them into the Delta table."""
+def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, cfg: JobConfig, report: RunReport,
+               *, save_model_to: str | None = None) -> None:
+    """Encode, rank new items after the written ones, insert them into the Delta table.
+
+    When the input's rows were not checked yet, encoding checks them; a bad row raises before the
+    model is saved (*save_model_to*) or anything is written.
+    """
     key, emb, sep = cfg.input.key_col, cfg.input.embedding_col, cfg.uniqueness.sep
     out = TableRef(cfg.output.path, cfg.output.table)
     dim = getattr(encoder, "D_", None) or getattr(encoder, "in_dim", None)
@@ -142,10 +162,18 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
 
     with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"):
         encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
-                                    dim=info.dim, device=cfg.encode.device)
-        encoded = encoded.withColumn(BASE_ID, _base_id(sep))
-        encoded = encoded.cache()
+                                    dim=info.dim, device=cfg.encode.device, flag_problems=not info.rows_checked)
+        encoded = encoded.withColumn(BASE_ID, _base_id(sep)).cache()
         report.n_new = encoded.count()
+        if not info.rows_checked:
+            if encoded.where(F.col(PROBLEM) != 0).limit(1).count():  # on the cached codes: cheap
+                encoded.unpersist()
+                check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
+                raise InvalidInputError(f"rows of {emb!r} could not be encoded (null, wrong length or NaN/inf)")
+            encoded = encoded.drop(PROBLEM)
+    if save_model_to is not None:  # a model fitted by this run is saved once its input proved valid
+        encoder.save(save_model_to)
+        log.info("model saved to %s", save_model_to)
     if report.n_new == 0:
         report.n_inserted = 0
         log.info("no new items: the table already holds every key")
@@ -188,20 +216,21 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     ``items``: a DataFrame to use instead of reading ``cfg.input`` (e.g. in a notebook).
     """
     report = RunReport()
-    df, info = _read_validated(spark, cfg, report, items)
+    df, info = _read_validated(spark, cfg, report, items, rows_checked_later=True)
     must_fit = fit if fit is not None else (cfg.model.refit or not os.path.exists(os.path.join(cfg.model.path, "metadata.json")))
-    encoder = fit_model(spark, df, info, cfg, report) if must_fit else load_encoder(cfg.model.path)
-    assign_ids(spark, df, info, encoder, cfg, report)
+    encoder = fit_model(spark, df, info, cfg, report, save=False) if must_fit else load_encoder(cfg.model.path)
+    assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None)
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
              report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
     return report
 
 
-def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None):
+def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None, *,
+                    rows_checked_later: bool = False):
     with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
         source = items if items is not None else read_input(spark, cfg)
-        return validated_input(spark, source, cfg, None, report)
+        return validated_input(spark, source, cfg, None, report, rows_checked_later=rows_checked_later)
 
 
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:

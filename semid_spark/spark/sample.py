@@ -9,6 +9,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from semid_spark.exceptions import InvalidInputError
 from semid_spark.spark.encode import arrow_embeddings
 
 _HASH_RANGE = 1 << 30
@@ -29,5 +30,15 @@ def sample_embeddings(
                 .where(F.col("_h") < F.lit(int(fraction * _HASH_RANGE)))
                 .orderBy("_h", key_col).limit(sample_size)
                 .select(embedding_col))
-    table = picked.toArrow()
-    return arrow_embeddings(table.column(embedding_col), dim, copy=True)
+    column = picked.toArrow().column(embedding_col).combine_chunks()
+    from semid_spark.spark.validate import row_problems
+
+    problems = row_problems(column, dim)
+    if problems.any():  # the input was not checked row by row before (the job checks while encoding)
+        raise BadSampleError(f"{int((problems != 0).sum())} of {len(column)} sampled rows of {embedding_col!r} are null, "
+                             f"not of length {dim}, or hold NaN/inf/null values")
+    return arrow_embeddings(column, dim, copy=True)
+
+
+class BadSampleError(InvalidInputError):
+    """Raised when the sample holds rows that cannot be fitted on (the job then counts them exactly)."""

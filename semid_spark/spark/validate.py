@@ -22,6 +22,7 @@ class InputReport:
     n_rows: int
     dim: int
     n_rejected: int = 0
+    rows_checked: bool = True  # False: keys checked, embeddings still to be checked where they are read
 
 
 def normalize_columns(df: DataFrame, key_col: str, embedding_col: str) -> DataFrame:
@@ -93,14 +94,19 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
     if dupes:
         bad["duplicate key"] = int(dupes)
     if bad:
-        what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
-                "wrong length": f"embedding length != {dim} in {emb_col!r}",
-                "NaN or inf": f"NaN, inf or null values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
-        detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
-        error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
-        raise error(f"input has bad rows among {n_rows}: {detail}. Nothing was written "
-                    "(set input.on_invalid=reject to skip them into a reject table)")
+        raise_bad_rows(bad, n_rows, key_col, emb_col, dim)
     return df, InputReport(n_rows=n_rows, dim=dim)
+
+
+def raise_bad_rows(bad: dict[str, int], n_rows: int, key_col: str, emb_col: str, dim: int) -> None:
+    """One error naming every problem with its row count and column."""
+    what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
+            "wrong length": f"embedding length != {dim} in {emb_col!r}",
+            "NaN or inf": f"NaN, inf or null values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
+    detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
+    error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
+    raise error(f"input has bad rows among {n_rows}: {detail}. Nothing was written "
+                "(set input.on_invalid=reject to skip them into a reject table)")
 
 
 _ROW_PROBLEMS = ("null key", "null embedding", "wrong length", "NaN or inf")
@@ -127,20 +133,58 @@ def _row_problem_counts(df: DataFrame, key_col: str, emb_col: str, dim: int) -> 
     return {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
 
 
-def _batch_problems(keys: pa.Array, emb: pa.ListArray, dim: int) -> np.ndarray:
-    """[rows, null keys, null embeddings, wrong lengths, rows with NaN/inf/null values] of one batch."""
-    n = len(emb)
+NULL_EMBEDDING, WRONG_LENGTH, NON_FINITE = 1, 2, 3
+
+
+def _row_flags(emb: pa.ListArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(present, length, holds a NaN/inf/null value) per row of a list<float> Arrow column."""
     present = ~np.asarray(emb.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     offsets = emb.offsets.to_numpy()  # (n + 1,), into emb.values
-    lengths = np.diff(offsets)
     values = emb.values
     bad_value = ~np.isfinite(values.to_numpy(zero_copy_only=False))
     if values.null_count:
         bad_value |= values.is_null().to_numpy(zero_copy_only=False)
+    lengths = np.diff(offsets)
+    if not bad_value.any():  # the usual case: no per-row reduction needed
+        return present, lengths, np.zeros(len(emb), dtype=bool)
     bad_before = np.concatenate([[0], np.cumsum(bad_value)])
-    has_bad = (bad_before[offsets[1:]] - bad_before[offsets[:-1]]) > 0
+    return present, lengths, (bad_before[offsets[1:]] - bad_before[offsets[:-1]]) > 0
+
+
+def row_problems(emb: pa.ListArray, dim: int) -> np.ndarray:
+    """Per row: 0 (usable) or its first problem: NULL_EMBEDDING, WRONG_LENGTH or NON_FINITE."""
+    present, lengths, has_bad = _row_flags(emb)
+    problem = np.zeros(len(emb), dtype=np.int8)
+    problem[present & has_bad] = NON_FINITE
+    problem[present & (lengths != dim)] = WRONG_LENGTH
+    problem[~present] = NULL_EMBEDDING
+    return problem
+
+
+def _batch_problems(keys: pa.Array, emb: pa.ListArray, dim: int) -> np.ndarray:
+    """[rows, null keys, null embeddings, wrong lengths, rows with NaN/inf/null values] of one batch
+    (each condition counted on its own, as ``_problems`` counts them)."""
+    present, lengths, has_bad = _row_flags(emb)
+    n = len(emb)
     return np.array([n, keys.null_count, n - int(present.sum()), int((present & (lengths != dim)).sum()),
                      int((present & has_bad).sum())], dtype=np.int64)
+
+
+def check_keys(df: DataFrame, key_col: str) -> int:
+    """Row count, checking null and duplicate keys with one aggregation that reads the key column only
+    (the embeddings are checked where they are read anyway: on the driver's sample, and while encoding)."""
+    per_key = df.select(key_col).groupBy(key_col).count()
+    row = per_key.agg(F.sum("count").alias("n"),
+                      F.sum(F.when(F.col(key_col).isNull(), F.col("count"))).alias("null key"),
+                      F.sum(F.when(F.col(key_col).isNotNull() & (F.col("count") > 1), F.col("count"))).alias("duplicate key"),
+                      ).first()
+    n_rows = int(row["n"] or 0)
+    if n_rows == 0:
+        raise InvalidInputError("input is empty: no rows to assign IDs to")
+    bad = {label: int(row[label]) for label in ("null key", "duplicate key") if row[label]}
+    if bad:
+        raise_bad_rows(bad, n_rows, key_col, "", 0)
+    return n_rows
 
 
 def split_invalid(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, DataFrame, int]:

@@ -307,3 +307,30 @@ def test_a_run_failing_on_executors_leaves_the_table_as_it_was(spark, tmp_path):
         pipeline.run(spark, broken)
     assert DeltaTable.forPath(spark, cfg.output.path).history(1).first()["version"] == version
     assert spark.read.format("delta").load(cfg.output.path).count() == 400
+
+
+def test_a_bad_row_outside_the_training_sample_is_caught_while_encoding(spark, tmp_path):
+    """The job checks embeddings where it reads them: the sample, then every row as it is encoded."""
+    keys, x = catalog(1200)
+    hashes = frame(spark, keys, x).select("item_id", F.pmod(F.xxhash64("item_id", F.lit(0)), F.lit(1 << 30)).alias("h"))
+    never_sampled = hashes.orderBy(F.desc("h")).first()["item_id"]  # the largest hash: outside a 10% sample
+    x = x.copy()
+    x[keys.index(never_sampled)][3] = np.nan
+    cfg = config(tmp_path, model={"sample_size": 100})
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    with pytest.raises(InvalidInputError, match=r"bad rows among 1200: 1 rows with NaN, inf or null values in 'embedding'"):
+        pipeline.run(spark, cfg)
+    assert not DeltaTable.isDeltaTable(spark, cfg.output.path)
+    assert not (tmp_path / "model").exists()  # the model of a failed run is not saved either
+
+
+def test_valid_input_is_scanned_once_for_its_embeddings(spark, tmp_path, monkeypatch):
+    """No separate full check of the embeddings when nothing is wrong: encoding checks them."""
+    def full_check(*args, **kwargs):
+        raise AssertionError("check_input ran on valid input")
+
+    monkeypatch.setattr(pipeline, "check_input", full_check)
+    keys, x = catalog(500)
+    cfg = config(tmp_path)
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    assert pipeline.run(spark, cfg).n_inserted == 500
