@@ -47,19 +47,22 @@ def exact_nearest(
     return cols[order][first]
 
 
+def scaled_transpose(codebook: np.ndarray) -> np.ndarray:  # (k, d) -> (d, k) float32, C-contiguous
+    return np.ascontiguousarray(-2.0 * codebook.T, dtype=np.float32)
+
+
 def nearest_codes(
     residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray, minus_2_codebook_t: np.ndarray | None = None,
 ) -> np.ndarray:  # (n, d), (k, d), (k,), optional (d, k) -> (n,) int64
     """Index of the nearest centroid for each row, by the contract in the module docstring.
 
-    ``minus_2_codebook_t`` (``-2 * codebook.T``, precomputed once per model) saves a pass over
-    the scores: scaling by a power of two is exact, so the scores are bit-identical.
+    ``minus_2_codebook_t`` is ``scaled_transpose(codebook)``, computed here unless the caller
+    precomputed it once per model; scaling by a power of two is exact, so the scores are those
+    of ``-2 * (residual @ codebook.T)`` without a pass over them.
     """
     if minus_2_codebook_t is None:
-        scores = residual @ codebook.T  # (n, k)
-        scores *= -2.0
-    else:
-        scores = residual @ minus_2_codebook_t
+        minus_2_codebook_t = scaled_transpose(codebook)
+    scores = residual @ minus_2_codebook_t  # (n, k)
     scores += code_sq_norms
     all_rows = np.arange(len(scores))
     codes = scores.argmin(axis=1)
@@ -82,7 +85,7 @@ def encode_residual(
     """Greedy residual encoding: at each level the nearest centroid, then subtract it."""
     n_levels = len(codebooks)
     norms = [sq_norms(c) for c in codebooks]
-    scaled = [np.ascontiguousarray(-2.0 * c.T, dtype=np.float32) for c in codebooks]
+    scaled = [scaled_transpose(c) for c in codebooks]
     codes = np.empty((len(x), n_levels), dtype=np.int32)
     for start in range(0, len(x), chunk):
         residual = x[start : start + chunk].copy()

@@ -10,11 +10,11 @@ from typing import Literal, Sequence
 import numpy as np
 
 from semid_spark.algorithms import _ops, io
-from semid_spark.utils.progress import progress
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import (
     ConfigError, EmptyClusterWarning, InvalidInputError, ModelFormatError, NotFittedError,
 )
+from semid_spark.utils.progress import progress
 
 log = logging.getLogger(__name__)
 

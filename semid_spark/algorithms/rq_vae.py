@@ -17,10 +17,10 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from semid_spark.algorithms import _ops, io
-from semid_spark.utils.progress import progress
 from semid_spark.algorithms.rq_kmeans import _torch_device
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
+from semid_spark.utils.progress import progress
 
 log = logging.getLogger(__name__)
 

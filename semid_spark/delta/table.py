@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.utils import AnalysisException
 
+from semid_spark.algorithms import codebook_sizes
 from semid_spark.exceptions import ModelMismatchError
 
 SHA_PROPERTY = "semid.model_sha256"
@@ -41,7 +42,7 @@ class TableRef:
 
 
 def model_properties(encoder) -> dict[str, str]:
-    sizes = getattr(encoder, "n_clusters", None) or getattr(encoder, "num_emb_list", None)
+    sizes = codebook_sizes(encoder)
     return {
         SHA_PROPERTY: encoder.sha256,
         "semid.model_type": type(encoder).__name__,

@@ -99,6 +99,8 @@ def encode_embeddings(
         return pa.RecordBatch.from_arrays([keys, codes_column(codes), *extra], schema=arrow_schema)
 
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from semid_spark.spark.validate import row_problems
+
         encoder = cached_encoder(model)
         for batch in batches:
             if batch.num_rows == 0:
@@ -107,8 +109,6 @@ def encode_embeddings(
             if not flag_problems:
                 yield encode_batch(encoder, keys, emb, [])
                 continue
-            from semid_spark.spark.validate import row_problems
-
             problem = row_problems(emb, dim)
             good = problem == 0
             if good.all():

@@ -18,11 +18,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, table_model_sha
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError
 from semid_spark.spark.columns import CODES, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
+from semid_spark.spark.sample import HASH, hash_filtered
 from semid_spark.spark.session import stage
 from semid_spark.utils import metrics
 from semid_spark.utils.progress import Steps
@@ -30,7 +32,6 @@ from semid_spark.utils.quality import CodeCounts, DepthCounts, QualityReport, bu
 from semid_spark.utils.report_files import write_atlas, write_report
 
 log = logging.getLogger(__name__)
-_HASH_RANGE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,11 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
                                      f"{cfg.model.path!r} is {encoder.sha256[:12]}…; point model.path at the table's model")
         ids = out.read(spark).select(key, SEMANTIC_ID, CODES)
     else:
-        dim = _dim(encoder)
+        dim = input_dim(encoder)
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
                                     embedding_col=emb, dim=dim, device=cfg.encode.device)
         ids = encoded.withColumn(SEMANTIC_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), cfg.uniqueness.sep))
-    sizes = _sizes(encoder) if encoder is not None else _table_sizes(spark, out)
+    sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
     n_levels = len(sizes)
 
     step = Steps("semid evaluate", 5)
@@ -131,7 +132,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
 
 def _sampled_report(sample, counts: CodeCounts, sizes: list[int], encoder, emb: str, n_levels: int,
                     options: EvaluateOptions) -> tuple[QualityReport, np.ndarray, np.ndarray]:
-    x = arrow_embeddings(sample.column(emb), _dim(encoder) if encoder else len(sample.column(emb)[0]), copy=True)
+    x = arrow_embeddings(sample.column(emb), input_dim(encoder) if encoder else len(sample.column(emb)[0]), copy=True)
     codes = np.array(sample.column(CODES).to_pylist(), dtype=np.int64).reshape(len(x), n_levels)
     k = min(options.k, len(x) - 1)
     sample_metrics = metrics.evaluate(x, codes, encoder, k=k, seed=options.seed) if k >= 1 else {}
@@ -144,24 +145,14 @@ def _sampled_report(sample, counts: CodeCounts, sizes: list[int], encoder, emb: 
 def _sample(ids: DataFrame, items: DataFrame, key: str, emb: str, text_cols: list[str], n_items: int,
             options: EvaluateOptions):
     """Up to sample_size rows (key, semantic_id, codes, embedding, text…) chosen by a hash of the key, sorted by key."""
-    fraction = min(1.0, 1.2 * options.sample_size / max(n_items, 1))
-    h = F.pmod(F.xxhash64(F.col(key), F.lit(options.seed)), F.lit(_HASH_RANGE))
-    picked = (ids.withColumn("_h", h).where(F.col("_h") < F.lit(int(fraction * _HASH_RANGE)))
-                 .join(items, key).orderBy("_h", key).limit(options.sample_size)
+    picked = (hash_filtered(ids, key, n_rows=n_items, sample_size=options.sample_size, seed=options.seed)
+                 .join(items, key).orderBy(HASH, key).limit(options.sample_size)
                  .select(key, SEMANTIC_ID, CODES, emb, *text_cols).orderBy(key))
     table = picked.toArrow()
     if table.num_rows < 2:
         raise InvalidInputError(f"only {table.num_rows} IDs matched catalog rows by {key!r}: is the catalog the one "
                                 "the IDs were assigned from?")
     return table
-
-
-def _dim(encoder) -> int:
-    return int(getattr(encoder, "D_", None) or encoder.in_dim)
-
-
-def _sizes(encoder) -> list[int]:
-    return [int(s) for s in (getattr(encoder, "n_clusters", None) or encoder.num_emb_list)]
 
 
 def _table_sizes(spark: SparkSession, out: TableRef) -> list[int]:

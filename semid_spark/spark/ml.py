@@ -23,6 +23,7 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from semid_spark.algorithms import input_dim
 from semid_spark.exceptions import ModelFormatError, NotFittedError
 from semid_spark.spark.columns import BASE_ID, CODES, COUNTER
 
@@ -74,7 +75,7 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
 
     def _fit(self, dataset: DataFrame) -> "SemanticIdModel":
         from semid_spark.config import ModelConfig
-        from semid_spark.spark.pipeline import _fit_device, new_encoder
+        from semid_spark.spark.pipeline import fit_device, new_encoder
         from semid_spark.spark.sample import sample_embeddings
         from semid_spark.spark.validate import check_input, normalize_columns
 
@@ -85,7 +86,7 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
                           seed=self.getOrDefault(self.seed))
         x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
                               sample_size=cfg.sample_size, seed=cfg.seed)
-        encoder = new_encoder(cfg, info.dim).fit(x, device=_fit_device(cfg))
+        encoder = new_encoder(cfg, info.dim).fit(x, device=fit_device(cfg))
         model = SemanticIdModel()
         model._set_encoder(encoder)
         return self._copyValues(model)
@@ -120,7 +121,7 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         key, emb = self._columns()
         codes_col, out_col, sep = (self.getOrDefault(p) for p in (self.codesCol, self.outputCol, self.sep))
         df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
-        dim = int(getattr(self._encoder, "D_", None) or self._encoder.in_dim)
+        dim = input_dim(self._encoder)
         if info.dim != dim:
             from semid_spark.spark.pipeline import raise_mismatch
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from semid_spark.algorithms import input_dim
 from semid_spark.config import JobConfig, ModelConfig
 from semid_spark.delta.table import TableRef, check_table, write_ids
 from semid_spark.exceptions import InvalidInputError, ModelFormatError
@@ -83,7 +84,7 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
     return df, info
 
 
-def _fit_device(model_cfg: ModelConfig) -> str:
+def fit_device(model_cfg: ModelConfig) -> str:
     if model_cfg.fit_device != "auto":
         return model_cfg.fit_device
     try:
@@ -134,7 +135,7 @@ def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobCon
         except BadSampleError:
             check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
             raise
-    device = _fit_device(cfg.model)
+    device = fit_device(cfg.model)
     with _timed(report, "fit"):
         encoder = new_encoder(cfg.model, info.dim).fit(x, device=device)
         if save:
@@ -152,7 +153,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     """
     key, emb, sep = cfg.input.key_col, cfg.input.embedding_col, cfg.uniqueness.sep
     out = TableRef(cfg.output.path, cfg.output.table)
-    dim = getattr(encoder, "D_", None) or getattr(encoder, "in_dim", None)
+    dim = input_dim(encoder)
     if dim != info.dim:
         raise_mismatch(info.dim, dim, emb)
     mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)

@@ -13,6 +13,16 @@ from semid_spark.exceptions import InvalidInputError
 from semid_spark.spark.encode import arrow_embeddings
 
 _HASH_RANGE = 1 << 30
+HASH = "_h"
+
+
+def hash_filtered(df: DataFrame, key_col: str, *, n_rows: int, sample_size: int, seed: int) -> DataFrame:
+    """*df* plus its key's hash column ``_h`` = pmod(xxhash64(key, seed), 2^30), kept where the hash
+    falls under a threshold sized for ~1.2x *sample_size* of *n_rows*; callers take the smallest
+    hashes (ties by key) down to *sample_size*."""
+    fraction = min(1.0, 1.2 * sample_size / max(n_rows, 1))
+    h = F.pmod(F.xxhash64(F.col(key_col), F.lit(seed)), F.lit(_HASH_RANGE))
+    return df.withColumn(HASH, h).where(F.col(HASH) < F.lit(int(fraction * _HASH_RANGE)))
 
 
 def sample_embeddings(
@@ -24,11 +34,8 @@ def sample_embeddings(
     the target are kept, then the smallest hashes (ties by key) down to *sample_size*: the
     driver holds at most ~1.2 x sample_size x dim floats.
     """
-    h = F.pmod(F.xxhash64(F.col(key_col), F.lit(seed)), F.lit(_HASH_RANGE))
-    fraction = min(1.0, 1.2 * sample_size / max(n_rows, 1))
-    picked = (df.select(key_col, embedding_col, h.alias("_h"))
-                .where(F.col("_h") < F.lit(int(fraction * _HASH_RANGE)))
-                .orderBy("_h", key_col).limit(sample_size)
+    picked = (hash_filtered(df.select(key_col, embedding_col), key_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
+                .orderBy(HASH, key_col).limit(sample_size)
                 .select(embedding_col))
     column = picked.toArrow().column(embedding_col).combine_chunks()
     from semid_spark.spark.validate import row_problems

@@ -89,10 +89,9 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
     if n_rows == 0:
         raise InvalidInputError("input is empty: no rows to assign IDs to")
     bad = {label: n for label, n in stats.items() if n}
-    dupes = (df.where(F.col(key_col).isNotNull()).groupBy(key_col).count().where(F.col("count") > 1)
-               .agg(F.sum("count")).first()[0])
+    dupes = _key_counts(df, key_col)["duplicate key"]
     if dupes:
-        bad["duplicate key"] = int(dupes)
+        bad["duplicate key"] = dupes
     if bad:
         raise_bad_rows(bad, n_rows, key_col, emb_col, dim)
     return df, InputReport(n_rows=n_rows, dim=dim)
@@ -173,18 +172,25 @@ def _batch_problems(keys: pa.Array, emb: pa.ListArray, dim: int) -> np.ndarray:
 def check_keys(df: DataFrame, key_col: str) -> int:
     """Row count, checking null and duplicate keys with one aggregation that reads the key column only
     (the embeddings are checked where they are read anyway: on the driver's sample, and while encoding)."""
+    counts = _key_counts(df, key_col)
+    n_rows = counts.pop("n")
+    if n_rows == 0:
+        raise InvalidInputError("input is empty: no rows to assign IDs to")
+    bad = {label: n for label, n in counts.items() if n}
+    if bad:
+        raise_bad_rows(bad, n_rows, key_col, "", 0)
+    return n_rows
+
+
+def _key_counts(df: DataFrame, key_col: str) -> dict[str, int]:
+    """{"n": rows, "null key": rows, "duplicate key": rows whose non-null key another row has}:
+    one aggregation that shuffles the key column only."""
     per_key = df.select(key_col).groupBy(key_col).count()
     row = per_key.agg(F.sum("count").alias("n"),
                       F.sum(F.when(F.col(key_col).isNull(), F.col("count"))).alias("null key"),
                       F.sum(F.when(F.col(key_col).isNotNull() & (F.col("count") > 1), F.col("count"))).alias("duplicate key"),
                       ).first()
-    n_rows = int(row["n"] or 0)
-    if n_rows == 0:
-        raise InvalidInputError("input is empty: no rows to assign IDs to")
-    bad = {label: int(row[label]) for label in ("null key", "duplicate key") if row[label]}
-    if bad:
-        raise_bad_rows(bad, n_rows, key_col, "", 0)
-    return n_rows
+    return {label: int(row[label] or 0) for label in ("n", "null key", "duplicate key")}
 
 
 def split_invalid(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, DataFrame, int]:

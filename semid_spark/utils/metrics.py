@@ -240,7 +240,9 @@ def evaluate(X: np.ndarray, codes: np.ndarray, encoder=None, k: int = 10, n_pair
     results["distance_correlation"] = distance_correlation(X, codes, n_pairs=n_pairs, seed=seed)
     sizes = None
     if encoder is not None:
-        sizes = getattr(encoder, "n_clusters", None) or getattr(encoder, "num_emb_list", None)
+        from semid_spark.algorithms import codebook_sizes
+
+        sizes = codebook_sizes(encoder)
     results["code_utilization_per_level"] = code_utilization_per_level(codes, n_clusters=sizes)
     results["code_entropy_per_level"] = code_entropy_per_level(codes)
     if encoder is not None:

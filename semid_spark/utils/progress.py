@@ -6,6 +6,7 @@ Shown when stderr is a terminal or a notebook (Databricks, Jupyter), hidden in s
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable, Iterator, TypeVar
 
@@ -22,7 +23,7 @@ def set_progress(enabled: bool | None) -> None:
 def progress_enabled() -> bool:
     if _forced is not None:
         return _forced
-    if "ipykernel" in sys.modules or "DATABRICKS_RUNTIME_VERSION" in __import__("os").environ:
+    if "ipykernel" in sys.modules or "DATABRICKS_RUNTIME_VERSION" in os.environ:
         return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
