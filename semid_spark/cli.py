@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
 from typing import Sequence
 
 from semid_spark.exceptions import SemanticIdError
@@ -63,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SemanticIdError as exc:
         print(f"semid {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(asdict(report), default=str))
+    print(json.dumps(report.as_dict(), default=str))
     return 0
 
 

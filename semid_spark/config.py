@@ -64,7 +64,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class EncodeConfig:
     device: Literal["cpu", "cuda"] = "cpu"  # cpu: numpy on executors (no torch needed)
-    batch_rows: int = 8192  # rows per Arrow batch handed to the encoder
+    batch_rows: int = 8192  # rows per Arrow batch handed to the encoder (spark.sql.execution.arrow.maxRecordsPerBatch)
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ConfigError(f"encode.batch_rows={self.batch_rows}; expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,11 @@ class OutputConfig:
     path: str | None = None  # a Delta directory (default artifacts/semantic_ids) ...
     table: str | None = None  # ... or a table name
     new_table_on_model_change: bool = False  # replace the table (kept in Delta history) for a new model
+    max_retries: int = 2  # re-rank and merge again when another run committed first (ConcurrentRunError after)
 
     def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigError(f"output.max_retries={self.max_retries}; expected >= 0")
         if self.path is not None and self.table is not None:
             raise ConfigError("output: give one of output.path or output.table, not both")
         if self.path is None and self.table is None:

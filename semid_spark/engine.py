@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from typing import Callable, Hashable, Literal, Sequence
 
 import numpy as np
 
+from semid_spark import storage
+from semid_spark.algorithms import encoder_class
 from semid_spark.core import ArrayLike, BaseSemanticEncoder
 from semid_spark.exceptions import ConfigError, ModelFormatError, ModelMismatchError
-from semid_spark.uniqueness.resolver import BaseResolver, UniqueIdResolver
+from semid_spark.uniqueness.resolver import BaseResolver, SinkhornResolver, UniqueIdResolver
 from semid_spark.uniqueness.stores import (
     CollisionStore, InMemoryCollisionStore, SQLiteCollisionStore, write_json_state,
 )
@@ -28,21 +31,6 @@ log = logging.getLogger(__name__)
 ENGINE_FORMAT_VERSION = 1
 _META, _ENCODER_DIR, _RESOLVER_DIR = "engine_meta.json", "encoder", "resolver"
 _SQLITE_FILE, _MEMORY_FILE = "collisions.db", "in_memory_store.json"
-
-
-def _encoder_class(name: str) -> type[BaseSemanticEncoder]:
-    from semid_spark.algorithms.rq_kmeans import RQKMeans
-
-    registry: dict[str, type[BaseSemanticEncoder]] = {"RQKMeans": RQKMeans}
-    try:
-        from semid_spark.algorithms.rq_vae import RQVAE
-
-        registry["RQVAE"] = RQVAE
-    except ImportError:
-        pass
-    if name not in registry:
-        raise ModelFormatError(f"unknown encoder type {name!r}; known types: {sorted(registry)}")
-    return registry[name]
 
 
 def _model_sha256(encoder: BaseSemanticEncoder) -> str | None:
@@ -95,9 +83,11 @@ class SemanticIdEngine:
         """
         codes = self.encoder.encode(X, device=device, batch_size=batch_size)
         bases = self.encoder.semantic_id(codes, sep=sep, fmt=fmt, formatter=formatter)
+        context = {}
+        if isinstance(self.unique_resolver, SinkhornResolver):  # it re-assigns codes: it needs the model and data
+            context = {"codes": codes, "embeddings": X, "encoder": self.encoder, "formatter": formatter}
         return self.unique_resolver.assign(
-            bases, sep=sep, fmt=fmt, item_ids=item_ids, keys=keys, model_sha256=_model_sha256(self.encoder),
-            codes=codes, embeddings=X, encoder=self.encoder, formatter=formatter,  # for SinkhornResolver
+            bases, sep=sep, fmt=fmt, item_ids=item_ids, keys=keys, model_sha256=_model_sha256(self.encoder), **context,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -112,7 +102,13 @@ class SemanticIdEngine:
                                       in_memory_store.json (the in-memory counters, so a
                                       loaded engine carries on where this one stopped)
         """
-        path = os.fspath(path).rstrip(os.sep) or os.sep
+        path = os.fspath(path)
+        if storage.local_path(path) is None:  # an object store: build it here, upload engine_meta.json last
+            with tempfile.TemporaryDirectory(prefix="semid-engine-") as local:
+                self.save(os.path.join(local, "engine"))
+                storage.upload_dir(os.path.join(local, "engine"), path, last=_META)
+            return
+        path = storage.local_path(path).rstrip(os.sep) or os.sep
         tmp = f"{path}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, _RESOLVER_DIR))
@@ -174,11 +170,20 @@ class SemanticIdEngine:
         ModelMismatchError
             The saved store holds the IDs of another model than the saved encoder.
         """
+        path = os.fspath(path)
+        if storage.local_path(path) is None:  # an object store: work on a local copy (the SQLite store needs one)
+            if not storage.exists(storage.join(path, _META)):
+                raise ModelFormatError(f"no saved engine at {path!r}: {_META} is missing")
+            local = tempfile.mkdtemp(prefix="semid-engine-")
+            storage.download_dir(path, local)
+            log.info("engine %s copied to %s; save() again to keep its counters there", path, local)
+            path = local
+        path = storage.local_path(path)
         meta_path = os.path.join(path, _META)
         try:
             with open(meta_path, encoding="utf-8") as fh:
                 meta = json.load(fh)
-            encoder_cls = _encoder_class(meta["encoder_type"])
+            encoder_cls = encoder_class(meta["encoder_type"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelFormatError(f"{meta_path!r} does not describe a saved engine: {exc!r}") from None
         version = meta.get("format_version", ENGINE_FORMAT_VERSION)

@@ -52,3 +52,7 @@ class ModelMismatchError(SemanticIdError, ValueError):
 
 class StoreError(SemanticIdError):
     """Raised when a collision store cannot be opened or written, or has an unknown schema."""
+
+
+class ConcurrentRunError(SemanticIdError, RuntimeError):
+    """Raised when other runs kept committing to the output table while this one merged, past ``output.max_retries``."""

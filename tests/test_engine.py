@@ -126,7 +126,7 @@ def test_load_refuses_what_is_not_an_engine(tmp_path):
     with pytest.raises(ModelFormatError, match="does not describe a saved engine"):
         SemanticIdEngine.load(tmp_path)
     (tmp_path / "engine_meta.json").write_text(json.dumps({"encoder_type": "Word2Vec"}))
-    with pytest.raises(ModelFormatError, match="unknown encoder type 'Word2Vec'"):
+    with pytest.raises(ModelFormatError, match="unknown model type 'Word2Vec'"):
         SemanticIdEngine.load(tmp_path)
 
 

@@ -18,7 +18,6 @@ Set the Airflow Variables ``semid_jobs_dir`` (where jobs/fit.py, jobs/assign.py 
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 try:  # Airflow 3
@@ -49,9 +48,12 @@ SPARK_CONF = {
 
 
 def choose_fit(params: dict, **_) -> str:
-    """'fit' when asked to refit or no model is saved yet (a path the worker can see), else 'skip_fit'."""
-    model_path = params["model_path"]
-    if params.get("refit") or not os.path.exists(os.path.join(model_path, "metadata.json")):
+    """'fit' when asked to refit or no model is saved yet, else 'skip_fit'. The model path is a local
+    path or any fsspec URL the worker can reach (s3://, gs://, …): its manifest is written last."""
+    import fsspec  # an Airflow dependency
+
+    fs, manifest = fsspec.core.url_to_fs(params["model_path"].rstrip("/") + "/metadata.json")
+    if params.get("refit") or not fs.exists(manifest):
         return "fit"
     return "skip_fit"
 

@@ -42,9 +42,8 @@ print(params)
 
 # COMMAND ----------
 
-import os
-
 from semid_spark.config import JobConfig
+from semid_spark.spark.pipeline import model_exists
 
 cfg = JobConfig.from_dict({
     "input": {"table": params["input_table"] or None, "path": params["input_path"] or None,
@@ -53,7 +52,7 @@ cfg = JobConfig.from_dict({
               "n_clusters": int(params["n_clusters"]), "sample_size": int(params["sample_size"])},
     "output": {"table": params["output_table"] or None, "path": params["output_path"] or None},
 })
-must_fit = params["refit"].lower() == "true" or not os.path.exists(os.path.join(cfg.model.path, "metadata.json"))
+must_fit = params["refit"].lower() == "true" or not model_exists(cfg.model.path)  # a path, dbfs:/Volumes/… or URL
 
 # COMMAND ----------
 

@@ -1,6 +1,49 @@
-"""Encoders (numpy/torch, never pyspark): RQ-KMeans, RQ-VAE, and their model files."""
+"""Encoders (numpy/torch, never pyspark): RQ-KMeans, RQ-VAE, and their model files.
+
+The one registry of model types: a saved model says its ``type`` in ``metadata.json``, and
+:func:`encoder_class` maps it to the class that reads it (the engine, the job, the executors and
+the CLI all load through here).
+"""
 
 from __future__ import annotations
+
+from semid_spark.exceptions import ModelFormatError
+
+MODEL_TYPES = ("RQKMeans", "RQVAE")
+
+
+def encoder_class(type_name: str):
+    """The encoder class saved under *type_name* (``RQKMeans`` or ``RQVAE``), imported only when asked for."""
+    if type_name == "RQKMeans":
+        from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+        return RQKMeans
+    if type_name == "RQVAE":
+        from semid_spark.algorithms.rq_vae import RQVAE
+
+        return RQVAE
+    raise ModelFormatError(f"unknown model type {type_name!r}; known types: {list(MODEL_TYPES)}")
+
+
+def load_encoder(path: str, *, device: str = "cpu"):
+    """The model saved at *path* (a local directory or an fsspec URL), whatever its type.
+
+    Raises
+    ------
+    ModelFormatError
+        No model there (no ``metadata.json``), an unknown type, or damaged files.
+    """
+    from semid_spark.algorithms import io
+
+    return encoder_class(io.read_metadata(path).get("type")).load(path, device=device)
+
+
+def encoder_from_bytes(data: bytes):
+    """Rebuild an encoder from ``encoder.to_bytes()`` (numpy only; the digest is checked)."""
+    from semid_spark.algorithms import io
+
+    meta, arrays = io.loads_model(data)
+    return encoder_class(meta.get("type"))._from_parts(meta, arrays, "<bytes>")
 
 
 def input_dim(encoder) -> int | None:
@@ -13,20 +56,3 @@ def codebook_sizes(encoder) -> list[int] | None:
     """Codes per level (RQ-KMeans ``n_clusters``, RQ-VAE ``num_emb_list``); None if it does not say."""
     sizes = getattr(encoder, "n_clusters", None) or getattr(encoder, "num_emb_list", None)
     return None if sizes is None else [int(s) for s in sizes]
-
-
-def encoder_from_bytes(data: bytes):
-    """Rebuild an encoder from ``encoder.to_bytes()`` (numpy only; the digest is checked)."""
-    from semid_spark.algorithms import io
-    from semid_spark.exceptions import ModelFormatError
-
-    meta, arrays = io.loads_model(data)
-    if meta.get("type") == "RQKMeans":
-        from semid_spark.algorithms.rq_kmeans import RQKMeans
-
-        return RQKMeans._from_parts(meta, arrays, "<bytes>")
-    if meta.get("type") == "RQVAE":
-        from semid_spark.algorithms.rq_vae import RQVAE
-
-        return RQVAE._from_parts(meta, arrays, "<bytes>")
-    raise ModelFormatError(f"model bytes hold an unknown model type {meta.get('type')!r}")

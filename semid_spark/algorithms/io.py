@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
+from semid_spark import storage
 from semid_spark.exceptions import ModelFormatError
 
 METADATA_FILE = "metadata.json"
@@ -34,39 +33,51 @@ def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: str, write: Any, suffix: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_model(
     path: str, metadata: dict[str, Any], arrays: dict[str, np.ndarray], *, arrays_file: str = ARRAYS_FILE
 ) -> str:
     """Write *arrays* and *metadata* (plus format version and sha256) into directory *path*.
 
-    Each file is written to a temporary name and renamed, so a crash never leaves a
-    half-written file under the final name. Returns the sha256.
+    *path* is a local directory or any fsspec URL (``s3://``, ``gs://``, ``file://``...; see
+    :mod:`semid_spark.storage`). The arrays go first and the metadata, which holds their digest,
+    last: a directory without ``metadata.json`` holds no model, and a reader that finds arrays
+    of another save (a crash mid-overwrite) refuses them by their digest. No file is ever seen
+    half-written under its final name. Returns the sha256.
     """
-    os.makedirs(path, exist_ok=True)
     sha = arrays_sha256(arrays)
     meta = {**metadata, "format_version": FORMAT_VERSION, "sha256": sha}
-    _atomic_write(os.path.join(path, arrays_file), lambda fh: np.savez(fh, **arrays), ".npz")
-    text = json.dumps(meta, indent=2, sort_keys=True).encode()
-    _atomic_write(os.path.join(path, METADATA_FILE), lambda fh: fh.write(text), ".json")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    storage.write_bytes(storage.join(path, arrays_file), buffer.getvalue())
+    storage.write_bytes(storage.join(path, METADATA_FILE), json.dumps(meta, indent=2, sort_keys=True).encode())
     return sha
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The ``metadata.json`` of the model directory *path* (local or URL).
+
+    Raises
+    ------
+    ModelFormatError
+        When there is none (no model saved there, or a save that never finished) or it is not JSON.
+    """
+    meta_path = storage.join(path, METADATA_FILE)
+    try:
+        meta = json.loads(storage.read_bytes(meta_path))
+    except FileNotFoundError:
+        raise ModelFormatError(f"no model at {path!r}: {METADATA_FILE} is missing (nothing was saved there, "
+                               "or a save did not finish)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{meta_path!r} is not readable JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{meta_path!r} holds a {type(meta).__name__}, not a model's metadata")
+    return meta
 
 
 def load_model(
     path: str, *, expected_type: str, arrays_file: str = ARRAYS_FILE
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read a model directory; verify type, format version and digest.
+    """Read a model directory (local or URL); verify type, format version and digest.
 
     Raises
     ------
@@ -74,35 +85,32 @@ def load_model(
         For a missing or unreadable file, another model type, a newer format, an array
         that needs pickle, or a digest that does not match the arrays.
     """
-    meta_path, arrays_path = os.path.join(path, METADATA_FILE), os.path.join(path, arrays_file)
-    for required in (meta_path, arrays_path):
-        if not os.path.isfile(required):
-            raise ModelFormatError(f"model file {required!r} is missing; is {path!r} a saved model?")
-    try:
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{meta_path!r} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("type") != expected_type:
-        found = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
-        raise ModelFormatError(f"{path!r} holds a model of type {found!r}, expected {expected_type!r}")
+    meta = read_metadata(path)
+    meta_path, arrays_path = storage.join(path, METADATA_FILE), storage.join(path, arrays_file)
+    if meta.get("type") != expected_type:
+        raise ModelFormatError(f"{path!r} holds a model of type {meta.get('type')!r}, expected {expected_type!r}")
     version = meta.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFormatError(
             f"{path!r} has format_version={version!r}; this semid_spark reads up to {FORMAT_VERSION}"
         )
-    if not zipfile.is_zipfile(arrays_path):
+    try:
+        data = storage.read_bytes(arrays_path)
+    except FileNotFoundError:
+        raise ModelFormatError(f"model file {arrays_path!r} is missing; is {path!r} a saved model?") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelFormatError(f"{arrays_path!r} is damaged or not an .npz file")
     try:
-        with np.load(arrays_path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
     except ValueError as exc:  # object arrays would need pickle: refused
         raise ModelFormatError(f"{arrays_path!r} holds arrays that need pickle; refused: {exc}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ModelFormatError(f"{arrays_path!r} is damaged or not an .npz file: {exc}") from None
     if "sha256" in meta and arrays_sha256(arrays) != meta["sha256"]:
         raise ModelFormatError(
-            f"{arrays_path!r} does not match the sha256 in {meta_path!r}: the file is damaged or was edited"
+            f"{arrays_path!r} does not match the sha256 in {meta_path!r}: the file is damaged, was edited, "
+            "or another save is under way"
         )
     return meta, arrays
 

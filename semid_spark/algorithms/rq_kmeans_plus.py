@@ -15,9 +15,11 @@ import pickle
 import re
 import zipfile
 from collections import defaultdict
+from io import BytesIO
 
 import numpy as np
 
+from semid_spark import storage
 from semid_spark.algorithms import io
 from semid_spark.exceptions import ConfigError, ModelFormatError
 
@@ -107,9 +109,9 @@ def load_original(cls, path: str, *, device: str = "cpu"):
     import torch
 
     try:
-        with open(os.path.join(path, io.METADATA_FILE), encoding="utf-8") as fh:
-            meta = json.load(fh)
-        state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
+        meta = json.loads(storage.read_bytes(storage.join(path, io.METADATA_FILE)))
+        state = torch.load(BytesIO(storage.read_bytes(storage.join(path, "model.pt"))), map_location="cpu",
+                           weights_only=True)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:  # weights_only refuses code
         raise ModelFormatError(f"{path!r} is not a loadable semantic-id 0.2.5 RQVAE: {exc}") from None
     if meta.get("type") != "RQVAE":

@@ -16,6 +16,7 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
+from semid_spark import storage
 from semid_spark.algorithms import _ops, io
 from semid_spark.algorithms.rq_kmeans import _torch_device
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
@@ -379,7 +380,7 @@ class RQVAE(BaseSemanticEncoder):
         """Read a model saved by ``save``; without torch. A ``model.pt`` of semantic-id 0.2.5
         is migrated with torch's weights-only loader (never unpickling code)."""
         path = os.fspath(path)
-        if not os.path.exists(os.path.join(path, WEIGHTS_FILE)) and os.path.exists(os.path.join(path, "model.pt")):
+        if not storage.exists(storage.join(path, WEIGHTS_FILE)) and storage.exists(storage.join(path, "model.pt")):
             from semid_spark.algorithms.rq_kmeans_plus import load_original
 
             return load_original(cls, path, device=device)

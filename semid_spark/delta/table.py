@@ -1,44 +1,114 @@
-"""The output Delta table: created if absent, bound to one model, written only by insert-only merges.
+"""The output Delta table: bound to one model, written only by insert-only merges.
 
-Table properties record the model (``semid.model_sha256``, levels, sizes). Rows are added
-with a MERGE that has only a ``whenNotMatchedInsertAll`` clause, so an ID once written never
-changes, re-running the same input inserts nothing, and a failed run commits nothing.
+Table properties record the model (``semid.model_sha256``, levels, sizes). Rows are only ever
+added by ``MERGE ... WHEN NOT MATCHED THEN INSERT *`` on the item key, so an ID once written
+never changes, re-running the same input inserts nothing, and a failed run commits nothing.
+
+The first run creates the table empty, with its properties, before it merges the IDs in:
+a run killed while it writes the IDs leaves an empty table of its model (or, killed in the
+create, a folder without a commit), and the next run merges into it as if nothing happened.
+An empty table that records no model yet is claimed by the next run.
+
+Everything goes through Delta SQL (``DESCRIBE DETAIL``, ``DESCRIBE HISTORY``, ``ALTER TABLE``,
+``MERGE INTO``) and the DataFrame writer, never the ``DeltaTable`` Python API: so the same code
+runs on Spark Connect (Databricks serverless and shared clusters), where the ``DeltaTable`` API
+needs a server plugin that open-source Spark does not have.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import uuid
 from dataclasses import dataclass
+from typing import Literal
 
-from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
-from pyspark.sql.utils import AnalysisException
 
 from semid_spark.algorithms import codebook_sizes
 from semid_spark.exceptions import ModelMismatchError
 
+log = logging.getLogger(__name__)
+
 SHA_PROPERTY = "semid.model_sha256"
+Mode = Literal["create", "claim", "append", "replace"]
 
 
 @dataclass(frozen=True)
 class TableRef:
+    """A Delta table by path (``output.path``) or by name (``output.table``)."""
+
     path: str | None = None
     name: str | None = None
 
     def __str__(self) -> str:
         return self.name or self.path or "?"
 
-    def exists(self, spark: SparkSession) -> bool:
+    @property
+    def identifier(self) -> str:
+        """The name, or ``delta.`<absolute path or URL>``` (a relative path would read as a schema name)."""
         if self.name:
-            return spark.catalog.tableExists(self.name)
-        return DeltaTable.isDeltaTable(spark, self.path)
+            return self.name
+        path = self.path if "://" in self.path else os.path.abspath(self.path)
+        return "delta.`{}`".format(path.replace("`", "``"))
 
-    def delta(self, spark: SparkSession) -> DeltaTable:
-        return DeltaTable.forName(spark, self.name) if self.name else DeltaTable.forPath(spark, self.path)
+    def detail(self, spark: SparkSession) -> Row | None:
+        """``DESCRIBE DETAIL``'s row, or None when there is no Delta table (no folder, or no commit in it)."""
+        if self.name and not spark.catalog.tableExists(self.name):
+            return None
+        try:
+            row = spark.sql(f"DESCRIBE DETAIL {self.identifier}").first()
+        except AnalysisException as exc:
+            if _condition(exc) in ("DELTA_MISSING_DELTA_TABLE", "DELTA_PATH_DOES_NOT_EXIST", "PATH_NOT_FOUND"):
+                return None
+            raise
+        return row if row is not None and str(row["format"]).lower() == "delta" else None
+
+    def exists(self, spark: SparkSession) -> bool:
+        return self.detail(spark) is not None
+
+    def properties(self, spark: SparkSession) -> dict[str, str]:
+        detail = self.detail(spark)
+        return dict(detail["properties"] or {}) if detail is not None else {}
+
+    def version(self, spark: SparkSession) -> int | None:
+        """The latest committed version, or None without a table."""
+        if not self.exists(spark):
+            return None
+        return int(spark.sql(f"DESCRIBE HISTORY {self.identifier} LIMIT 1").first()["version"])
 
     def read(self, spark: SparkSession) -> DataFrame:
         return spark.read.table(self.name) if self.name else spark.read.format("delta").load(self.path)
+
+
+def _condition(exc: Exception) -> str:
+    getter = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    try:
+        return (getter() if getter else None) or ""
+    except Exception:  # a remote error without one
+        return ""
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Whether *exc* is Delta's answer to another writer committing first (classic or Connect)."""
+    try:
+        from delta.exceptions import base
+
+        conflict_types = tuple(getattr(base, name) for name in dir(base)
+                               if name.endswith("Exception") and name != "PySparkException")
+        if isinstance(exc, conflict_types):
+            return True
+    except ImportError:  # a Databricks runtime may ship Delta without its pip package
+        pass
+    condition = _condition(exc) if isinstance(exc, Exception) else ""
+    if condition.startswith("DELTA_CONCURRENT") or condition in ("DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED"):
+        return True
+    text = str(exc)
+    return any(name in text for name in ("ConcurrentAppendException", "ConcurrentWriteException",
+                                         "MetadataChangedException", "ProtocolChangedException",
+                                         "ConcurrentTransactionException", "ConcurrentDeleteReadException"))
 
 
 def model_properties(encoder) -> dict[str, str]:
@@ -52,58 +122,93 @@ def model_properties(encoder) -> dict[str, str]:
 
 
 def table_model_sha(spark: SparkSession, ref: TableRef) -> str | None:
-    props = ref.delta(spark).detail().select("properties").first()[0] or {}
-    return props.get(SHA_PROPERTY)
+    return ref.properties(spark).get(SHA_PROPERTY)
 
 
-def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_model: bool) -> str:
-    """'append' (the table holds this model's IDs), 'create' (no table) or 'replace' (another
-    model's table, replacement allowed); another model's table otherwise raises."""
-    if not ref.exists(spark):
+def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_model: bool) -> Mode:
+    """How this run writes *ref*:
+
+    - 'append': the table holds this model's IDs;
+    - 'create': there is no table (a folder left by a killed create counts as none);
+    - 'claim': an empty table that records no model yet (a run stopped right after creating it);
+    - 'replace': another model's table, and replacing it is allowed.
+
+    Another model's table otherwise raises ``ModelMismatchError``.
+    """
+    detail = ref.detail(spark)
+    if detail is None:
         return "create"
-    stored = table_model_sha(spark, ref)
+    stored = (detail["properties"] or {}).get(SHA_PROPERTY)
     if stored == encoder.sha256:
         return "append"
+    if stored is None and int(detail["numFiles"] or 0) == 0:
+        return "claim"
     if replace_on_new_model:
         return "replace"
+    held = f"IDs of model sha256={stored[:12]}…" if stored else "rows of no recorded model"
     raise ModelMismatchError(
-        f"table {ref} holds IDs of model sha256={str(stored)[:12]}…, this run's model is "
-        f"{encoder.sha256[:12]}…; IDs of two models must not mix. Write to a new output table, or set "
-        "output.new_table_on_model_change=true to replace it (the old version stays in Delta history)"
+        f"table {ref} holds {held}, this run's model is {encoder.sha256[:12]}…; IDs of two models must not "
+        "mix. Write to a new output table, or set output.new_table_on_model_change=true to replace it (the old "
+        "version stays in Delta history)"
     )
 
 
-def write_ids(spark: SparkSession, ref: TableRef, rows: DataFrame, *, key_col: str, encoder, mode: str) -> int:
-    """Create (one atomic CREATE TABLE AS SELECT, with the model's properties) or insert-only MERGE."""
-    if mode == "append":
-        return insert_new(spark, ref, rows, key_col)
-    # a path identifier must be absolute, or Spark reads `delta` as a schema name
-    path = ref.path if ref.path is None or "://" in ref.path else os.path.abspath(ref.path)
-    identifier = ref.name or f"delta.`{path}`"
-    writer = rows.writeTo(identifier).using("delta")
-    for key, value in model_properties(encoder).items():
-        writer = writer.tableProperty(key, value)
-    writer.createOrReplace() if mode == "replace" else writer.create()
-    metrics = ref.delta(spark).history(1).select("operationMetrics").first()[0] or {}
-    if "numOutputRows" in metrics:  # Delta records the rows its CREATE TABLE AS SELECT wrote: no re-scan
-        return int(metrics["numOutputRows"])
-    return ref.read(spark).count()
+def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, encoder, mode: Mode) -> None:
+    """Make *ref* an empty-or-this-model's table with the model's properties ('append' needs nothing)."""
+    props = model_properties(encoder)
+    if mode == "replace":
+        writer = spark.createDataFrame([], schema).writeTo(ref.identifier).using("delta")
+        for key, value in props.items():
+            writer = writer.tableProperty(key, value)
+        writer.createOrReplace()  # one commit; the old version stays in the table's history
+        return
+    if mode == "create":
+        writer = spark.createDataFrame([], schema).writeTo(ref.identifier).using("delta")
+        for key, value in props.items():
+            writer = writer.tableProperty(key, value)
+        try:
+            writer.create()  # one commit: the empty table and its model
+            return
+        except AnalysisException as exc:
+            if _condition(exc) not in ("TABLE_OR_VIEW_ALREADY_EXISTS", "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"):
+                raise
+        # a folder that a killed run left without a commit: CREATE TABLE refuses it, the DataFrame writer does not
+        log.info("table %s: a folder without a Delta commit is there (a run stopped while creating it); "
+                 "creating the table over it", ref)
+        empty = spark.createDataFrame([], schema).write.format("delta").mode("append")
+        empty.saveAsTable(ref.name) if ref.name else empty.save(ref.path)
+    if mode in ("create", "claim"):
+        stored = table_model_sha(spark, ref)
+        if stored == encoder.sha256:  # a concurrent run of the same model created it first
+            return
+        if stored is not None:
+            raise ModelMismatchError(f"table {ref} was just created for model {stored[:12]}… by another run; "
+                                     f"this run's model is {encoder.sha256[:12]}…")
+        assignments = ", ".join(f"'{key}' = '{value}'" for key, value in props.items())
+        spark.sql(f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES ({assignments})")
+        stored = table_model_sha(spark, ref)
+        if stored != encoder.sha256:  # another run claimed it between our check and our ALTER
+            raise ModelMismatchError(f"table {ref} was just bound to model {str(stored)[:12]}… by another run; "
+                                     f"this run's model is {encoder.sha256[:12]}…")
 
 
-def insert_new(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col: str) -> int:
-    """Insert-only MERGE on the item key; returns the number of rows inserted."""
-    (ref.delta(spark).alias("t")
-        .merge(rows.alias("s"), f"t.`{key_col}` = s.`{key_col}`")
-        .whenNotMatchedInsertAll()  # no whenMatched clause: written IDs never change
-        .execute())
-    last = ref.delta(spark).history(1).select("operation", "operationMetrics").first()
-    if last is None or last["operation"] != "MERGE":
-        return 0
-    return int(last["operationMetrics"].get("numTargetRowsInserted", 0))
-
-
-def written_ids(spark: SparkSession, ref: TableRef) -> DataFrame | None:
+def merge_new_rows(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col: str) -> int:
+    """Insert-only MERGE on the item key; the number of rows this MERGE inserted (from its own result)."""
+    view = f"semid_new_rows_{uuid.uuid4().hex}"
+    rows.createOrReplaceTempView(view)
     try:
-        return ref.read(spark)
-    except AnalysisException:
-        return None
+        result = spark.sql(
+            f"MERGE INTO {ref.identifier} AS t USING {view} AS s ON t.`{key_col}` = s.`{key_col}` "
+            "WHEN NOT MATCHED THEN INSERT *"  # no WHEN MATCHED: written IDs never change
+        ).first()
+    finally:
+        spark.catalog.dropTempView(view)
+    return int(result["num_inserted_rows"]) if result is not None else 0
+
+
+def append_idempotent(spark: SparkSession, ref: TableRef, rows: DataFrame, id_col: str) -> int:
+    """Insert the rows of *rows* whose *id_col* the table does not hold yet (created if absent): a retry adds nothing."""
+    if not ref.exists(spark):
+        empty = spark.createDataFrame([], rows.schema).write.format("delta").mode("append")
+        empty.saveAsTable(ref.name) if ref.name else empty.save(ref.path)
+    return merge_new_rows(spark, ref, rows, id_col)

@@ -8,6 +8,7 @@ and the codes go back as ``list<int32>``. Executors use numpy (no torch) unless
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -76,13 +77,15 @@ def codes_column(codes: np.ndarray) -> pa.Array:
 
 def encode_embeddings(
     df: DataFrame, model: FrozenModel, *, key_col: str, embedding_col: str, dim: int, device: str = "cpu",
-    flag_problems: bool = False,
+    flag_problems: bool = False, batch_rows: int | None = None,
 ) -> DataFrame:
     """(key, embedding) -> (key, codes array<int>) on executors; order and partitioning kept.
 
     With *flag_problems* the rows are not assumed valid: each batch is checked in numpy as it
     is encoded (``validate.row_problems``), and a ``problem`` column says why a row has null
-    codes (0 for encoded rows), so one pass both validates and encodes.
+    codes (0 for encoded rows), so one pass both validates and encodes. *batch_rows* caps the rows
+    encoded at once (larger Arrow batches are sliced, without copying); the job also asks Spark for
+    batches of that size (``spark.sql.execution.arrow.maxRecordsPerBatch``, see ``arrow_batch_rows``).
     """
     key_field = df.schema[key_col]
     fields = [T.StructField(key_col, key_field.dataType, flag_problems),
@@ -102,7 +105,7 @@ def encode_embeddings(
         from semid_spark.spark.validate import row_problems
 
         encoder = cached_encoder(model)
-        for batch in batches:
+        for batch in sliced(batches, batch_rows):
             if batch.num_rows == 0:
                 continue
             keys, emb = batch.column(key_col), batch.column(embedding_col)
@@ -124,6 +127,33 @@ def encode_embeddings(
                  pa.array(problem[~good].astype(np.int32))], schema=arrow_schema)
 
     return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
+
+
+def sliced(batches: Iterator[pa.RecordBatch], batch_rows: int | None) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of at most *batch_rows* (zero-copy slices); unchanged when None."""
+    for batch in batches:
+        if batch_rows is None or batch.num_rows <= batch_rows:
+            yield batch
+            continue
+        for start in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(start, batch_rows)
+
+
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+@contextlib.contextmanager
+def arrow_batch_rows(spark: SparkSession, batch_rows: int) -> Iterator[None]:
+    """Spark hands Python at most *batch_rows* rows per Arrow batch inside the block; the setting is restored after."""
+    before = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, str(batch_rows))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, before)
 
 
 def _arrow_type(data_type: T.DataType) -> pa.DataType:

@@ -73,12 +73,12 @@ def code_counts(ids: DataFrame, n_levels: int, codes_col: str = CODES) -> CodeCo
 def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions = EvaluateOptions()) -> tuple[QualityReport, dict[str, str]]:
     """Compute the report for ``cfg``'s output table (or its catalog encoded with its model) and
     write report.md / report.json / PNGs / atlas.parquet into ``options.out_dir``."""
-    from semid_spark.spark.pipeline import load_encoder, read_input
+    from semid_spark.spark.pipeline import load_encoder, model_exists, read_input
     from semid_spark.spark.validate import normalize_columns
 
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     out = TableRef(cfg.output.path, cfg.output.table)
-    has_model = os.path.exists(os.path.join(cfg.model.path, "metadata.json"))
+    has_model = model_exists(cfg.model.path)
     source = options.source
     if source == "auto":
         source = "table" if out.exists(spark) else "catalog"
@@ -157,7 +157,7 @@ def _sample(ids: DataFrame, items: DataFrame, key: str, emb: str, text_cols: lis
 
 def _table_sizes(spark: SparkSession, out: TableRef) -> list[int]:
     """Codebook sizes from the table's properties (written with the table), when the model file is absent."""
-    props = out.delta(spark).detail().select("properties").first()[0] or {}
+    props = out.properties(spark)
     sizes = [int(s) for s in props.get("semid.codebook_sizes", "").split(",") if s]
     if not sizes:
         raise InvalidInputError(f"table {out} has no semid.codebook_sizes property and no model was found to read them from")

@@ -5,21 +5,26 @@ Everything testable lives here; ``jobs/`` and the CLI only parse arguments and c
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from semid_spark import storage
 from semid_spark.algorithms import input_dim
+from semid_spark.algorithms import io as model_io
+from semid_spark.algorithms import load_encoder as _load_saved
 from semid_spark.config import JobConfig, ModelConfig
-from semid_spark.delta.table import TableRef, check_table, write_ids
-from semid_spark.exceptions import InvalidInputError, ModelFormatError
+from semid_spark.delta.table import (
+    TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
+)
+from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError
 from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
-from semid_spark.spark.encode import FrozenModel, encode_embeddings
+from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
@@ -40,6 +45,12 @@ class RunReport:
     collision_share: float = 0.0  # share of this run's new items whose codes another item also has
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    n_retries: int = 0  # merges retried because another run committed first
+    rejected: DataFrame | None = field(default=None, repr=False)  # on_invalid=reject: written once the run commits
+
+    def as_dict(self) -> dict:
+        """The figures (for JSON), without the rejected rows' DataFrame."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rejected"}
 
 
 def read_input(spark: SparkSession, cfg: JobConfig) -> DataFrame:
@@ -56,14 +67,20 @@ def read_input(spark: SparkSession, cfg: JobConfig) -> DataFrame:
         raise InvalidInputError(f"cannot read the input {what}: {str(exc).splitlines()[0]}") from None
 
 
+REJECT_ID = "reject_id"
+
+
 def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport,
                     *, rows_checked_later: bool = False) -> tuple[DataFrame, InputReport]:
-    """Normalized, checked input; bad rows raise (or, with on_invalid=reject, go to the reject table).
+    """Normalized, checked input; bad rows raise (or, with on_invalid=reject, are set aside in
+    ``report.rejected``, written by ``write_rejects`` once the run has committed).
 
     *rows_checked_later*: check only the keys here (one aggregation over the key column); the
     caller checks the embeddings in the passes that read them (``run``: the sample and encode).
+    *dim*: the expected embedding length (the model's); None: the most common one.
     """
     key, emb = cfg.input.key_col, cfg.input.embedding_col
+    source = df
     df = normalize_columns(df, key, emb)
     if cfg.input.on_invalid == "reject":
         rows_checked_later = False
@@ -71,8 +88,8 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
         valid = valid.cache()
         n_rejected = rejected.count()
         if n_rejected:
-            rejected.withColumn(RUN_ID, F.lit(report.run_id)).write.format("delta").mode("append").save(cfg.input.reject_path)
-            log.warning("%d rows rejected into %s", n_rejected, cfg.input.reject_path)
+            log.warning("%d rows rejected; they go to %s once the run commits", n_rejected, cfg.input.reject_path)
+            report.rejected = rejected.withColumn(REJECT_ID, _reject_id(source, key, emb))
         report.n_rejected = n_rejected
         df = valid
     if rows_checked_later:  # keys now; embeddings where they are read anyway (sample, encode)
@@ -82,6 +99,28 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
         df, info = check_input(df, key, emb, dim=dim)
     report.n_input = info.n_rows
     return df, info
+
+
+def _reject_id(source: DataFrame, key: str, emb: str):
+    """A rejected row's identity: its key and embedding, within this input (its files), so that a
+    retried run over the same input rejects into the same ids and the reject table keeps one copy."""
+    try:
+        files = sorted(source.inputFiles())
+    except Exception:  # a DataFrame built in memory has no files
+        files = []
+    input_digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    return F.sha2(F.to_json(F.struct(F.lit(input_digest).alias("input"), F.col(key).cast("string").alias("key"),
+                                     F.col(emb).cast("string").alias("embedding"))), 256)
+
+
+def write_rejects(spark: SparkSession, cfg: JobConfig, report: RunReport) -> None:
+    """Append this run's rejected rows to ``input.reject_path``, once: a retry of the same input adds no copy."""
+    if report.rejected is None:
+        return
+    rows = report.rejected.withColumn(RUN_ID, F.lit(report.run_id))
+    added = append_idempotent(spark, TableRef(cfg.input.reject_path), rows, REJECT_ID)
+    log.warning("%d rejected rows written to %s (%d were there from an earlier try)",
+                added, cfg.input.reject_path, report.n_rejected - added)
 
 
 def fit_device(model_cfg: ModelConfig) -> str:
@@ -107,21 +146,20 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
                  random_state=model_cfg.seed, **params)
 
 
-def load_encoder(path: str):
-    import json
+def model_exists(path: str) -> bool:
+    """Whether a finished model is saved at *path* (local or URL): its manifest is written last."""
+    return storage.exists(storage.join(path, model_io.METADATA_FILE))
 
-    if not os.path.exists(os.path.join(path, "metadata.json")):
+
+def load_encoder(path: str):
+    """The model at ``model.path``, or an error that names the setting and what to do."""
+    if not model_exists(path):
         raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
                                "when the model is missing), or point model.path at a saved model")
-    with open(os.path.join(path, "metadata.json"), encoding="utf-8") as fh:
-        kind = json.load(fh).get("type")
-    if kind == "RQVAE":
-        from semid_spark.algorithms.rq_vae import RQVAE
-
-        return RQVAE.load(path)
-    from semid_spark.algorithms.rq_kmeans import RQKMeans
-
-    return RQKMeans.load(path)
+    try:
+        return _load_saved(path)
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"model.path={path!r}: {exc}") from None
 
 
 def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport, *,
@@ -149,22 +187,25 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     """Encode, rank new items after the written ones, insert them into the Delta table.
 
     When the input's rows were not checked yet, encoding checks them; a bad row raises before the
-    model is saved (*save_model_to*) or anything is written.
+    model is saved (*save_model_to*) or anything is written. When another run commits to the table
+    first, the codes stay as encoded: only the ranking and the MERGE run again, against the new
+    snapshot (``output.max_retries`` times, then ``ConcurrentRunError``).
     """
-    key, emb, sep = cfg.input.key_col, cfg.input.embedding_col, cfg.uniqueness.sep
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
     out = TableRef(cfg.output.path, cfg.output.table)
     dim = input_dim(encoder)
     if dim != info.dim:
         raise_mismatch(info.dim, dim, emb)
     mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
     report.model_sha256 = encoder.sha256
-    written = out.read(spark) if mode == "append" else None
-    todo = df.join(written.select(key), key, "left_anti") if written is not None else df
+    todo = df.join(out.read(spark).select(key), key, "left_anti") if mode == "append" else df
 
-    with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"):
+    with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"), \
+            arrow_batch_rows(spark, cfg.encode.batch_rows):
         encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
-                                    dim=info.dim, device=cfg.encode.device, flag_problems=not info.rows_checked)
-        encoded = encoded.withColumn(BASE_ID, _base_id(sep)).cache()
+                                    dim=info.dim, device=cfg.encode.device, flag_problems=not info.rows_checked,
+                                    batch_rows=cfg.encode.batch_rows)
+        encoded = encoded.withColumn(BASE_ID, _base_id(cfg.uniqueness.sep)).cache()
         report.n_new = encoded.count()
         if not info.rows_checked:
             if encoded.where(F.col(PROBLEM) != 0).limit(1).count():  # on the cached codes: cheap
@@ -175,29 +216,71 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     if save_model_to is not None:  # a model fitted by this run is saved once its input proved valid
         encoder.save(save_model_to)
         log.info("model saved to %s", save_model_to)
-    if report.n_new == 0:
-        report.n_inserted = 0
-        log.info("no new items: the table already holds every key")
-        return
+    try:
+        if report.n_new == 0:
+            report.n_inserted = 0
+            log.info("no new items: the table already holds every key")
+        else:
+            _rank_and_merge(spark, encoded, encoder, out, mode, cfg, report)
+        write_rejects(spark, cfg, report)
+    finally:
+        encoded.unpersist()
+
+
+def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: TableRef, mode: str, cfg: JobConfig,
+                    report: RunReport) -> None:
+    """Rank the encoded items after the table's counters and MERGE them in; on a commit conflict,
+    again against the table as the other run left it."""
+    key = cfg.input.key_col
+    with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
+        shared, hot = code_stats(encoded, cfg.uniqueness.hot_code_rows)
+        report.collision_share = shared / report.n_new
+    for attempt in range(cfg.output.max_retries + 1):
+        new_items = encoded
+        if attempt:  # another run committed: its keys are not ours to insert, its counters are taken
+            mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
+            if mode == "append":
+                new_items = encoded.join(out.read(spark).select(key), key, "left_anti")
+        rows = _ranked_rows(encoded=new_items, written=out.read(spark) if mode == "append" else None, hot=hot,
+                            encoder=encoder, cfg=cfg, run_id=report.run_id)
+        try:
+            with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
+                prepare_table(spark, out, rows.schema, encoder, mode)
+                report.n_inserted = merge_new_rows(spark, out, rows, key)  # counters are computed inside the MERGE
+            return
+        except Exception as exc:
+            if not is_commit_conflict(exc):
+                raise
+            winner = out.version(spark)
+            if attempt == cfg.output.max_retries:
+                raise ConcurrentRunError(
+                    f"another run committed version {winner} of table {out} while this run ({report.run_id}) merged "
+                    f"its {report.n_new} new items, {attempt + 1} time(s); nothing of this run was written. Run it "
+                    "again (it inserts only what is still missing), or raise output.max_retries"
+                ) from exc
+            report.n_retries += 1
+            log.warning("table %s: another run committed version %s first; ranking again against it (retry %d of %d)",
+                        out, winner, attempt + 1, cfg.output.max_retries)
+
+
+def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder, cfg: JobConfig,
+                 run_id: str) -> DataFrame:
+    """The rows to insert: key, semantic_id, codes, counter, model, run, time. Lazy on purpose: the
+    written counters are read by the MERGE itself, so a commit that lands before it is counted."""
+    key, sep = cfg.input.key_col, cfg.uniqueness.sep
     next_counters = None
     if written is not None:
         next_counters = (written.select(_base_id(sep).alias(BASE_ID),
                                         COUNTER).groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next")))
-    with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
-        shared, hot = code_stats(encoded, cfg.uniqueness.hot_code_rows)
-        report.collision_share = shared / report.n_new
-        ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
-                                 hot=hot)
-        rows = ranked.select(
-            key,
-            F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(SEMANTIC_ID),
-            CODES, COUNTER,
-            F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(report.run_id).alias(RUN_ID),
-            F.current_timestamp().alias(ASSIGNED_AT),
-        )
-    with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
-        report.n_inserted = write_ids(spark, out, rows, key_col=key, encoder=encoder, mode=mode)
-    encoded.unpersist()
+    ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
+                             hot=hot)
+    return ranked.select(
+        key,
+        F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(SEMANTIC_ID),
+        CODES, COUNTER,
+        F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(run_id).alias(RUN_ID),
+        F.current_timestamp().alias(ASSIGNED_AT),
+    )
 
 
 def _base_id(sep: str):
@@ -217,9 +300,12 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     ``items``: a DataFrame to use instead of reading ``cfg.input`` (e.g. in a notebook).
     """
     report = RunReport()
-    df, info = _read_validated(spark, cfg, report, items, rows_checked_later=True)
-    must_fit = fit if fit is not None else (cfg.model.refit or not os.path.exists(os.path.join(cfg.model.path, "metadata.json")))
-    encoder = fit_model(spark, df, info, cfg, report, save=False) if must_fit else load_encoder(cfg.model.path)
+    must_fit = fit if fit is not None else (cfg.model.refit or not model_exists(cfg.model.path))
+    encoder = None if must_fit else load_encoder(cfg.model.path)
+    dim = None if encoder is None else input_dim(encoder)  # the model says what length to expect
+    df, info = _read_validated(spark, cfg, report, items, dim=dim, rows_checked_later=True)
+    if encoder is None:
+        encoder = fit_model(spark, df, info, cfg, report, save=False)
     assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None)
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
@@ -228,10 +314,10 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
 
 
 def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None, *,
-                    rows_checked_later: bool = False):
+                    dim: int | None = None, rows_checked_later: bool = False):
     with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
         source = items if items is not None else read_input(spark, cfg)
-        return validated_input(spark, source, cfg, None, report, rows_checked_later=rows_checked_later)
+        return validated_input(spark, source, cfg, dim, report, rows_checked_later=rows_checked_later)
 
 
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:

@@ -69,11 +69,17 @@ def _with_checks(df: DataFrame, key_col: str, emb_col: str, dim: int) -> DataFra
     return counted.withColumn(REASON, reason).drop("_key_count")
 
 
+DIM_SAMPLE_ROWS = 10_000
+
+
 def infer_dim(df: DataFrame, emb_col: str) -> int:
-    row = df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col).alias("n")).limit(1).collect()
-    if not row:
+    """The expected embedding length when no model says it: the most common length among the first
+    ``DIM_SAMPLE_ROWS`` rows with an embedding (ties to the shorter), so one odd row cannot set it."""
+    lengths = (df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col).alias("n")).limit(DIM_SAMPLE_ROWS)
+                 .groupBy("n").count().orderBy(F.desc("count"), "n").limit(1).collect())
+    if not lengths:
         raise InvalidInputError(f"input has no rows with an embedding in {emb_col!r} (is it empty?)")
-    return int(row[0]["n"])
+    return int(lengths[0]["n"])
 
 
 def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, InputReport]:
@@ -81,7 +87,7 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
 
     One aggregation over the rows (no shuffle of embeddings) plus a count of duplicate keys
     (shuffling keys only). Returns the input and a report (rows, dimension); ``dim``
-    defaults to the first row's length.
+    defaults to the most common length (``infer_dim``).
     """
     dim = dim if dim is not None else infer_dim(df, emb_col)
     stats = _row_problem_counts(df, key_col, emb_col, dim)

@@ -19,7 +19,7 @@ from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 
-from semid_spark.core import TOKEN_LETTERS
+from semid_spark.core import TOKEN_LETTERS, ArrayLike
 
 from semid_spark.exceptions import ConfigError, CounterOverflowError, DuplicateIdError, InvalidInputError
 from semid_spark.uniqueness.stores import CollisionStore, InMemoryCollisionStore
@@ -107,7 +107,6 @@ class UniqueIdResolver(BaseResolver):
         keys: Sequence[Hashable] | None = None,
         fmt: Literal["plain", "token"] = "plain",
         model_sha256: str | None = None,
-        **_ignored: Any,
     ) -> list[str]:
         """Return a unique ID for each of *semantic_ids*, in input order.
 
@@ -213,28 +212,40 @@ class SinkhornResolver(BaseResolver):
     for IDs that must stay unique across calls.
     """
 
-    def __init__(self, max_iterations: int = 20, sk_epsilon: float | None = None, fallback_suffix: bool = True) -> None:
+    def __init__(self, max_iterations: int = 20, sk_epsilon: float | None = None, fallback_suffix: bool = True, *,
+                 fixed_length: bool = False, counter_size: int = 256) -> None:
         if max_iterations < 1 or (sk_epsilon is not None and sk_epsilon <= 0):
             raise ConfigError(f"max_iterations={max_iterations}, sk_epsilon={sk_epsilon}; expected >= 1 and > 0")
         self.max_iterations = max_iterations
         self.sk_epsilon = 0.003 if sk_epsilon is None else float(sk_epsilon)
         self.fallback_suffix = fallback_suffix
+        self.fixed_length = fixed_length  # the fallback's counters, as UniqueIdResolver(fixed_length=...) writes them
+        self.counter_size = counter_size
 
-    def assign(self, semantic_ids: Sequence[str], **kwargs: Any) -> list[str]:
-        embeddings, encoder = kwargs.get("embeddings"), kwargs.get("encoder")
+    def assign(self, semantic_ids: Sequence[str], *, embeddings: ArrayLike | None = None, encoder: Any = None,
+               codes: np.ndarray | None = None, sep: str = "-", fmt: Literal["plain", "token"] = "plain",
+               formatter: Any = None, item_ids: Sequence[Hashable] | None = None, **context: Any) -> list[str]:
+        """Re-assign the last level of colliding items; the rest get the fallback's counters.
+
+        Takes the keywords the ``SemanticIdEngine`` passes (``keys`` and ``model_sha256`` are
+        accepted and unused: this resolver keeps no state); any other keyword is an error.
+        """
+        if unknown := sorted(set(context) - {"keys", "model_sha256"}):
+            raise TypeError(f"SinkhornResolver.assign got unexpected keyword argument(s) {unknown}")
         if embeddings is None or encoder is None or not hasattr(encoder, "latent_residuals"):
             raise ConfigError(
                 "SinkhornResolver.assign needs embeddings= and encoder= (a fitted RQVAE or RQKMeans, whose "
                 "last level it re-assigns); use it as the unique_resolver of a SemanticIdEngine, which passes them"
             )
-        codes = kwargs.get("codes")
         codes = encoder.encode(embeddings) if codes is None else np.asarray(codes)
         if len(codes) != len(semantic_ids):
             raise InvalidInputError(f"{len(semantic_ids)} semantic_ids for {len(codes)} embeddings; expected one each")
         codes = self.resolve_codes(codes, encoder.latent_residuals(embeddings, codes), encoder.codebooks_)
-        sep, item_ids = kwargs.get("sep", "-"), kwargs.get("item_ids")
-        ids = encoder.semantic_id(codes, sep=sep, fmt=kwargs.get("fmt", "plain"), formatter=kwargs.get("formatter"))
-        return UniqueIdResolver().assign(ids, item_ids=item_ids, sep=sep) if self.fallback_suffix else ids
+        ids = encoder.semantic_id(codes, sep=sep, fmt=fmt, formatter=formatter)
+        if not self.fallback_suffix:
+            return ids
+        fallback = UniqueIdResolver(fixed_length=self.fixed_length, counter_size=self.counter_size)
+        return fallback.assign(ids, item_ids=item_ids, sep=sep, fmt=fmt)
 
     def resolve_codes(self, codes: np.ndarray, residuals: np.ndarray, codebooks: list[np.ndarray]) -> np.ndarray:
         """codes (n, L), last-level residuals (n, e), the L codebooks -> codes with distinct rows.

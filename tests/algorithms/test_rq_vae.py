@@ -189,6 +189,25 @@ def test_sinkhorn_works_with_rq_kmeans_too(X):
     assert len(set(ids)) == len(X) and all(uid.count("-") == 2 for uid in ids)
 
 
+def test_sinkhorn_fallback_keeps_the_format_and_fixed_length(X):
+    """Prefixes with more colliding items than free last-level codes fall back to counters, written as
+    UniqueIdResolver writes them for the same fmt and fixed_length (a token, not '-1', in token form)."""
+    model = RQKMeans(n_levels=2, n_clusters=2, random_state=0).fit(X)  # 4 codes for 1500 items: many fall back
+    ids = SemanticIdEngine(model, SinkhornResolver(fixed_length=True, counter_size=2000)).unique_ids(X, fmt="token")
+    assert len(set(ids)) == len(X)
+    assert all(uid.count("<") == 3 and "-" not in uid for uid in ids), ids[:5]
+    plain = SemanticIdEngine(model, SinkhornResolver(fixed_length=True, counter_size=2000)).unique_ids(X, sep=".")
+    assert len(set(plain)) == len(X) and all(uid.count(".") == 2 for uid in plain)
+
+
+def test_misspelt_resolver_keywords_are_errors(X):
+    with pytest.raises(TypeError, match="sepp"):
+        UniqueIdResolver().assign(["1-2", "1-2"], sepp=".")
+    model = RQKMeans(n_levels=2, n_clusters=4, random_state=0).fit(X)
+    with pytest.raises(TypeError, match="embedding"):
+        SinkhornResolver().assign(["1-2"], embedding=X[:1], encoder=model)
+
+
 # ------------------------------------------------------------------ RQ-KMeans+
 def test_rq_kmeans_plus_starts_as_its_rq_kmeans(X, tmp_path):
     km = RQKMeans(n_levels=3, n_clusters=[32, 32, 32], random_state=0).fit(X)

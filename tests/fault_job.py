@@ -1,0 +1,98 @@
+"""`semid run` in its own process, with one fault injected where a test wants it (test code, not the package's).
+
+    python -m tests.fault_job --config job.yaml --signal DIR --fault stall-merge
+        The MERGE's source rows pass through a step that hands its task's rows to the writer, then
+        writes DIR/stalled and waits forever: the test kills the process (kill -9) in the write stage.
+    python -m tests.fault_job --config job.yaml --signal DIR --fault kill-python-worker
+        The first attempt of one encode task kills its own Python worker (SIGKILL); with
+        spark.master local[N,4] Spark retries it, and the run must end as a fault-free one would.
+    python -m tests.fault_job --config job.yaml --signal DIR --fault barrier-merge --name A --peer B
+        Before its MERGE reads its source, the run writes DIR/A and waits for DIR/B: two such
+        runs merge against the same snapshot, so one of them meets a commit conflict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import pyarrow as pa
+
+
+def _passthrough(df, step):
+    return df.mapInArrow(step, df.schema)
+
+
+def stall_merge(signal_dir: str):
+    from semid_spark.spark import pipeline
+
+    real = pipeline.merge_new_rows
+
+    def step(batches):
+        yield from batches  # the writer has these rows in its open data file ...
+        open(os.path.join(signal_dir, "stalled"), "w").close()
+        while True:  # ... and never gets to close it
+            time.sleep(1)
+
+    pipeline.merge_new_rows = lambda spark, ref, rows, key: real(spark, ref, _passthrough(rows, step), key)
+
+
+def kill_python_worker(signal_dir: str):
+    from semid_spark.spark import pipeline
+
+    real = pipeline.encode_embeddings
+
+    def step(batches):
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
+            open(os.path.join(signal_dir, "killed"), "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield from batches
+
+    pipeline.encode_embeddings = lambda df, *a, **kw: _passthrough(real(df, *a, **kw), step)
+
+
+def barrier_merge(signal_dir: str, name: str, peer: str):
+    from semid_spark.spark import pipeline
+
+    real = pipeline.merge_new_rows
+    calls = []
+
+    def merge(spark, ref, rows, key):
+        calls.append(1)
+        if len(calls) == 1:  # the first attempt only: a retry merges at once
+            open(os.path.join(signal_dir, name), "w").close()
+            deadline = time.time() + 120
+            while not os.path.exists(os.path.join(signal_dir, peer)) and time.time() < deadline:
+                time.sleep(0.2)
+        return real(spark, ref, rows, key)
+
+    pipeline.merge_new_rows = merge
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--signal", required=True)
+    parser.add_argument("--fault", choices=["stall-merge", "kill-python-worker", "barrier-merge", "none"], required=True)
+    parser.add_argument("--name", default="A")
+    parser.add_argument("--peer", default="B")
+    args = parser.parse_args(argv)
+    if args.fault == "stall-merge":
+        stall_merge(args.signal)
+    elif args.fault == "kill-python-worker":
+        kill_python_worker(args.signal)
+    elif args.fault == "barrier-merge":
+        barrier_merge(args.signal, args.name, args.peer)
+    from semid_spark.cli import main as semid
+
+    return semid(["run", "--config", args.config])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,396 @@
+"""What a cluster user meets first: models on object stores, kills in the write stage, killed Python
+workers, concurrent writers, reject mode under retries, and settings that must do what they say.
+
+The fault tests run `semid run` in a real subprocess (``tests/fault_job.py`` injects the fault) and
+check the outcome with the suite's session: the table intact, and after a re-run exactly the IDs
+an uninterrupted run gives.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.config import JobConfig
+from semid_spark.delta.table import TableRef
+from semid_spark.exceptions import ConcurrentRunError, ShapeMismatchError
+from semid_spark.spark import pipeline
+from tests.s3server import new_bucket, s3_server
+from tests.spark.test_pipeline import DIM, ID_COLS, catalog, config, frame, write_input
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def table_ids(spark, path):
+    return spark.read.format("delta").load(str(path)).select(*ID_COLS)
+
+
+def saved_model(tmp_path, x):
+    path = tmp_path / "model"
+    RQKMeans(3, 8, random_state=0).fit(x).save(str(path))
+    return str(path)
+
+
+def reference(spark, tmp_path, model, parts):
+    """The IDs of uninterrupted runs over the input growing by *parts*, (keys, x) each."""
+    cfg = config(tmp_path / "reference", model={"path": model})
+    for i, (keys, x) in enumerate(parts):
+        write_input(spark, frame(spark, keys, x), cfg.input.path, mode="append" if i else "overwrite")
+        pipeline.run(spark, cfg)
+    return table_ids(spark, cfg.output.path)
+
+
+def job_file(tmp_path, cfg, **spark_conf):
+    """The YAML a subprocess runs: *cfg*'s sections plus its own small local session."""
+    raw = {"input": {"path": cfg.input.path}, "model": {"path": cfg.model.path, "n_clusters": 8, "sample_size": 1000},
+           "output": {"path": cfg.output.path},
+           "spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "1g",
+                     "warehouse_dir": str(tmp_path / "warehouse"), **spark_conf}}
+    path = tmp_path / f"job-{len(list(tmp_path.glob('job-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def start_job(tmp_path, job, fault, signal_dir, *extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")}
+    env["PYTHONPATH"] = str(ROOT)
+    log = open(tmp_path / f"{job.stem}-{fault}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "tests.fault_job", "--config", str(job), "--signal", str(signal_dir),
+                             "--fault", fault, *extra], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(path, proc, timeout=240):
+    deadline = time.time() + timeout
+    while not Path(path).exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended (rc={proc.returncode}) before {path} appeared")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.2)
+
+
+def kill_in_write_stage(tmp_path, cfg):
+    """Run *cfg* in a subprocess and kill -9 its whole process group (driver, JVM, Python workers)
+    once the MERGE is writing."""
+    signals = tmp_path / "signals"
+    signals.mkdir(exist_ok=True)
+    proc = start_job(tmp_path, job_file(tmp_path, cfg), "stall-merge", signals)
+    wait_for(signals / "stalled", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------- models wherever the cluster keeps files
+
+def test_model_path_on_s3_is_fitted_once_and_reused(spark, tmp_path):
+    keys, x = catalog(600)
+    with s3_server():
+        model_url = new_bucket() + "/models/catalog"
+        cfg = config(tmp_path, model={"path": model_url})
+        write_input(spark, frame(spark, keys[:500], x[:500]), cfg.input.path)
+        first = pipeline.run(spark, cfg)
+        assert "fit" in first.seconds and RQKMeans.load(model_url).sha256 == first.model_sha256
+        write_input(spark, frame(spark, keys[500:], x[500:]), cfg.input.path, mode="append")
+        second = pipeline.run(spark, cfg)
+    assert "fit" not in second.seconds and second.model_sha256 == first.model_sha256
+    assert second.n_inserted == 100 and table_ids(spark, cfg.output.path).count() == 600
+    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
+
+
+def test_cli_with_a_file_url_writes_the_model_into_that_directory(spark, tmp_path, capsys):
+    from semid_spark.cli import main
+
+    keys, x = catalog(300)
+    write_input(spark, frame(spark, keys, x), str(tmp_path / "in"))
+    conf = tmp_path / "job.yaml"
+    conf.write_text(yaml.safe_dump({"input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+                                    "model": {"path": f"file://{tmp_path}/abs/model", "n_clusters": 8,
+                                              "sample_size": 300}}))
+    assert main(["run", "--config", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_inserted"] == 300
+    assert sorted(p.name for p in (tmp_path / "abs" / "model").iterdir()) == ["codebooks.npz", "metadata.json"]
+
+
+def test_a_missing_model_for_assign_names_model_path(spark, tmp_path):
+    from semid_spark.exceptions import ModelFormatError
+
+    cfg = config(tmp_path, model={"path": f"file://{tmp_path}/nowhere"})
+    with pytest.raises(ModelFormatError, match=r"no model at model.path='file://.*/nowhere': run `semid fit"):
+        pipeline.assign_only(spark, cfg)
+
+
+# ---------------------------------------------------------------- kills in the write stage
+
+def test_a_folder_left_by_a_killed_create_does_not_brick_the_output_path(spark, tmp_path):
+    """What a kill during the old CREATE TABLE AS SELECT left: data files, an empty _delta_log, no commit."""
+    keys, x = catalog(500)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    spark.range(50).selectExpr("cast(id as string) as item_id").write.parquet(cfg.output.path)
+    os.unlink(Path(cfg.output.path) / "_SUCCESS")
+    (Path(cfg.output.path) / "_delta_log").mkdir()
+    report = pipeline.run(spark, cfg)
+    assert report.n_inserted == 500
+    assert_df_equality(table_ids(spark, cfg.output.path), reference(spark, tmp_path, model, [(keys, x)]),
+                       ignore_row_order=True)
+
+
+@pytest.mark.heavy  # a subprocess with its own JVM: `make test-heavy`, run by .ci/run
+def test_kill_in_the_first_runs_write_stage_then_rerun_gives_the_uninterrupted_ids(spark, tmp_path):
+    keys, x = catalog(800)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    assert kill_in_write_stage(tmp_path, cfg) == -signal.SIGKILL
+    out = TableRef(cfg.output.path)
+    assert out.exists(spark) and out.read(spark).count() == 0  # the empty table of its model; no ID committed
+    report = pipeline.run(spark, cfg)
+    assert report.n_inserted == 800
+    assert_df_equality(table_ids(spark, cfg.output.path), reference(spark, tmp_path, model, [(keys, x)]),
+                       ignore_row_order=True)
+
+
+@pytest.mark.heavy  # a subprocess with its own JVM: `make test-heavy`, run by .ci/run
+def test_kill_in_an_incremental_write_stage_keeps_the_table_and_rerun_completes_it(spark, tmp_path):
+    keys, x = catalog(1000)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys[:700], x[:700]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    out = TableRef(cfg.output.path)
+    version, before = out.version(spark), table_ids(spark, cfg.output.path).collect()
+    write_input(spark, frame(spark, keys[700:], x[700:]), cfg.input.path, mode="append")
+    assert kill_in_write_stage(tmp_path, cfg) == -signal.SIGKILL
+    assert out.version(spark) == version and sorted(table_ids(spark, cfg.output.path).collect()) == sorted(before)
+    assert pipeline.run(spark, cfg).n_inserted == 300
+    want = reference(spark, tmp_path, model, [(keys[:700], x[:700]), (keys[700:], x[700:])])
+    assert_df_equality(table_ids(spark, cfg.output.path), want, ignore_row_order=True)
+
+
+@pytest.mark.heavy  # a subprocess with its own JVM: `make test-heavy`, run by .ci/run
+def test_python_workers_killed_under_local_2_4_give_the_fault_free_output(spark, tmp_path):
+    keys, x = catalog(900, seed=2)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys, x).repartition(3), cfg.input.path)
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    proc = start_job(tmp_path, job_file(tmp_path, cfg, master="local[2,4]"), "kill-python-worker", signals)
+    assert proc.wait(timeout=300) == 0, (tmp_path / f"job-0-kill-python-worker.log").read_text()[-3000:]
+    assert (signals / "killed").exists()  # a worker really died, and its task was retried
+    assert_df_equality(table_ids(spark, cfg.output.path), reference(spark, tmp_path, model, [(keys, x)]),
+                       ignore_row_order=True)
+
+
+# ---------------------------------------------------------------- concurrent runs
+
+@pytest.mark.heavy  # a subprocess with its own JVM: `make test-heavy`, run by .ci/run
+def test_two_concurrent_writers_both_land_with_unique_ids(spark, tmp_path):
+    """Two processes merge against the same snapshot (a barrier before their MERGEs): one commits, the
+    other meets the conflict, ranks again against the winner's table and commits too."""
+    keys, x = catalog(900, seed=4)
+    model = saved_model(tmp_path, x)
+    base = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys[:500], x[:500]), base.input.path)
+    pipeline.run(spark, base)
+    old = {r.item_id: r.semantic_id for r in table_ids(spark, base.output.path).collect()}
+    jobs = []
+    for name, rows in (("A", slice(500, 750)), ("B", slice(650, 900))):  # 100 items in both
+        cfg = config(tmp_path, input={"path": str(tmp_path / f"in-{name}")}, model={"path": model})
+        write_input(spark, frame(spark, keys[:500] + keys[rows], np.concatenate([x[:500], x[rows]])), cfg.input.path)
+        jobs.append(job_file(tmp_path, cfg))
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    procs = [start_job(tmp_path, jobs[0], "barrier-merge", signals, "--name", "A", "--peer", "B"),
+             start_job(tmp_path, jobs[1], "barrier-merge", signals, "--name", "B", "--peer", "A")]
+    codes = [p.wait(timeout=400) for p in procs]
+    logs = [(tmp_path / f"{job.stem}-barrier-merge.log").read_text() for job in jobs]
+    assert codes == [0, 0], logs
+    reports = [json.loads(log.strip().splitlines()[-1]) for log in logs]
+    assert sum(r["n_retries"] for r in reports) >= 1  # the barrier made them collide
+    assert sum(r["n_inserted"] for r in reports) == 400
+    table = table_ids(spark, base.output.path).collect()
+    assert len(table) == 900 and len({r.semantic_id for r in table}) == 900
+    assert all(old[r.item_id] == r.semantic_id for r in table if r.item_id in old)
+
+
+@pytest.fixture
+def stalled_merge(monkeypatch):
+    """merge_new_rows of runs on *worker* threads waits (in its source's first task) for a release file."""
+    real, state = pipeline.merge_new_rows, {"workers": set()}
+
+    def merge(spark, ref, rows, key):
+        if threading.current_thread() in state["workers"]:
+            started, release = state["started"], state["release"]
+
+            def step(batches):
+                from pyspark import TaskContext
+
+                if TaskContext.get().partitionId() == 0:
+                    open(started, "w").close()
+                    while not os.path.exists(release):
+                        time.sleep(0.1)
+                yield from batches
+            rows = rows.mapInArrow(step, rows.schema)
+        return real(spark, ref, rows, key)
+
+    monkeypatch.setattr(pipeline, "merge_new_rows", merge)
+    return state
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_a_commit_during_the_merge_is_retried_or_named(spark, tmp_path, stalled_merge, max_retries):
+    keys, x = catalog(700, seed=6)
+    model = saved_model(tmp_path, x)
+    cfg_a = config(tmp_path, model={"path": model}, output={"max_retries": max_retries})
+    write_input(spark, frame(spark, keys[:400], x[:400]), cfg_a.input.path)
+    pipeline.run(spark, cfg_a)
+    write_input(spark, frame(spark, keys[400:600], x[400:600]), cfg_a.input.path, mode="append")
+    cfg_b = config(tmp_path, input={"path": str(tmp_path / "in-b")}, model={"path": model})
+    write_input(spark, frame(spark, keys[600:], x[600:]), cfg_b.input.path)
+    stalled_merge.update(started=str(tmp_path / "started"), release=str(tmp_path / "release"))
+    outcome = {}
+
+    def run_a():
+        try:
+            outcome["report"] = pipeline.run(spark, cfg_a)
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run_a)
+    stalled_merge["workers"].add(worker)
+    worker.start()
+    deadline = time.time() + 180
+    while not os.path.exists(stalled_merge["started"]) and worker.is_alive() and time.time() < deadline:
+        time.sleep(0.2)
+    assert os.path.exists(stalled_merge["started"]), outcome
+    assert pipeline.run(spark, cfg_b).n_inserted == 100  # commits while A's MERGE is under way
+    winner = TableRef(cfg_a.output.path).version(spark)
+    Path(stalled_merge["release"]).touch()
+    worker.join(timeout=300)
+    table = table_ids(spark, cfg_a.output.path).collect()
+    assert len({r.semantic_id for r in table}) == len(table)
+    if max_retries == 0:
+        error = outcome.get("error")
+        assert isinstance(error, ConcurrentRunError), outcome
+        assert f"committed version {winner} of table {cfg_a.output.path}" in str(error)
+        assert len(table) == 500  # A wrote nothing
+    else:
+        assert "error" not in outcome, outcome
+        assert outcome["report"].n_retries == 1 and outcome["report"].n_inserted == 200 and len(table) == 700
+
+
+def test_a_commit_between_counter_computation_and_merge_never_duplicates_an_id(spark, tmp_path, monkeypatch):
+    """The counters are read by the MERGE itself: a run that commits after this run built its rows (and
+    before its MERGE) is counted. A cached or version-pinned counter table would duplicate IDs here."""
+    keys, x = catalog(600, seed=8)
+    x[400:] = x[:200]  # the new items of both runs share codes with each other and with the written ones
+    model = saved_model(tmp_path, x)
+    cfg_a = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys[:300], x[:300]), cfg_a.input.path)
+    pipeline.run(spark, cfg_a)
+    write_input(spark, frame(spark, keys[300:450], x[300:450]), cfg_a.input.path, mode="append")
+    cfg_b = config(tmp_path, input={"path": str(tmp_path / "in-b")}, model={"path": model})
+    write_input(spark, frame(spark, keys[450:], x[450:]), cfg_b.input.path)
+    real, calls = pipeline.merge_new_rows, []
+
+    def merge(spark_, ref, rows, key):
+        calls.append(key)
+        if len(calls) == 1:  # A's rows are built; B commits before A's MERGE runs
+            assert pipeline.run(spark, cfg_b).n_inserted == 150
+        return real(spark_, ref, rows, key)
+
+    monkeypatch.setattr(pipeline, "merge_new_rows", merge)
+    report = pipeline.run(spark, cfg_a)
+    table = table_ids(spark, cfg_a.output.path).collect()
+    assert report.n_inserted == 150 and len(table) == 600
+    assert len({r.semantic_id for r in table}) == 600
+    by_base = {}
+    for r in table:
+        by_base.setdefault(tuple(r.codes), []).append(r.counter)
+    assert all(sorted(c) == list(range(len(c))) for c in by_base.values())
+
+
+# ---------------------------------------------------------------- reject mode, input checks, settings
+
+def test_rejects_are_written_once_when_the_run_commits(spark, tmp_path, monkeypatch):
+    from tests.spark.test_pipeline import bad_frame
+
+    rejects = tmp_path / "rejects"
+    cfg = config(tmp_path, input={"on_invalid": "reject", "reject_path": str(rejects)})
+    write_input(spark, bad_frame(spark, "nan").union(bad_frame(spark, "null key").where(F.col("item_id").isNull())),
+                cfg.input.path)
+    real = pipeline.merge_new_rows
+
+    def failing_merge(*args, **kwargs):
+        raise RuntimeError("the executors were lost")
+
+    monkeypatch.setattr(pipeline, "merge_new_rows", failing_merge)
+    with pytest.raises(RuntimeError, match="executors were lost"):
+        pipeline.run(spark, cfg)
+    assert not TableRef(str(rejects)).exists(spark)  # nothing rejected is written by a run that did not commit
+    monkeypatch.setattr(pipeline, "merge_new_rows", real)
+    assert pipeline.run(spark, cfg).n_inserted == 49  # Airflow's retry
+    assert pipeline.run(spark, cfg).n_inserted == 0  # and another one
+    got = spark.read.format("delta").load(str(rejects))
+    assert sorted(r.reject_reason for r in got.collect()) == ["NaN or inf", "null key"]
+    assert got.select("reject_id").distinct().count() == 2
+
+
+def test_one_short_first_row_is_the_one_named(spark, tmp_path):
+    keys, x = catalog(200)
+    rows = [(k, [float(v) for v in row]) for k, row in zip(keys, x)]
+    rows[0] = (rows[0][0], rows[0][1][:5])
+    cfg = config(tmp_path)
+    write_input(spark, spark.createDataFrame(rows, "item_id string, embedding array<double>").coalesce(1),
+                cfg.input.path)
+    with pytest.raises(ShapeMismatchError, match=rf"1 rows with embedding length != {DIM} in 'embedding'"):
+        pipeline.run(spark, cfg)
+
+
+def test_an_existing_models_length_is_the_expected_one(spark, tmp_path):
+    keys, x = catalog(200)
+    model = saved_model(tmp_path, x)
+    short = [(k, [float(v) for v in row[:12]]) for k, row in zip(keys, x)]  # every row: the catalog changed
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, spark.createDataFrame(short, "item_id string, embedding array<double>"), cfg.input.path)
+    with pytest.raises(ShapeMismatchError, match=rf"200 rows with embedding length != {DIM}"):
+        pipeline.run(spark, cfg)
+
+
+def test_batch_rows_slices_the_encoder_input_and_changes_no_id(spark, tmp_path):
+    import pyarrow as pa
+
+    from semid_spark.spark.encode import ARROW_BATCH_CONF, arrow_batch_rows, sliced
+
+    batch = pa.record_batch({"a": list(range(20))})
+    assert [b.num_rows for b in sliced(iter([batch]), 7)] == [7, 7, 6]
+    before = spark.conf.get(ARROW_BATCH_CONF)
+    with arrow_batch_rows(spark, 7):
+        assert spark.conf.get(ARROW_BATCH_CONF) == "7"
+    assert spark.conf.get(ARROW_BATCH_CONF) == before
+    keys, x = catalog(300)
+    model = saved_model(tmp_path, x)
+    small = config(tmp_path / "small", model={"path": model}, encode={"batch_rows": 7})
+    write_input(spark, frame(spark, keys, x), small.input.path)
+    pipeline.run(spark, small)
+    assert_df_equality(table_ids(spark, small.output.path), reference(spark, tmp_path, model, [(keys, x)]),
+                       ignore_row_order=True)
+    with pytest.raises(Exception, match=r"encode.batch_rows=0; expected >= 1"):
+        config(tmp_path, encode={"batch_rows": 0})
