@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from chispa import assert_df_equality
-from pyspark.sql import SparkSession
+from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.config import JobConfig
@@ -37,7 +37,8 @@ CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE
 def connect_session(tmp_path_factory):
     """A Spark Connect client session on a server this fixture starts."""
     with connect_server(tmp_path_factory.mktemp("connect")) as url:
-        session = SparkSession.builder.remote(url).getOrCreate()
+        # Connect's own builder: the classic one refuses a remote session beside the suite's local one
+        session = RemoteSparkSession.builder.remote(url).getOrCreate()
         try:
             yield session
         finally:
