@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 
-import pyarrow as pa
 
 
 def _passthrough(df, step):

@@ -332,7 +332,7 @@ def hot_code_row(n: int, partitions: int) -> Row:
     from pyspark.sql import functions as F
 
     from semid_spark.spark.session import get_session
-    from semid_spark.uniqueness.ranking import assign_counters
+    from semid_spark.spark.ranking import assign_counters
 
     spark = get_session()
     saved = {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")}

@@ -24,6 +24,7 @@ from semid_spark.delta.table import TableRef, table_model_sha
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError
 from semid_spark.spark.columns import CODES, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
+from semid_spark.spark.ranking import base_id
 from semid_spark.spark.sample import HASH, hash_filtered
 from semid_spark.spark.session import stage
 from semid_spark.utils import metrics
@@ -102,7 +103,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         dim = input_dim(encoder)
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
                                     embedding_col=emb, dim=dim, device=cfg.encode.device)
-        ids = encoded.withColumn(SEMANTIC_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), cfg.uniqueness.sep))
+        ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep))  # codes only: no counters without the table
     sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
     n_levels = len(sizes)
 

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from semid_spark.algorithms import input_dim
 from semid_spark.exceptions import ModelFormatError, NotFittedError
-from semid_spark.spark.columns import BASE_ID, CODES, COUNTER
+from semid_spark.spark.columns import CODES
 
 _DATA = "data"
 
@@ -114,7 +114,7 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from semid_spark.spark.encode import FrozenModel, encode_embeddings
         from semid_spark.spark.validate import check_input, normalize_columns
-        from semid_spark.uniqueness.ranking import assign_counters
+        from semid_spark.spark.ranking import assign_counters, with_base_id, with_semantic_id
 
         if self._encoder is None:
             raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
@@ -128,12 +128,9 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
             raise_mismatch(info.dim, dim, emb)
         spark = dataset.sparkSession
         encoded = encode_embeddings(df, FrozenModel(spark, self._encoder), key_col=key, embedding_col=emb, dim=dim)
-        encoded = encoded.withColumn(BASE_ID, F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep))
-        ranked = assign_counters(encoded, None, key_col=key, hot_code_rows=self.getOrDefault(self.hotCodeRows))
-        ids = ranked.select(
-            key, F.col(CODES).alias(codes_col),
-            F.when(F.col(COUNTER) == 0, F.col(BASE_ID))
-             .otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(out_col))
+        ranked = assign_counters(with_base_id(encoded, sep), None, key_col=key,
+                                 hot_code_rows=self.getOrDefault(self.hotCodeRows))
+        ids = ranked.transform(with_semantic_id, sep, out_col).select(key, F.col(CODES).alias(codes_col), out_col)
         kept = [c for c in dataset.columns if c not in (codes_col, out_col)]
         return dataset.select(*kept).join(ids, key)
 

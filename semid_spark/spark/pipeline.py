@@ -5,6 +5,7 @@ Everything testable lives here; ``jobs/`` and the CLI only parse arguments and c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -23,12 +24,13 @@ from semid_spark.delta.table import (
     TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
 )
 from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError
-from semid_spark.spark.columns import ASSIGNED_AT, BASE_ID, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
+from semid_spark.spark.columns import ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
-from semid_spark.uniqueness.ranking import assign_counters, code_stats
+from semid_spark.spark.incremental import next_counters, unwritten_rows
+from semid_spark.spark.ranking import assign_counters, code_stats, with_base_id, with_semantic_id
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +200,14 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         raise_mismatch(info.dim, dim, emb)
     mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
     report.model_sha256 = encoder.sha256
-    todo = df.join(out.read(spark).select(key), key, "left_anti") if mode == "append" else df
-
+    new_rows = (unwritten_rows(df, out.read(spark), key, n_input=info.n_rows) if mode == "append"
+                else contextlib.nullcontext(df))
     with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"), \
-            arrow_batch_rows(spark, cfg.encode.batch_rows):
+            arrow_batch_rows(spark, cfg.encode.batch_rows), new_rows as todo:
         encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
                                     dim=info.dim, device=cfg.encode.device, flag_problems=not info.rows_checked,
                                     batch_rows=cfg.encode.batch_rows)
-        encoded = encoded.withColumn(BASE_ID, _base_id(cfg.uniqueness.sep)).cache()
+        encoded = with_base_id(encoded, cfg.uniqueness.sep).cache()
         report.n_new = encoded.count()
         if not info.rows_checked:
             if encoded.where(F.col(PROBLEM) != 0).limit(1).count():  # on the cached codes: cheap
@@ -239,10 +241,10 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: Table
         new_items = encoded
         if attempt:  # another run committed: its keys are not ours to insert, its counters are taken
             mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
-            if mode == "append":
+            if mode == "append":  # the codes are cached: an anti-join on them reads no embedding
                 new_items = encoded.join(out.read(spark).select(key), key, "left_anti")
         rows = _ranked_rows(encoded=new_items, written=out.read(spark) if mode == "append" else None, hot=hot,
-                            encoder=encoder, cfg=cfg, run_id=report.run_id)
+                            encoder=encoder, cfg=cfg, run_id=report.run_id, n_new=report.n_new)
         try:
             with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
                 prepare_table(spark, out, rows.schema, encoder, mode)
@@ -264,28 +266,18 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: Table
 
 
 def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder, cfg: JobConfig,
-                 run_id: str) -> DataFrame:
+                 run_id: str, n_new: int) -> DataFrame:
     """The rows to insert: key, semantic_id, codes, counter, model, run, time. Lazy on purpose: the
     written counters are read by the MERGE itself, so a commit that lands before it is counted."""
     key, sep = cfg.input.key_col, cfg.uniqueness.sep
-    next_counters = None
-    if written is not None:
-        next_counters = (written.select(_base_id(sep).alias(BASE_ID),
-                                        COUNTER).groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next")))
-    ranked = assign_counters(encoded, next_counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
+    counters = None if written is None else next_counters(written, encoded, sep, n_new=n_new)
+    ranked = assign_counters(encoded, counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
                              hot=hot)
-    return ranked.select(
-        key,
-        F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))).alias(SEMANTIC_ID),
-        CODES, COUNTER,
+    return ranked.transform(with_semantic_id, sep).select(
+        key, SEMANTIC_ID, CODES, COUNTER,
         F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(run_id).alias(RUN_ID),
         F.current_timestamp().alias(ASSIGNED_AT),
     )
-
-
-def _base_id(sep: str):
-    """The codes column joined with *sep*: "3-9-1"."""
-    return F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep)
 
 
 def raise_mismatch(data_dim: int, model_dim, col: str) -> None:

@@ -158,7 +158,7 @@ def test_hot_code_is_ranked_in_several_tasks_with_the_same_numbers(spark, tmp_pa
         results[hot] = ids(spark, cfg)
     assert_df_equality(results[10**9], results[50], ignore_row_order=True)
 
-    from semid_spark.uniqueness import ranking
+    from semid_spark.spark import ranking
 
     encoded = encode_embeddings(df, FrozenModel(spark, model), key_col="item_id", embedding_col="embedding", dim=DIM)
     encoded = encoded.withColumn("base_id", F.array_join(F.transform("codes", lambda c: c.cast("string")), "-"))

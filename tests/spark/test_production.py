@@ -22,7 +22,6 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
-from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef
 from semid_spark.exceptions import ConcurrentRunError, ShapeMismatchError
 from semid_spark.spark import pipeline
@@ -192,7 +191,7 @@ def test_python_workers_killed_under_local_2_4_give_the_fault_free_output(spark,
     signals = tmp_path / "signals"
     signals.mkdir()
     proc = start_job(tmp_path, job_file(tmp_path, cfg, master="local[2,4]"), "kill-python-worker", signals)
-    assert proc.wait(timeout=300) == 0, (tmp_path / f"job-0-kill-python-worker.log").read_text()[-3000:]
+    assert proc.wait(timeout=300) == 0, (tmp_path / "job-0-kill-python-worker.log").read_text()[-3000:]
     assert (signals / "killed").exists()  # a worker really died, and its task was retried
     assert_df_equality(table_ids(spark, cfg.output.path), reference(spark, tmp_path, model, [(keys, x)]),
                        ignore_row_order=True)
@@ -394,3 +393,53 @@ def test_batch_rows_slices_the_encoder_input_and_changes_no_id(spark, tmp_path):
                        ignore_row_order=True)
     with pytest.raises(Exception, match=r"encode.batch_rows=0; expected >= 1"):
         config(tmp_path, encode={"batch_rows": 0})
+
+
+# ---------------------------------------------------------------- incremental runs cost what is new
+
+def shuffles_carrying(df, column):
+    """Names of the shuffle exchanges in df's physical plan whose rows hold *column* (AQE off, so the plan is final)."""
+    found = []
+
+    def walk(node):
+        name = node.nodeName()
+        if "Exchange" in name and "Broadcast" not in name and column in node.output().toString():
+            found.append(name)
+        children = node.children()
+        for i in range(children.size()):
+            walk(children.apply(i))
+
+    walk(df._jdf.queryExecution().executedPlan())
+    return found
+
+
+@pytest.mark.parametrize("broadcast_keys", [None, 500])  # a day's changes; a whole snapshot of 1000 rows
+def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, broadcast_keys):
+    from semid_spark.spark import incremental
+
+    keys, x = catalog(1000)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, model={"path": model})
+    write_input(spark, frame(spark, keys[:800], x[:800]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    write_input(spark, frame(spark, keys[800:], x[800:]), cfg.input.path, mode="append")
+    if broadcast_keys is not None:
+        monkeypatch.setattr(incremental, "BROADCAST_KEYS", broadcast_keys)
+    real, seen = pipeline.encode_embeddings, []
+
+    def encode(df, *args, **kwargs):
+        seen.append(df)
+        return real(df, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "encode_embeddings", encode)
+    # as at catalog scale: the written table far too big for Spark to broadcast on its own
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        assert pipeline.run(spark, cfg).n_inserted == 200
+        spark.conf.set("spark.sql.adaptive.enabled", "false")
+        assert shuffles_carrying(seen[0], "embedding") == []
+        # the probe can fail: today's rows joined to the catalog by key shuffle embeddings
+        assert shuffles_carrying(seen[0].join(frame(spark, keys, x), "item_id"), "embedding")
+    finally:
+        spark.conf.unset("spark.sql.adaptive.enabled")
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")

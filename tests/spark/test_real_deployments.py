@@ -20,8 +20,8 @@ from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.config import JobConfig
 from semid_spark.spark import pipeline
-from semid_spark.spark.session import delta_package, is_connect_safe
-from tests.clusters import DELTA_CONF, connect_server, standalone_cluster
+from semid_spark.spark.session import is_connect_safe
+from tests.clusters import connect_server, standalone_cluster
 from tests.s3server import new_bucket, s3_server
 from tests.spark.test_connect_safe import NOTEBOOK, notebook_cells
 from tests.spark.test_pipeline import ID_COLS, catalog, config, frame, write_input

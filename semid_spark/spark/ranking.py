@@ -18,10 +18,26 @@ import math
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from semid_spark.spark.columns import BASE_ID, COUNTER
+from semid_spark.spark.columns import BASE_ID, CODES, COUNTER, SEMANTIC_ID
 
 _BUCKET, _RN, _BEFORE = "_bucket", "_rank_in_bucket", "_rows_before"
 BOUNDARY_SAMPLE = 64  # sampled keys per range when choosing range boundaries of a hot code
+
+
+def base_id(sep: str) -> Column:
+    """The codes column joined with *sep*: [3, 9, 1] -> "3-9-1"."""
+    return F.array_join(F.transform(CODES, lambda c: c.cast("string")), sep)
+
+
+def with_base_id(df: DataFrame, sep: str) -> DataFrame:
+    """df (..., codes) -> df + base_id."""
+    return df.withColumn(BASE_ID, base_id(sep))
+
+
+def with_semantic_id(df: DataFrame, sep: str, output_col: str = SEMANTIC_ID) -> DataFrame:
+    """df (..., base_id, counter) -> df + the unique ID: the base for counter 0, else base, sep, counter."""
+    suffixed = F.concat(F.col(BASE_ID), F.lit(sep), F.col(COUNTER).cast("string"))
+    return df.withColumn(output_col, F.when(F.col(COUNTER) == 0, F.col(BASE_ID)).otherwise(suffixed))
 
 
 def code_stats(new_items: DataFrame, hot_code_rows: int) -> tuple[int, list]:
