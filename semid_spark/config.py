@@ -33,8 +33,11 @@ class InputConfig:
     embedding_col: str = "embedding"
     on_invalid: Literal["fail", "reject"] = "fail"  # reject: bad rows go to reject_path and are skipped
     reject_path: str | None = None
+    since: Literal["all", "last_run"] = "all"  # last_run: only the rows a Delta input gained since (its Change Data Feed)
 
     def __post_init__(self) -> None:
+        if self.since == "last_run" and self.table is None and self.format != "delta":
+            raise ConfigError("input.since=last_run needs a Delta input (input.table, or input.format=delta)")
         if (self.path is None) == (self.table is None):
             raise ConfigError("input: give exactly one of input.path or input.table")
         if self.on_invalid == "reject" and not self.reject_path:

@@ -24,6 +24,7 @@ from semid_spark.delta.table import (
     TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
 )
 from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError
+from semid_spark.spark.changes import InputRead, current_version, input_ref, read_since_last_run, record_input_version
 from semid_spark.spark.columns import ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.session import stage
@@ -73,13 +74,14 @@ REJECT_ID = "reject_id"
 
 
 def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int | None, report: RunReport,
-                    *, rows_checked_later: bool = False) -> tuple[DataFrame, InputReport]:
+                    *, rows_checked_later: bool = False, allow_empty: bool = False) -> tuple[DataFrame, InputReport]:
     """Normalized, checked input; bad rows raise (or, with on_invalid=reject, are set aside in
     ``report.rejected``, written by ``write_rejects`` once the run has committed).
 
     *rows_checked_later*: check only the keys here (one aggregation over the key column); the
     caller checks the embeddings in the passes that read them (``run``: the sample and encode).
-    *dim*: the expected embedding length (the model's); None: the most common one.
+    *dim*: the expected embedding length (the model's); None: the most common one. *allow_empty*:
+    no rows is no error (a day without changes).
     """
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     source = df
@@ -96,9 +98,9 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
         df = valid
     if rows_checked_later:  # keys now; embeddings where they are read anyway (sample, encode)
         dim = dim if dim is not None else infer_dim(df, emb)
-        info = InputReport(n_rows=check_keys(df, key), dim=dim, rows_checked=False)
+        info = InputReport(n_rows=check_keys(df, key, allow_empty=allow_empty), dim=dim, rows_checked=False)
     else:
-        df, info = check_input(df, key, emb, dim=dim)
+        df, info = check_input(df, key, emb, dim=dim, allow_empty=allow_empty)
     report.n_input = info.n_rows
     return df, info
 
@@ -290,26 +292,48 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     """The whole pipeline. ``fit=None``: fit when no model is saved at model.path (or refit is set).
 
     ``items``: a DataFrame to use instead of reading ``cfg.input`` (e.g. in a notebook).
+    With ``input.since: last_run`` (and a saved model) only the input's changes since the last run
+    are read; every run records the Delta input version it read on the output table.
     """
     report = RunReport()
     must_fit = fit if fit is not None else (cfg.model.refit or not model_exists(cfg.model.path))
     encoder = None if must_fit else load_encoder(cfg.model.path)
     dim = None if encoder is None else input_dim(encoder)  # the model says what length to expect
-    df, info = _read_validated(spark, cfg, report, items, dim=dim, rows_checked_later=True)
-    if encoder is None:
-        encoder = fit_model(spark, df, info, cfg, report, save=False)
-    assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None)
+    out = TableRef(cfg.output.path, cfg.output.table)
+    source = _source(spark, cfg, out, items, changes_only=not must_fit and cfg.input.since == "last_run")
+    if source.unchanged:
+        return report
+    df, info = _read_validated(spark, cfg, report, source.rows, dim=dim, rows_checked_later=True,
+                               allow_empty=source.since is not None)
+    if info.n_rows:
+        if encoder is None:
+            encoder = fit_model(spark, df, info, cfg, report, save=False)
+        assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None)
+    else:  # no valid new row (a day of deletes, or of rejects only)
+        write_rejects(spark, cfg, report)
+    record_input_version(spark, out, input_ref(cfg), source.version)
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
              report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
     return report
 
 
+def _source(spark: SparkSession, cfg: JobConfig, out: TableRef, items: DataFrame | None, *,
+            changes_only: bool) -> InputRead:
+    """What this run reads: *items*, the input's changes since the last run, or the whole input."""
+    if items is not None:
+        return InputRead(items, None)
+    version = current_version(spark, cfg)  # before reading: a run records at most what it read
+    full = read_input(spark, cfg)
+    return read_since_last_run(spark, cfg, out, full) if changes_only else InputRead(full, version)
+
+
 def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None, *,
-                    dim: int | None = None, rows_checked_later: bool = False):
+                    dim: int | None = None, rows_checked_later: bool = False, allow_empty: bool = False):
     with stage(spark, "semid: read and validate input"), _timed(report, "validate"):
         source = items if items is not None else read_input(spark, cfg)
-        return validated_input(spark, source, cfg, dim, report, rows_checked_later=rows_checked_later)
+        return validated_input(spark, source, cfg, dim, report, rows_checked_later=rows_checked_later,
+                               allow_empty=allow_empty)
 
 
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:

@@ -82,7 +82,8 @@ def infer_dim(df: DataFrame, emb_col: str) -> int:
     return int(lengths[0]["n"])
 
 
-def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None) -> tuple[DataFrame, InputReport]:
+def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None,
+                allow_empty: bool = False) -> tuple[DataFrame, InputReport]:
     """Validate normalized input; raise one error listing every problem with its row count.
 
     One aggregation over the rows (no shuffle of embeddings) plus a count of duplicate keys
@@ -93,6 +94,8 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
     stats = _row_problem_counts(df, key_col, emb_col, dim)
     n_rows = stats.pop("n")
     if n_rows == 0:
+        if allow_empty:
+            return df, InputReport(n_rows=0, dim=dim)
         raise InvalidInputError("input is empty: no rows to assign IDs to")
     bad = {label: n for label, n in stats.items() if n}
     dupes = _key_counts(df, key_col)["duplicate key"]
@@ -175,12 +178,14 @@ def _batch_problems(keys: pa.Array, emb: pa.ListArray, dim: int) -> np.ndarray:
                      int((present & has_bad).sum())], dtype=np.int64)
 
 
-def check_keys(df: DataFrame, key_col: str) -> int:
+def check_keys(df: DataFrame, key_col: str, *, allow_empty: bool = False) -> int:
     """Row count, checking null and duplicate keys with one aggregation that reads the key column only
     (the embeddings are checked where they are read anyway: on the driver's sample, and while encoding)."""
     counts = _key_counts(df, key_col)
     n_rows = counts.pop("n")
     if n_rows == 0:
+        if allow_empty:
+            return 0
         raise InvalidInputError("input is empty: no rows to assign IDs to")
     bad = {label: n for label, n in counts.items() if n}
     if bad:

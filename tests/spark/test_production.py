@@ -96,18 +96,26 @@ def kill_in_write_stage(tmp_path, cfg):
 
 # ---------------------------------------------------------------- models wherever the cluster keeps files
 
-def test_model_path_on_s3_is_fitted_once_and_reused(spark, tmp_path):
+def test_semid_run_with_a_model_on_s3_fits_once_and_reuses_it(spark, tmp_path, capsys):
+    from semid_spark.cli import main
+
     keys, x = catalog(600)
+    write_input(spark, frame(spark, keys[:500], x[:500]), str(tmp_path / "in"))
     with s3_server():
         model_url = new_bucket() + "/models/catalog"
-        cfg = config(tmp_path, model={"path": model_url})
-        write_input(spark, frame(spark, keys[:500], x[:500]), cfg.input.path)
-        first = pipeline.run(spark, cfg)
-        assert "fit" in first.seconds and RQKMeans.load(model_url).sha256 == first.model_sha256
-        write_input(spark, frame(spark, keys[500:], x[500:]), cfg.input.path, mode="append")
-        second = pipeline.run(spark, cfg)
-    assert "fit" not in second.seconds and second.model_sha256 == first.model_sha256
-    assert second.n_inserted == 100 and table_ids(spark, cfg.output.path).count() == 600
+        conf = tmp_path / "job.yaml"
+        conf.write_text(yaml.safe_dump({"input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+                                        "model": {"path": model_url, "n_clusters": 8, "sample_size": 500}}))
+        reports = []
+        for _ in range(2):
+            assert main(["run", "--config", str(conf)]) == 0
+            reports.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+            write_input(spark, frame(spark, keys[500:], x[500:]), str(tmp_path / "in"), mode="append")
+        assert RQKMeans.load(model_url).sha256 == reports[0]["model_sha256"]
+    first, second = reports
+    assert "fit" in first["seconds"] and "fit" not in second["seconds"]
+    assert second["model_sha256"] == first["model_sha256"] and (first["n_inserted"], second["n_inserted"]) == (500, 100)
+    assert table_ids(spark, tmp_path / "out").count() == 600
     assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
 
 
@@ -443,3 +451,46 @@ def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, 
     finally:
         spark.conf.unset("spark.sql.adaptive.enabled")
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+
+
+# ---------------------------------------------------------------- input.since: last_run (Change Data Feed)
+
+def test_since_last_run_reads_only_the_rows_of_new_input_versions(spark, tmp_path):
+    keys, x = catalog(1000, seed=11)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, input={"since": "last_run"}, model={"path": model})
+    frame(spark, keys[:800], x[:800]).write.format("delta").option("delta.enableChangeDataFeed", "true") \
+        .save(cfg.input.path)
+    out = TableRef(cfg.output.path)
+    assert pipeline.run(spark, cfg).n_input == 800  # nothing recorded yet: the whole input, version 0
+    assert out.properties(spark)["semid.input_version"] == "0"
+    write_input(spark, frame(spark, keys[800:950], x[800:950]), cfg.input.path, mode="append")
+    write_input(spark, frame(spark, keys[950:], x[950:]), cfg.input.path, mode="append")
+    second = pipeline.run(spark, cfg)
+    assert (second.n_input, second.n_new, second.n_inserted) == (200, 200, 200)  # versions 1 and 2 only
+    assert out.properties(spark)["semid.input_version"] == "2"
+    version = out.version(spark)
+    third = pipeline.run(spark, cfg)
+    assert (third.n_input, third.n_inserted) == (0, 0) and out.version(spark) == version  # no new input version
+    spark.sql(f"UPDATE delta.`{cfg.input.path}` SET embedding = transform(embedding, e -> e + 1) "
+              "WHERE item_id = 'sku000003'")
+    fourth = pipeline.run(spark, cfg)
+    assert (fourth.n_input, fourth.n_new) == (1, 0)  # the update's new image; its ID is written already
+    want = reference(spark, tmp_path, model, [(keys[:800], x[:800]), (keys[800:], x[800:])])
+    assert_df_equality(table_ids(spark, cfg.output.path), want, ignore_row_order=True)
+
+
+def test_since_last_run_without_a_change_data_feed_says_how_to_turn_it_on(spark, tmp_path):
+    from semid_spark.exceptions import ConfigError
+
+    keys, x = catalog(300)
+    model = saved_model(tmp_path, x)
+    cfg = config(tmp_path, input={"since": "last_run"}, model={"path": model})
+    write_input(spark, frame(spark, keys[:200], x[:200]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    write_input(spark, frame(spark, keys[200:], x[200:]), cfg.input.path, mode="append")
+    with pytest.raises(ConfigError, match=r"has no Change Data Feed; turn it on with ALTER TABLE .*"
+                                          r"delta\.enableChangeDataFeed = true"):
+        pipeline.run(spark, cfg)
+    with pytest.raises(ConfigError, match="input.since=last_run needs a Delta input"):
+        config(tmp_path, input={"since": "last_run", "format": "parquet"})

@@ -1,0 +1,108 @@
+"""``input.since: last_run``: read only the rows a Delta input gained since the last run, from its Change Data Feed.
+
+Each run records the input version it read in the output table's properties
+(``semid.input_version``). With ``since: last_run`` the next run reads the input's change feed
+from the version after that one up to the current one: inserted rows and the new images of
+updated rows, the latest per key. Deleted rows are ignored (written IDs are never removed). A
+run that dies before recording its version is simply read again by the next one: the
+insert-only MERGE skips the keys it already wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from semid_spark.config import JobConfig
+from semid_spark.delta.table import TableRef, is_commit_conflict
+from semid_spark.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+INPUT_VERSION_PROPERTY, INPUT_PROPERTY = "semid.input_version", "semid.input"
+_CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+
+
+@dataclass(frozen=True)
+class InputRead:
+    rows: DataFrame
+    version: int | None  # the input's Delta version read up to (None: not a Delta input)
+    since: int | None = None  # the version read from (exclusive); None: the whole input
+    unchanged: bool = False  # no input version since the last run: nothing to read
+
+
+def input_ref(cfg: JobConfig) -> TableRef | None:
+    """The input as a Delta table, or None when it is Parquet."""
+    if cfg.input.table:
+        return TableRef(name=cfg.input.table)
+    return TableRef(path=cfg.input.path) if cfg.input.format == "delta" else None
+
+
+def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, full: DataFrame) -> InputRead:
+    """The rows to process: the input's changes since the version recorded on *out*, or *full* (pinned
+    to the current version) when no version is recorded yet. *full* is the input as read normally."""
+    ref = input_ref(cfg)
+    if ref is None or not ref.exists(spark):
+        raise ConfigError("input.since=last_run needs a Delta input (input.table, or input.path with "
+                          "input.format=delta) with its Change Data Feed on")
+    current = ref.version(spark)
+    props = out.properties(spark)
+    last = props.get(INPUT_VERSION_PROPERTY) if props.get(INPUT_PROPERTY) == str(ref) else None
+    if last is None:
+        log.info("input %s: no run of it recorded on %s yet; reading all of version %d", ref, out, current)
+        return InputRead(_at_version(spark, ref, current), current)
+    last = int(last)
+    if last >= current:
+        log.info("input %s: no new version since %d", ref, last)
+        return InputRead(full.limit(0), current, last, unchanged=True)
+    if str(ref.properties(spark).get("delta.enableChangeDataFeed", "false")).lower() != "true":
+        raise ConfigError(f"input.since=last_run: input {ref} has no Change Data Feed; turn it on with "
+                          f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES (delta.enableChangeDataFeed = true), "
+                          "or set input.since=all")
+    reader = (spark.read.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", last + 1).option("endingVersion", current))
+    changes = reader.table(ref.name) if ref.name else reader.load(ref.path)
+    latest = Window.partitionBy(cfg.input.key_col).orderBy(F.col("_commit_version").desc())
+    rows = (changes.where(F.col("_change_type").isin("insert", "update_postimage"))
+                   .withColumn("_latest", F.row_number().over(latest)).where(F.col("_latest") == 1)
+                   .drop("_latest", *_CDF_COLUMNS))
+    log.info("input %s: reading its changes of versions %d..%d", ref, last + 1, current)
+    return InputRead(rows, current, last)
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _at_version(spark: SparkSession, ref: TableRef, version: int) -> DataFrame:
+    reader = spark.read.format("delta").option("versionAsOf", version)
+    return reader.table(ref.name) if ref.name else reader.load(ref.path)
+
+
+def current_version(spark: SparkSession, cfg: JobConfig) -> int | None:
+    """The input's latest Delta version (None for Parquet), taken before the input is read: a run
+    records at most what it read, so the next ``since: last_run`` run misses nothing."""
+    ref = input_ref(cfg)
+    return ref.version(spark) if ref is not None else None
+
+
+def record_input_version(spark: SparkSession, out: TableRef, ref: TableRef | None, version: int | None) -> None:
+    """Write the input (*ref*) and the version of it this run read onto the output table, after its
+    commit (no commit when they are there already). A conflict only costs the next run a re-read:
+    it is logged, not raised."""
+    if version is None or ref is None:
+        return
+    props = out.properties(spark)
+    if not props or (props.get(INPUT_PROPERTY), props.get(INPUT_VERSION_PROPERTY)) == (str(ref), str(version)):
+        return
+    try:
+        spark.sql(f"ALTER TABLE {out.identifier} SET TBLPROPERTIES ('{INPUT_PROPERTY}' = '{_quoted(str(ref))}', "
+                  f"'{INPUT_VERSION_PROPERTY}' = '{version}')")
+    except Exception as exc:
+        if not is_commit_conflict(exc):
+            raise
+        log.warning("table %s: input version %d not recorded (another run committed); the next run reads "
+                    "those changes again, and inserts none of them twice", out, version)
