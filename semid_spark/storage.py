@@ -93,15 +93,6 @@ def exists(path: str) -> bool:
     return fs.exists(inner)
 
 
-def isfile(path: str) -> bool:
-    local = local_path(path)
-    if local is not None:
-        return os.path.isfile(local)
-    fs, inner = filesystem(path)
-    fs.invalidate_cache(inner)
-    return fs.isfile(inner)
-
-
 def read_bytes(path: str) -> bytes:
     """The whole file at *path*; ``FileNotFoundError`` when there is none."""
     local = local_path(path)
@@ -129,18 +120,6 @@ def write_bytes(path: str, data: bytes) -> None:
         return
     fs, inner = filesystem(path)
     fs.pipe_file(inner, data)  # one object, created whole (S3, GCS, ADLS), or a file that HDFS closes once
-
-
-def remove(path: str) -> None:
-    """Delete the file at *path* if it exists."""
-    local = local_path(path)
-    if local is not None:
-        if os.path.exists(local):
-            os.unlink(local)
-        return
-    fs, inner = filesystem(path)
-    if fs.exists(inner):
-        fs.rm_file(inner)
 
 
 def download_dir(path: str, dest: str) -> None:

@@ -79,8 +79,10 @@ class TableRef:
             return None
         return int(spark.sql(f"DESCRIBE HISTORY {self.identifier} LIMIT 1").first()["version"])
 
-    def read(self, spark: SparkSession) -> DataFrame:
-        return spark.read.table(self.name) if self.name else spark.read.format("delta").load(self.path)
+    def read(self, spark: SparkSession, **options: object) -> DataFrame:
+        """The table, with Delta reader *options* (``versionAsOf``, ``readChangeFeed``, ...)."""
+        reader = spark.read.format("delta").options(**options)
+        return reader.table(self.name) if self.name else reader.load(self.path)
 
 
 def _condition(exc: Exception) -> str:
@@ -156,16 +158,13 @@ def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_m
 def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, encoder, mode: Mode) -> None:
     """Make *ref* an empty-or-this-model's table with the model's properties ('append' needs nothing)."""
     props = model_properties(encoder)
-    if mode == "replace":
+    if mode in ("create", "replace"):
         writer = spark.createDataFrame([], schema).writeTo(ref.identifier).using("delta")
         for key, value in props.items():
             writer = writer.tableProperty(key, value)
-        writer.createOrReplace()  # one commit; the old version stays in the table's history
-        return
-    if mode == "create":
-        writer = spark.createDataFrame([], schema).writeTo(ref.identifier).using("delta")
-        for key, value in props.items():
-            writer = writer.tableProperty(key, value)
+        if mode == "replace":
+            writer.createOrReplace()  # one commit; the old version stays in the table's history
+            return
         try:
             writer.create()  # one commit: the empty table and its model
             return
@@ -175,8 +174,7 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
         # a folder that a killed run left without a commit: CREATE TABLE refuses it, the DataFrame writer does not
         log.info("table %s: a folder without a Delta commit is there (a run stopped while creating it); "
                  "creating the table over it", ref)
-        empty = spark.createDataFrame([], schema).write.format("delta").mode("append")
-        empty.saveAsTable(ref.name) if ref.name else empty.save(ref.path)
+        _append_empty(spark, ref, schema)
     if mode in ("create", "claim"):
         stored = table_model_sha(spark, ref)
         if stored == encoder.sha256:  # a concurrent run of the same model created it first
@@ -209,6 +207,11 @@ def merge_new_rows(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col:
 def append_idempotent(spark: SparkSession, ref: TableRef, rows: DataFrame, id_col: str) -> int:
     """Insert the rows of *rows* whose *id_col* the table does not hold yet (created if absent): a retry adds nothing."""
     if not ref.exists(spark):
-        empty = spark.createDataFrame([], rows.schema).write.format("delta").mode("append")
-        empty.saveAsTable(ref.name) if ref.name else empty.save(ref.path)
+        _append_empty(spark, ref, rows.schema)
     return merge_new_rows(spark, ref, rows, id_col)
+
+
+def _append_empty(spark: SparkSession, ref: TableRef, schema: T.StructType) -> None:
+    """An empty append with the DataFrame writer: creates the table, over a folder without a commit too."""
+    empty = spark.createDataFrame([], schema).write.format("delta").mode("append")
+    empty.saveAsTable(ref.name) if ref.name else empty.save(ref.path)

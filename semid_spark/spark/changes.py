@@ -41,30 +41,28 @@ def input_ref(cfg: JobConfig) -> TableRef | None:
     return TableRef(path=cfg.input.path) if cfg.input.format == "delta" else None
 
 
-def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, full: DataFrame) -> InputRead:
-    """The rows to process: the input's changes since the version recorded on *out*, or *full* (pinned
-    to the current version) when no version is recorded yet. *full* is the input as read normally."""
+def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, current: int | None) -> InputRead:
+    """The rows to process: the input's changes since the version recorded on *out*, up to *current*
+    (the input's latest version, ``current_version``), or all of version *current* when no version
+    is recorded yet."""
     ref = input_ref(cfg)
-    if ref is None or not ref.exists(spark):
+    if ref is None or current is None:
         raise ConfigError("input.since=last_run needs a Delta input (input.table, or input.path with "
                           "input.format=delta) with its Change Data Feed on")
-    current = ref.version(spark)
     props = out.properties(spark)
     last = props.get(INPUT_VERSION_PROPERTY) if props.get(INPUT_PROPERTY) == str(ref) else None
     if last is None:
         log.info("input %s: no run of it recorded on %s yet; reading all of version %d", ref, out, current)
-        return InputRead(_at_version(spark, ref, current), current)
+        return InputRead(ref.read(spark, versionAsOf=current), current)
     last = int(last)
     if last >= current:
         log.info("input %s: no new version since %d", ref, last)
-        return InputRead(full.limit(0), current, last, unchanged=True)
+        return InputRead(ref.read(spark, versionAsOf=current).limit(0), current, last, unchanged=True)
     if str(ref.properties(spark).get("delta.enableChangeDataFeed", "false")).lower() != "true":
         raise ConfigError(f"input.since=last_run: input {ref} has no Change Data Feed; turn it on with "
                           f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES (delta.enableChangeDataFeed = true), "
                           "or set input.since=all")
-    reader = (spark.read.format("delta").option("readChangeFeed", "true")
-              .option("startingVersion", last + 1).option("endingVersion", current))
-    changes = reader.table(ref.name) if ref.name else reader.load(ref.path)
+    changes = ref.read(spark, readChangeFeed=True, startingVersion=last + 1, endingVersion=current)
     latest = Window.partitionBy(cfg.input.key_col).orderBy(F.col("_commit_version").desc())
     rows = (changes.where(F.col("_change_type").isin("insert", "update_postimage"))
                    .withColumn("_latest", F.row_number().over(latest)).where(F.col("_latest") == 1)
@@ -75,11 +73,6 @@ def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, full
 
 def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _at_version(spark: SparkSession, ref: TableRef, version: int) -> DataFrame:
-    reader = spark.read.format("delta").option("versionAsOf", version)
-    return reader.table(ref.name) if ref.name else reader.load(ref.path)
 
 
 def current_version(spark: SparkSession, cfg: JobConfig) -> int | None:

@@ -324,8 +324,9 @@ def _source(spark: SparkSession, cfg: JobConfig, out: TableRef, items: DataFrame
     if items is not None:
         return InputRead(items, None)
     version = current_version(spark, cfg)  # before reading: a run records at most what it read
-    full = read_input(spark, cfg)
-    return read_since_last_run(spark, cfg, out, full) if changes_only else InputRead(full, version)
+    if changes_only:
+        return read_since_last_run(spark, cfg, out, version)
+    return InputRead(read_input(spark, cfg), version)
 
 
 def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None, *,
