@@ -68,6 +68,10 @@ class ModelConfig:
 class EncodeConfig:
     device: Literal["cpu", "cuda"] = "cpu"  # cpu: numpy on executors (no torch needed)
     batch_rows: int = 8192  # rows per Arrow batch handed to the encoder (spark.sql.execution.arrow.maxRecordsPerBatch)
+    # how a first run's executors get the embeddings: auto reads a local or FUSE Delta/Parquet input's files
+    # with pyarrow (no JVM->Python transfer of embeddings) unless Delta features need Spark's reader;
+    # files does so for remote URLs too (fsspec on executors); spark always uses Spark's reader
+    reader: Literal["auto", "files", "spark"] = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1:

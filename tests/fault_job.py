@@ -36,7 +36,7 @@ def stall_merge(signal_dir: str):
         while True:  # ... and never gets to close it
             time.sleep(1)
 
-    pipeline.merge_new_rows = lambda spark, ref, rows, key: real(spark, ref, _passthrough(rows, step), key)
+    pipeline.merge_new_rows = lambda spark, ref, rows, key, **kw: real(spark, ref, _passthrough(rows, step), key, **kw)
 
 
 def kill_python_worker(signal_dir: str):
@@ -62,14 +62,14 @@ def barrier_merge(signal_dir: str, name: str, peer: str):
     real = pipeline.merge_new_rows
     calls = []
 
-    def merge(spark, ref, rows, key):
+    def merge(spark, ref, rows, key, **kw):
         calls.append(1)
         if len(calls) == 1:  # the first attempt only: a retry merges at once
             open(os.path.join(signal_dir, name), "w").close()
             deadline = time.time() + 120
             while not os.path.exists(os.path.join(signal_dir, peer)) and time.time() < deadline:
                 time.sleep(0.2)
-        return real(spark, ref, rows, key)
+        return real(spark, ref, rows, key, **kw)
 
     pipeline.merge_new_rows = merge
 

@@ -190,13 +190,25 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
                                      f"this run's model is {encoder.sha256[:12]}…")
 
 
-def merge_new_rows(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col: str) -> int:
-    """Insert-only MERGE on the item key; the number of rows this MERGE inserted (from its own result)."""
+def merge_new_rows(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col: str, *,
+                   unread_rows: tuple[str, str] | None = None) -> int:
+    """Insert-only MERGE on the item key; the number of rows this MERGE inserted (from its own result).
+
+    *unread_rows* ``(column, value)``: a value no written row holds (this run's id), for *rows* that
+    drop the keys the table holds by a read of their own, which runs inside this MERGE (lazy). The
+    MERGE then matches only target rows with that value: Delta's data skipping reads no file and
+    Spark shuffles no key of the table, while a commit by another run after this MERGE's snapshot
+    still conflicts (the condition is on a data column, so every added file counts as read).
+    """
     view = f"semid_new_rows_{uuid.uuid4().hex}"
     rows.createOrReplaceTempView(view)
+    condition = f"t.`{key_col}` = s.`{key_col}`"
+    if unread_rows is not None:
+        column, value = unread_rows
+        condition += f" AND t.`{column}` = '{value}'"
     try:
         result = spark.sql(
-            f"MERGE INTO {ref.identifier} AS t USING {view} AS s ON t.`{key_col}` = s.`{key_col}` "
+            f"MERGE INTO {ref.identifier} AS t USING {view} AS s ON {condition} "
             "WHEN NOT MATCHED THEN INSERT *"  # no WHEN MATCHED: written IDs never change
         ).first()
     finally:

@@ -32,6 +32,7 @@ class InputRead:
     version: int | None  # the input's Delta version read up to (None: not a Delta input)
     since: int | None = None  # the version read from (exclusive); None: the whole input
     unchanged: bool = False  # no input version since the last run: nothing to read
+    whole: bool = False  # rows are one whole, unfiltered snapshot of the input (its files can be read directly)
 
 
 def input_ref(cfg: JobConfig) -> TableRef | None:
@@ -53,7 +54,7 @@ def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, curr
     last = props.get(INPUT_VERSION_PROPERTY) if props.get(INPUT_PROPERTY) == str(ref) else None
     if last is None:
         log.info("input %s: no run of it recorded on %s yet; reading all of version %d", ref, out, current)
-        return InputRead(ref.read(spark, versionAsOf=current), current)
+        return InputRead(ref.read(spark, versionAsOf=current), current, whole=True)
     last = int(last)
     if last >= current:
         log.info("input %s: no new version since %d", ref, last)

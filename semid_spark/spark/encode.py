@@ -87,46 +87,57 @@ def encode_embeddings(
     encoded at once (larger Arrow batches are sliced, without copying); the job also asks Spark for
     batches of that size (``spark.sql.execution.arrow.maxRecordsPerBatch``, see ``arrow_batch_rows``).
     """
-    key_field = df.schema[key_col]
-    fields = [T.StructField(key_col, key_field.dataType, flag_problems),
+    schema, arrow_schema = codes_schema(df.schema[key_col].dataType, key_col, flag_problems)
+
+    def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        encoder = cached_encoder(model)
+        for batch in sliced(batches, batch_rows):
+            yield from encode_batch(encoder, batch.column(key_col), batch.column(embedding_col), dim=dim,
+                                    device=device, flag_problems=flag_problems, schema=arrow_schema)
+
+    return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
+
+
+def codes_schema(key_type: T.DataType, key_col: str, flag_problems: bool) -> tuple[T.StructType, pa.Schema]:
+    """Spark and Arrow schemas of encode's output: (key, codes[, problem])."""
+    fields = [T.StructField(key_col, key_type, flag_problems),
               T.StructField(CODES, T.ArrayType(T.IntegerType(), False), flag_problems)]
-    arrow_fields = [pa.field(key_col, _arrow_type(key_field.dataType), flag_problems),
+    arrow_fields = [pa.field(key_col, _arrow_type(key_type), flag_problems),
                     pa.field(CODES, pa.list_(pa.field("element", pa.int32(), False)), flag_problems)]
     if flag_problems:
         fields.append(T.StructField(PROBLEM, T.IntegerType(), False))
         arrow_fields.append(pa.field(PROBLEM, pa.int32(), False))
-    schema, arrow_schema = T.StructType(fields), pa.schema(arrow_fields)
+    return T.StructType(fields), pa.schema(arrow_fields)
 
-    def encode_batch(encoder, keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
+
+def encode_batch(encoder, keys: pa.Array, emb: pa.Array, *, dim: int, device: str, flag_problems: bool,
+                 schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """One Arrow batch of (keys, embeddings) -> record batches of *schema* (``codes_schema``).
+
+    With *flag_problems*, rows that cannot be encoded come back with null codes and their problem."""
+    from semid_spark.spark.validate import row_problems
+
+    def encoded(keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
         codes = encoder.encode(arrow_embeddings(emb, dim), device=device)
-        return pa.RecordBatch.from_arrays([keys, codes_column(codes), *extra], schema=arrow_schema)
+        return pa.RecordBatch.from_arrays([keys, codes_column(codes), *extra], schema=schema)
 
-    def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from semid_spark.spark.validate import row_problems
-
-        encoder = cached_encoder(model)
-        for batch in sliced(batches, batch_rows):
-            if batch.num_rows == 0:
-                continue
-            keys, emb = batch.column(key_col), batch.column(embedding_col)
-            if not flag_problems:
-                yield encode_batch(encoder, keys, emb, [])
-                continue
-            problem = row_problems(emb, dim)
-            good = problem == 0
-            if good.all():
-                yield encode_batch(encoder, keys, emb, [pa.array(np.zeros(len(good), dtype=np.int32))])
-                continue
-            if good.any():
-                mask = pa.array(good)
-                yield encode_batch(encoder, keys.filter(mask), emb.filter(mask),
-                                   [pa.array(np.zeros(int(good.sum()), dtype=np.int32))])
-            bad = pa.array(~good)
-            yield pa.RecordBatch.from_arrays(
-                [keys.filter(bad), pa.nulls(int((~good).sum()), arrow_schema.field(CODES).type),
-                 pa.array(problem[~good].astype(np.int32))], schema=arrow_schema)
-
-    return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
+    if len(keys) == 0:
+        return
+    if not flag_problems:
+        yield encoded(keys, emb, [])
+        return
+    problem = row_problems(emb, dim)
+    good = problem == 0
+    if good.all():
+        yield encoded(keys, emb, [pa.array(np.zeros(len(good), dtype=np.int32))])
+        return
+    if good.any():
+        mask = pa.array(good)
+        yield encoded(keys.filter(mask), emb.filter(mask), [pa.array(np.zeros(int(good.sum()), dtype=np.int32))])
+    bad = pa.array(~good)
+    yield pa.RecordBatch.from_arrays(
+        [keys.filter(bad), pa.nulls(int((~good).sum()), schema.field(CODES).type),
+         pa.array(problem[~good].astype(np.int32))], schema=schema)
 
 
 def sliced(batches: Iterator[pa.RecordBatch], batch_rows: int | None) -> Iterator[pa.RecordBatch]:

@@ -4,8 +4,12 @@
   keys are broadcast and the written keys streamed past them; when it is a whole snapshot, a
   key-only anti-join finds the new keys and a broadcast semi-join brings their rows back. Either way
   no embedding crosses a shuffle, and no embedding of a written item is read twice.
-- **Next counters.** The written table's codes are filtered by the new items' bases (broadcast)
+- **Next counters.** The written table's codes are filtered by the new items' codes (broadcast)
   before they are aggregated, so the counter shuffle carries at most one row per new base.
+- **The MERGE.** Delta's insert-only MERGE finds new keys with a left anti-join whose small side (the
+  new rows) cannot be broadcast, so it would shuffle every key of the table. Instead the rows to
+  insert drop the written keys themselves, by a broadcast join read inside the MERGE, and the
+  MERGE's condition lets Delta skip every file (``delta.table.merge_new_rows``'s *unread_rows*).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Iterator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from semid_spark.spark.columns import BASE_ID, COUNTER
+from semid_spark.spark.columns import BASE_ID, CODES, COUNTER
 from semid_spark.spark.ranking import base_id
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,20 @@ def unwritten_rows(df: DataFrame, written: DataFrame, key_col: str, *, n_input: 
 def next_counters(written: DataFrame, new_items: DataFrame, sep: str, *, n_new: int,
                   broadcast_keys: int | None = None) -> DataFrame:
     """(base_id, next): per base of *new_items* that *written* holds, its largest counter + 1. Lazy: read
-    when the MERGE runs, so a commit that lands before it is counted."""
-    bases = written.select(base_id(sep).alias(BASE_ID), COUNTER)
+    when the MERGE runs, so a commit that lands before it is counted. The written rows are matched on
+    their codes (int arrays), and the base ID string is built only for the aggregated bases."""
+    codes = written.select(CODES, COUNTER)
     if n_new <= (BROADCAST_KEYS if broadcast_keys is None else broadcast_keys):
-        bases = bases.join(F.broadcast(new_items.select(BASE_ID).distinct()), BASE_ID, "left_semi")
-    return bases.groupBy(BASE_ID).agg((F.max(COUNTER) + 1).alias("next"))
+        codes = codes.join(F.broadcast(new_items.select(CODES).distinct()), CODES, "left_semi")
+    return (codes.groupBy(CODES).agg((F.max(COUNTER) + 1).alias("next"))
+                 .select(base_id(sep).alias(BASE_ID), "next"))
+
+
+def without_written_keys(new_items: DataFrame, written: DataFrame, key_col: str, *, n_new: int,
+                         broadcast_keys: int | None = None) -> DataFrame | None:
+    """*new_items* less the keys *written* holds, by a lazy read of *written* that streams its keys past
+    the broadcast new keys (no shuffle); None when the new keys are too many to broadcast."""
+    if n_new > (BROADCAST_KEYS if broadcast_keys is None else broadcast_keys):
+        return None
+    present = written.select(key_col).join(F.broadcast(new_items.select(key_col)), key_col, "left_semi")
+    return new_items.join(F.broadcast(present), key_col, "left_anti")

@@ -27,10 +27,11 @@ from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelF
 from semid_spark.spark.changes import InputRead, current_version, input_ref, read_since_last_run, record_input_version
 from semid_spark.spark.columns import ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
+from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
-from semid_spark.spark.incremental import next_counters, unwritten_rows
+from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
 from semid_spark.spark.ranking import assign_counters, code_stats, with_base_id, with_semantic_id
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,12 @@ def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobCon
 
 
 def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, cfg: JobConfig, report: RunReport,
-               *, save_model_to: str | None = None) -> None:
+               *, save_model_to: str | None = None, whole_input: DataFrame | None = None) -> None:
     """Encode, rank new items after the written ones, insert them into the Delta table.
+
+    *whole_input*: the input as read, when df holds all of it unfiltered: on a first run (every row
+    new) executors may then read its files themselves (``spark.files``), so only keys and codes
+    cross into the JVM.
 
     When the input's rows were not checked yet, encoding checks them; a bad row raises before the
     model is saved (*save_model_to*) or anything is written. When another run commits to the table
@@ -206,9 +211,18 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
                 else contextlib.nullcontext(df))
     with stage(spark, "semid: encode new items on executors"), _timed(report, "encode"), \
             arrow_batch_rows(spark, cfg.encode.batch_rows), new_rows as todo:
-        encoded = encode_embeddings(todo, FrozenModel(spark, encoder), key_col=key, embedding_col=emb,
-                                    dim=info.dim, device=cfg.encode.device, flag_problems=not info.rows_checked,
-                                    batch_rows=cfg.encode.batch_rows)
+        frozen = FrozenModel(spark, encoder)
+        files = None
+        if whole_input is not None and mode != "append":
+            files = input_files(spark, whole_input, input_ref(cfg), key_col=key, embedding_col=emb,
+                                reader=cfg.encode.reader)
+        if files is not None:
+            encoded = encode_files(spark, files, frozen, dim=info.dim, device=cfg.encode.device,
+                                   flag_problems=not info.rows_checked, batch_rows=cfg.encode.batch_rows)
+        else:
+            encoded = encode_embeddings(todo, frozen, key_col=key, embedding_col=emb, dim=info.dim,
+                                        device=cfg.encode.device, flag_problems=not info.rows_checked,
+                                        batch_rows=cfg.encode.batch_rows)
         encoded = with_base_id(encoded, cfg.uniqueness.sep).cache()
         report.n_new = encoded.count()
         if not info.rows_checked:
@@ -240,17 +254,23 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: Table
         shared, hot = code_stats(encoded, cfg.uniqueness.hot_code_rows)
         report.collision_share = shared / report.n_new
     for attempt in range(cfg.output.max_retries + 1):
-        new_items = encoded
         if attempt:  # another run committed: its keys are not ours to insert, its counters are taken
             mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
-            if mode == "append":  # the codes are cached: an anti-join on them reads no embedding
-                new_items = encoded.join(out.read(spark).select(key), key, "left_anti")
-        rows = _ranked_rows(encoded=new_items, written=out.read(spark) if mode == "append" else None, hot=hot,
-                            encoder=encoder, cfg=cfg, run_id=report.run_id, n_new=report.n_new)
+        new_items, unread = encoded, None
+        written = out.read(spark) if mode == "append" else None
+        if written is not None:  # the keys written by then are dropped by a read inside the MERGE
+            checked = without_written_keys(encoded, written, key, n_new=report.n_new)
+            if checked is not None:
+                new_items, unread = checked, (RUN_ID, report.run_id)
+            elif attempt:  # too many new keys to broadcast: the codes are cached, the anti-join reads no embedding
+                new_items = encoded.join(written.select(key), key, "left_anti")
+        rows = _ranked_rows(encoded=new_items, written=written, hot=hot, encoder=encoder, cfg=cfg,
+                            run_id=report.run_id, n_new=report.n_new)
         try:
             with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
                 prepare_table(spark, out, rows.schema, encoder, mode)
-                report.n_inserted = merge_new_rows(spark, out, rows, key)  # counters are computed inside the MERGE
+                # counters and the written keys are read inside the MERGE
+                report.n_inserted = merge_new_rows(spark, out, rows, key, unread_rows=unread)
             return
         except Exception as exc:
             if not is_commit_conflict(exc):
@@ -308,7 +328,8 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     if info.n_rows:
         if encoder is None:
             encoder = fit_model(spark, df, info, cfg, report, save=False)
-        assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None)
+        assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None,
+                   whole_input=source.rows if source.whole and cfg.input.on_invalid == "fail" else None)
     else:  # no valid new row (a day of deletes, or of rejects only)
         write_rejects(spark, cfg, report)
     record_input_version(spark, out, input_ref(cfg), source.version)
@@ -326,7 +347,7 @@ def _source(spark: SparkSession, cfg: JobConfig, out: TableRef, items: DataFrame
     version = current_version(spark, cfg)  # before reading: a run records at most what it read
     if changes_only:
         return read_since_last_run(spark, cfg, out, version)
-    return InputRead(read_input(spark, cfg), version)
+    return InputRead(read_input(spark, cfg), version, whole=True)
 
 
 def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, items: DataFrame | None, *,

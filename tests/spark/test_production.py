@@ -242,7 +242,7 @@ def stalled_merge(monkeypatch):
     """merge_new_rows of runs on *worker* threads waits (in its source's first task) for a release file."""
     real, state = pipeline.merge_new_rows, {"workers": set()}
 
-    def merge(spark, ref, rows, key):
+    def merge(spark, ref, rows, key, **kw):
         if threading.current_thread() in state["workers"]:
             started, release = state["started"], state["release"]
 
@@ -255,7 +255,7 @@ def stalled_merge(monkeypatch):
                         time.sleep(0.1)
                 yield from batches
             rows = rows.mapInArrow(step, rows.schema)
-        return real(spark, ref, rows, key)
+        return real(spark, ref, rows, key, **kw)
 
     monkeypatch.setattr(pipeline, "merge_new_rows", merge)
     return state
@@ -317,11 +317,11 @@ def test_a_commit_between_counter_computation_and_merge_never_duplicates_an_id(s
     write_input(spark, frame(spark, keys[450:], x[450:]), cfg_b.input.path)
     real, calls = pipeline.merge_new_rows, []
 
-    def merge(spark_, ref, rows, key):
+    def merge(spark_, ref, rows, key, **kw):
         calls.append(key)
         if len(calls) == 1:  # A's rows are built; B commits before A's MERGE runs
             assert pipeline.run(spark, cfg_b).n_inserted == 150
-        return real(spark_, ref, rows, key)
+        return real(spark_, ref, rows, key, **kw)
 
     monkeypatch.setattr(pipeline, "merge_new_rows", merge)
     report = pipeline.run(spark, cfg_a)
@@ -440,10 +440,24 @@ def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, 
         return real(df, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "encode_embeddings", encode)
+    real_merge, merges = pipeline.merge_new_rows, []
+
+    def merge_rows(*args, unread_rows=None, **kwargs):
+        merges.append(unread_rows)
+        return real_merge(*args, unread_rows=unread_rows, **kwargs)
+
+    monkeypatch.setattr(pipeline, "merge_new_rows", merge_rows)
     # as at catalog scale: the written table far too big for Spark to broadcast on its own
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
     try:
-        assert pipeline.run(spark, cfg).n_inserted == 200
+        report = pipeline.run(spark, cfg)
+        assert report.n_inserted == 200
+        # the MERGE's source held only the new rows (the written keys dropped by a broadcast join inside it),
+        # and its condition let Delta skip every file of the table: no key of the table was shuffled
+        merge = spark.sql(f"DESCRIBE HISTORY delta.`{cfg.output.path}`").where("operation = 'MERGE'").orderBy(
+            F.desc("version")).first()["operationMetrics"]
+        assert (merge["numSourceRows"], merge["numTargetRowsInserted"]) == ("200", "200")
+        assert merges == [("run_id", report.run_id)]
         spark.conf.set("spark.sql.adaptive.enabled", "false")
         assert shuffles_carrying(seen[0], "embedding") == []
         # the probe can fail: today's rows joined to the catalog by key shuffle embeddings
