@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy bench bench-scale bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,3 +56,7 @@ bench-encode: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m semid_spark.cli bench
+
+# The job at 1M, 4M and 16M rows (about 45 minutes on 2 cores): artifacts/bench/scale.json and scale.md.
+bench-scale: $(STAMP)
+	$(PY) -m semid_spark.cli bench --scale

@@ -42,7 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR]
+    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale [--sizes ...]
+        if "--scale" in argv:
+            from semid_spark.bench.scale import main as scale_main
+
+            return scale_main([a for a in argv[1:] if a != "--scale"])
         from semid_spark.bench.suite import main as bench_main
 
         return bench_main(argv[1:])
