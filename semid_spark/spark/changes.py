@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from semid_spark.config import JobConfig
@@ -64,12 +64,29 @@ def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, curr
                           f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES (delta.enableChangeDataFeed = true), "
                           "or set input.since=all")
     changes = ref.read(spark, readChangeFeed=True, startingVersion=last + 1, endingVersion=current)
-    latest = Window.partitionBy(cfg.input.key_col).orderBy(F.col("_commit_version").desc())
-    rows = (changes.where(F.col("_change_type").isin("insert", "update_postimage"))
-                   .withColumn("_latest", F.row_number().over(latest)).where(F.col("_latest") == 1)
-                   .drop("_latest", *_CDF_COLUMNS))
+    rows = latest_images(changes.where(F.col("_change_type").isin("insert", "update_postimage")), cfg.input.key_col)
     log.info("input %s: reading its changes of versions %d..%d", ref, last + 1, current)
     return InputRead(rows, current, last)
+
+
+def latest_images(changes: DataFrame, key_col: str, *, broadcast_keys: int | None = None) -> DataFrame:
+    """The latest image per key of a change feed's inserts and post-images, without shuffling embeddings:
+    keys changed in more than one version are found by a key-only aggregation (broadcast back when
+    they are few, as they are on a normal day), and only their older images are dropped."""
+    from semid_spark.spark.incremental import BROADCAST_KEYS
+
+    repeated = (changes.groupBy(key_col).agg(F.countDistinct("_commit_version").alias("_versions"),
+                                             F.max("_commit_version").alias("_latest"))
+                       .where(F.col("_versions") > 1).select(key_col, "_latest"))
+    n_repeated = repeated.count()  # reads the feed's key and version columns only
+    columns = [c for c in changes.columns if c not in _CDF_COLUMNS]
+    if n_repeated == 0:
+        return changes.select(*columns)
+    limit = BROADCAST_KEYS if broadcast_keys is None else broadcast_keys
+    repeated = F.broadcast(repeated) if n_repeated <= limit else repeated
+    kept = changes.join(repeated, key_col, "left").where(
+        F.col("_latest").isNull() | (F.col("_commit_version") == F.col("_latest")))
+    return kept.select(*columns)
 
 
 def _quoted(text: str) -> str:

@@ -494,6 +494,27 @@ def test_since_last_run_reads_only_the_rows_of_new_input_versions(spark, tmp_pat
     assert_df_equality(table_ids(spark, cfg.output.path), want, ignore_row_order=True)
 
 
+@pytest.mark.parametrize("broadcast_keys", [None, 0])  # few repeated keys (broadcast back); too many
+def test_a_key_changed_in_several_versions_keeps_its_latest_image(spark, tmp_path, broadcast_keys):
+    from semid_spark.spark.changes import latest_images
+
+    keys, x = catalog(40, seed=5)
+    path = str(tmp_path / "in")
+    frame(spark, keys[:30], x[:30]).write.format("delta").option("delta.enableChangeDataFeed", "true").save(path)
+    write_input(spark, frame(spark, keys[30:], x[30:]), path, mode="append")  # version 1: ten new keys
+    for step in (1, 2):  # versions 2 and 3: sku000031 updated twice, sku000005 once
+        spark.sql(f"UPDATE delta.`{path}` SET embedding = transform(embedding, e -> e + {step}) "
+                  f"WHERE item_id = 'sku000031'" + (" OR item_id = 'sku000005'" if step == 1 else ""))
+    changes = TableRef(path).read(spark, readChangeFeed=True, startingVersion=1, endingVersion=3)
+    rows = latest_images(changes.where(F.col("_change_type").isin("insert", "update_postimage")), "item_id",
+                         broadcast_keys=broadcast_keys)
+    got = {r.item_id: np.asarray(r.embedding) for r in rows.collect()}
+    assert sorted(got) == sorted(keys[30:] + ["sku000005"])
+    np.testing.assert_allclose(got["sku000031"], x[31] + 3, rtol=1e-6)  # the image of version 3
+    np.testing.assert_allclose(got["sku000005"], x[5] + 1, rtol=1e-6)
+    np.testing.assert_allclose(got["sku000030"], x[30], rtol=1e-6)
+
+
 def test_since_last_run_without_a_change_data_feed_says_how_to_turn_it_on(spark, tmp_path):
     from semid_spark.exceptions import ConfigError
 
