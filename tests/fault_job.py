@@ -42,7 +42,7 @@ def stall_merge(signal_dir: str):
 def kill_python_worker(signal_dir: str):
     from semid_spark.spark import pipeline
 
-    real = pipeline.encode_embeddings
+    real, real_files = pipeline.encode_embeddings, pipeline.encode_files
 
     def step(batches):
         from pyspark import TaskContext
@@ -54,6 +54,8 @@ def kill_python_worker(signal_dir: str):
         yield from batches
 
     pipeline.encode_embeddings = lambda df, *a, **kw: _passthrough(real(df, *a, **kw), step)
+    # a first run reads the input's files on executors: that pass's worker is the one killed
+    pipeline.encode_files = lambda *a, **kw: _passthrough(real_files(*a, **kw), step)
 
 
 def barrier_merge(signal_dir: str, name: str, peer: str):
