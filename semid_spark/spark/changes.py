@@ -73,7 +73,7 @@ def latest_images(changes: DataFrame, key_col: str, *, broadcast_keys: int | Non
     """The latest image per key of a change feed's inserts and post-images, without shuffling embeddings:
     keys changed in more than one version are found by a key-only aggregation (broadcast back when
     they are few, as they are on a normal day), and only their older images are dropped."""
-    from semid_spark.spark.incremental import BROADCAST_KEYS
+    from semid_spark.spark.incremental import broadcast_limit
 
     repeated = (changes.groupBy(key_col).agg(F.countDistinct("_commit_version").alias("_versions"),
                                              F.max("_commit_version").alias("_latest"))
@@ -82,8 +82,7 @@ def latest_images(changes: DataFrame, key_col: str, *, broadcast_keys: int | Non
     columns = [c for c in changes.columns if c not in _CDF_COLUMNS]
     if n_repeated == 0:
         return changes.select(*columns)
-    limit = BROADCAST_KEYS if broadcast_keys is None else broadcast_keys
-    repeated = F.broadcast(repeated) if n_repeated <= limit else repeated
+    repeated = F.broadcast(repeated) if n_repeated <= broadcast_limit(broadcast_keys) else repeated
     kept = changes.join(repeated, key_col, "left").where(
         F.col("_latest").isNull() | (F.col("_commit_version") == F.col("_latest")))
     return kept.select(*columns)

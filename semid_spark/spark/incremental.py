@@ -29,15 +29,20 @@ log = logging.getLogger(__name__)
 BROADCAST_KEYS = 2_000_000  # keys (or bases) sent to every executor at most: ~100 MB of 50-byte keys
 
 
+def broadcast_limit(broadcast_keys: int | None = None) -> int:
+    """The most keys a join broadcasts: *broadcast_keys*, or ``BROADCAST_KEYS`` (read when called, so tests can lower it)."""
+    return BROADCAST_KEYS if broadcast_keys is None else broadcast_keys
+
+
 @contextlib.contextmanager
 def unwritten_rows(df: DataFrame, written: DataFrame, key_col: str, *, n_input: int,
                    broadcast_keys: int | None = None) -> Iterator[DataFrame]:
     """Rows of *df* whose key *written* does not hold, for use inside the block (a key-only cache is
     released after it). *n_input*: df's row count (already known)."""
-    broadcast_keys = BROADCAST_KEYS if broadcast_keys is None else broadcast_keys
-    if n_input <= broadcast_keys:  # a day's changes: nothing of the catalog's size is shuffled
-        present = written.select(key_col).join(F.broadcast(df.select(key_col)), key_col, "left_semi")
-        yield df.join(F.broadcast(present), key_col, "left_anti")
+    broadcast_keys = broadcast_limit(broadcast_keys)
+    small = without_written_keys(df, written, key_col, n_new=n_input, broadcast_keys=broadcast_keys)
+    if small is not None:  # a day's changes: nothing of the catalog's size is shuffled
+        yield small
         return
     new_keys = df.select(key_col).join(written.select(key_col), key_col, "left_anti").cache()  # keys only
     try:
@@ -58,7 +63,7 @@ def next_counters(written: DataFrame, new_items: DataFrame, sep: str, *, n_new: 
     when the MERGE runs, so a commit that lands before it is counted. The written rows are matched on
     their codes (int arrays), and the base ID string is built only for the aggregated bases."""
     codes = written.select(CODES, COUNTER)
-    if n_new <= (BROADCAST_KEYS if broadcast_keys is None else broadcast_keys):
+    if n_new <= broadcast_limit(broadcast_keys):
         codes = codes.join(F.broadcast(new_items.select(CODES).distinct()), CODES, "left_semi")
     return (codes.groupBy(CODES).agg((F.max(COUNTER) + 1).alias("next"))
                  .select(base_id(sep).alias(BASE_ID), "next"))
@@ -68,7 +73,7 @@ def without_written_keys(new_items: DataFrame, written: DataFrame, key_col: str,
                          broadcast_keys: int | None = None) -> DataFrame | None:
     """*new_items* less the keys *written* holds, by a lazy read of *written* that streams its keys past
     the broadcast new keys (no shuffle); None when the new keys are too many to broadcast."""
-    if n_new > (BROADCAST_KEYS if broadcast_keys is None else broadcast_keys):
+    if n_new > broadcast_limit(broadcast_keys):
         return None
     present = written.select(key_col).join(F.broadcast(new_items.select(key_col)), key_col, "left_semi")
     return new_items.join(F.broadcast(present), key_col, "left_anti")
