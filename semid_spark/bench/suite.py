@@ -332,15 +332,15 @@ def hot_code_row(n: int, partitions: int) -> Row:
     from pyspark.sql import functions as F
 
     from semid_spark.spark.session import get_session
-    from semid_spark.spark.ranking import assign_counters
+    from semid_spark.spark.ranking import CODE_KEY, assign_counters, code_key
 
     spark = get_session()
     saved = {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")}
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # keep one task per partition
-    items = (spark.range(n).withColumnRenamed("id", "item_id")
-             .withColumn("base_id", F.when(F.col("item_id") % 10 == 0, F.lit("7-7-7"))
-                         .otherwise(F.concat_ws("-", *(F.pmod(F.xxhash64("item_id", F.lit(s)), F.lit(64)) for s in range(3))))))
+    codes = F.when(F.col("item_id") % 10 == 0, F.array(*[F.lit(7)] * 3)).otherwise(
+        F.array(*(F.pmod(F.xxhash64("item_id", F.lit(s)), F.lit(64)).cast("int") for s in range(3))))
+    items = spark.range(n).withColumnRenamed("id", "item_id").withColumn("codes", codes).withColumn(CODE_KEY, code_key([64] * 3))
     skew = {}
     for label, hot_rows in (("unsplit", 10 * n), ("split", max(1, n // (4 * partitions)))):
         description = f"semid-bench: rank, hot code {label}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-CODES, BASE_ID, COUNTER, SEMANTIC_ID = "codes", "base_id", "counter", "semantic_id"
+CODES, COUNTER, SEMANTIC_ID = "codes", "counter", "semantic_id"
 MODEL_SHA, RUN_ID, ASSIGNED_AT, REASON = "model_sha256", "run_id", "assigned_at", "reject_reason"
 PROBLEM = "_problem"  # encode's flag for a row it could not encode (0: encoded)
 KEY_TYPES = (T.StringType, T.LongType, T.IntegerType)

@@ -103,7 +103,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         dim = input_dim(encoder)
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
                                     embedding_col=emb, dim=dim, device=cfg.encode.device)
-        ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep))  # codes only: no counters without the table
+        ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep, len(codebook_sizes(encoder))))  # codes only: no counters without the table
     sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
     n_levels = len(sizes)
 

@@ -4,8 +4,8 @@
   keys are broadcast and the written keys streamed past them; when it is a whole snapshot, a
   key-only anti-join finds the new keys and a broadcast semi-join brings their rows back. Either way
   no embedding crosses a shuffle, and no embedding of a written item is read twice.
-- **Next counters.** The written table's codes are filtered by the new items' codes (broadcast)
-  before they are aggregated, so the counter shuffle carries at most one row per new base.
+- **Next counters.** The written table's codes are filtered by the new items' code keys (broadcast)
+  before they are aggregated, so the counter shuffle carries at most one row per new code.
 - **The MERGE.** Delta's insert-only MERGE finds new keys with a left anti-join whose small side (the
   new rows) cannot be broadcast, so it would shuffle every key of the table. Instead the rows to
   insert drop the written keys themselves, by a broadcast join read inside the MERGE, and the
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from semid_spark.spark.columns import BASE_ID, CODES, COUNTER
-from semid_spark.spark.ranking import base_id
+from semid_spark.spark.columns import CODES, COUNTER
+from semid_spark.spark.ranking import CODE_KEY, with_code_key
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,15 @@ def unwritten_rows(df: DataFrame, written: DataFrame, key_col: str, *, n_input: 
         new_keys.unpersist()
 
 
-def next_counters(written: DataFrame, new_items: DataFrame, sep: str, *, n_new: int,
+def next_counters(written: DataFrame, new_items: DataFrame, sizes: Sequence[int], *, n_new: int,
                   broadcast_keys: int | None = None) -> DataFrame:
-    """(base_id, next): per base of *new_items* that *written* holds, its largest counter + 1. Lazy: read
-    when the MERGE runs, so a commit that lands before it is counted. The written rows are matched on
-    their codes (int arrays), and the base ID string is built only for the aggregated bases."""
-    codes = written.select(CODES, COUNTER)
+    """(code key, next): per code of *new_items* (which has ``CODE_KEY``) that *written* holds, its largest
+    counter + 1. Lazy: read when the MERGE runs, so a commit that lands before it is counted. The written
+    rows are matched on their code key, computed from their codes column (no string is built)."""
+    codes = with_code_key(written.select(CODES, COUNTER), sizes).select(CODE_KEY, COUNTER)
     if n_new <= broadcast_limit(broadcast_keys):
-        codes = codes.join(F.broadcast(new_items.select(CODES).distinct()), CODES, "left_semi")
-    return (codes.groupBy(CODES).agg((F.max(COUNTER) + 1).alias("next"))
-                 .select(base_id(sep).alias(BASE_ID), "next"))
+        codes = codes.join(F.broadcast(new_items.select(CODE_KEY).distinct()), CODE_KEY, "left_semi")
+    return codes.groupBy(CODE_KEY).agg((F.max(COUNTER) + 1).alias("next"))
 
 
 def without_written_keys(new_items: DataFrame, written: DataFrame, key_col: str, *, n_new: int,

@@ -23,7 +23,7 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from semid_spark.algorithms import input_dim
+from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.exceptions import ModelFormatError, NotFittedError
 from semid_spark.spark.columns import CODES
 
@@ -114,7 +114,7 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from semid_spark.spark.encode import FrozenModel, encode_embeddings
         from semid_spark.spark.validate import check_input, normalize_columns
-        from semid_spark.spark.ranking import assign_counters, with_base_id, with_semantic_id
+        from semid_spark.spark.ranking import assign_counters, with_code_key, with_semantic_id
 
         if self._encoder is None:
             raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
@@ -128,9 +128,10 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
             raise_mismatch(info.dim, dim, emb)
         spark = dataset.sparkSession
         encoded = encode_embeddings(df, FrozenModel(spark, self._encoder), key_col=key, embedding_col=emb, dim=dim)
-        ranked = assign_counters(with_base_id(encoded, sep), None, key_col=key,
+        sizes = codebook_sizes(self._encoder)
+        ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key,
                                  hot_code_rows=self.getOrDefault(self.hotCodeRows))
-        ids = ranked.transform(with_semantic_id, sep, out_col).select(key, F.col(CODES).alias(codes_col), out_col)
+        ids = ranked.transform(with_semantic_id, sep, len(sizes), out_col).select(key, F.col(CODES).alias(codes_col), out_col)
         kept = [c for c in dataset.columns if c not in (codes_col, out_col)]
         return dataset.select(*kept).join(ids, key)
 

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from semid_spark import storage
-from semid_spark.algorithms import input_dim
+from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.algorithms import io as model_io
 from semid_spark.algorithms import load_encoder as _load_saved
 from semid_spark.config import JobConfig, ModelConfig
@@ -32,7 +32,7 @@ from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
 from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
-from semid_spark.spark.ranking import assign_counters, code_stats, with_base_id, with_semantic_id
+from semid_spark.spark.ranking import assign_counters, code_stats, with_code_key, with_semantic_id
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             encoded = encode_embeddings(todo, frozen, key_col=key, embedding_col=emb, dim=info.dim,
                                         device=cfg.encode.device, flag_problems=not info.rows_checked,
                                         batch_rows=cfg.encode.batch_rows)
-        encoded = with_base_id(encoded, cfg.uniqueness.sep).cache()
+        encoded = encoded.cache()  # key and codes: ~20 bytes an item, read by the ranking and the MERGE
         report.n_new = encoded.count()
         if not info.rows_checked:
             if encoded.where(F.col(PROBLEM) != 0).limit(1).count():  # on the cached codes: cheap
@@ -239,7 +239,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             report.n_inserted = 0
             log.info("no new items: the table already holds every key")
         else:
-            _rank_and_merge(spark, encoded, encoder, out, mode, cfg, report)
+            _rank_and_merge(spark, with_code_key(encoded, codebook_sizes(encoder)), encoder, out, mode, cfg, report)
         write_rejects(spark, cfg, report)
     finally:
         encoded.unpersist()
@@ -291,11 +291,11 @@ def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, en
                  run_id: str, n_new: int) -> DataFrame:
     """The rows to insert: key, semantic_id, codes, counter, model, run, time. Lazy on purpose: the
     written counters are read by the MERGE itself, so a commit that lands before it is counted."""
-    key, sep = cfg.input.key_col, cfg.uniqueness.sep
-    counters = None if written is None else next_counters(written, encoded, sep, n_new=n_new)
+    key, sizes = cfg.input.key_col, codebook_sizes(encoder)
+    counters = None if written is None else next_counters(written, encoded, sizes, n_new=n_new)
     ranked = assign_counters(encoded, counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
                              hot=hot)
-    return ranked.transform(with_semantic_id, sep).select(
+    return ranked.transform(with_semantic_id, cfg.uniqueness.sep, len(sizes)).select(
         key, SEMANTIC_ID, CODES, COUNTER,
         F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(run_id).alias(RUN_ID),
         F.current_timestamp().alias(ASSIGNED_AT),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +76,12 @@ DIM_SAMPLE_ROWS = 10_000
 def infer_dim(df: DataFrame, emb_col: str) -> int:
     """The expected embedding length when no model says it: the most common length among the first
     ``DIM_SAMPLE_ROWS`` rows with an embedding (ties to the shorter), so one odd row cannot set it."""
-    lengths = (df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col).alias("n")).limit(DIM_SAMPLE_ROWS)
-                 .groupBy("n").count().orderBy(F.desc("count"), "n").limit(1).collect())
+    # a plain limit: Spark reads the first partition, and more only when it holds too few rows
+    lengths = Counter(r[0] for r in df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col))
+                                      .limit(DIM_SAMPLE_ROWS).collect())
     if not lengths:
         raise InvalidInputError(f"input has no rows with an embedding in {emb_col!r} (is it empty?)")
-    return int(lengths[0]["n"])
+    return min(lengths, key=lambda n: (-lengths[n], n))
 
 
 def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None,

@@ -161,10 +161,9 @@ def test_hot_code_is_ranked_in_several_tasks_with_the_same_numbers(spark, tmp_pa
     from semid_spark.spark import ranking
 
     encoded = encode_embeddings(df, FrozenModel(spark, model), key_col="item_id", embedding_col="embedding", dim=DIM)
-    encoded = encoded.withColumn("base_id", F.array_join(F.transform("codes", lambda c: c.cast("string")), "-"))
-    ranked = ranking.assign_counters(encoded, None, key_col="item_id", hot_code_rows=50)
-    hot_base = "-".join(map(str, model.encode(x[:1])[0]))
-    tasks = ranked.where(F.col("base_id") == hot_base).select(F.spark_partition_id().alias("task")).distinct().count()
+    ranked = ranking.assign_counters(ranking.with_code_key(encoded, [8] * 3), None, key_col="item_id", hot_code_rows=50)
+    hot = F.array(*(F.lit(int(c)) for c in model.encode(x[:1])[0]))
+    tasks = ranked.where(F.col("codes") == hot).select(F.spark_partition_id().alias("task")).distinct().count()
     assert tasks > 1
 
 
