@@ -1,7 +1,8 @@
 """What an incremental run reads of the written table: costs that grow with the new rows, not the catalog.
 
 - **New rows.** Only keys ever meet the written table: when the input is small (a day's changes) its
-  keys are broadcast and the written keys streamed past them; when it is a whole snapshot, a
+  keys are broadcast and the written keys in their range streamed past them (Delta skips the files
+  whose keys lie outside it); when it is a whole snapshot, a
   key-only anti-join finds the new keys and a broadcast semi-join brings their rows back. Either way
   no embedding crosses a shuffle, and no embedding of a written item is read twice.
 - **Next counters.** The written table's codes are filtered by the new items' code keys (broadcast)
@@ -71,8 +72,17 @@ def next_counters(written: DataFrame, new_items: DataFrame, sizes: Sequence[int]
 def without_written_keys(new_items: DataFrame, written: DataFrame, key_col: str, *, n_new: int,
                          broadcast_keys: int | None = None) -> DataFrame | None:
     """*new_items* less the keys *written* holds, by a lazy read of *written* that streams its keys past
-    the broadcast new keys (no shuffle); None when the new keys are too many to broadcast."""
+    the broadcast new keys (no shuffle); None when the new keys are too many to broadcast.
+
+    The read asks only for written keys between the smallest and the largest new key: Delta skips
+    every file whose key range (its min/max statistics) lies outside. Catalogs whose keys grow
+    (sequence numbers, time-ordered IDs) then read no file of the table here; random keys read all
+    of them, as without the bounds."""
     if n_new > broadcast_limit(broadcast_keys):
         return None
-    present = written.select(key_col).join(F.broadcast(new_items.select(key_col)), key_col, "left_semi")
+    low, high = new_items.agg(F.min(key_col), F.max(key_col)).first()  # the new keys' column only
+    if low is None:  # no new key (or only null ones, which the input checks refuse)
+        return new_items
+    in_range = written.where(F.col(key_col).between(F.lit(low), F.lit(high))).select(key_col)
+    present = in_range.join(F.broadcast(new_items.select(key_col)), key_col, "left_semi")
     return new_items.join(F.broadcast(present), key_col, "left_anti")

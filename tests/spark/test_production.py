@@ -467,6 +467,44 @@ def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, 
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
 
 
+def files_read(df) -> list[int]:
+    """Files each scan in df's physical plan read after Delta's data skipping (run df first; AQE off)."""
+    found = []
+
+    def walk(node):
+        if "Scan" in node.nodeName() and node.metrics().contains("numFiles"):
+            found.append(int(node.metrics().apply("numFiles").value()))
+        children = node.children()
+        for i in range(children.size()):
+            walk(children.apply(i))
+
+    walk(df._jdf.queryExecution().executedPlan())
+    return found
+
+
+def test_the_written_keys_check_reads_only_files_whose_keys_reach_the_new_ones(spark, tmp_path):
+    from semid_spark.spark.incremental import without_written_keys
+
+    path = str(tmp_path / "written")
+    (spark.range(1000).select(F.format_string("k%04d", "id").alias("item_id"))
+          .repartitionByRange(4, "item_id").write.format("delta").save(path))  # 4 files of 250 keys each
+    written = spark.read.format("delta").load(path)
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        outcomes = []
+        for new_keys in (["k0500", "k2000", "k2001"], ["k2000", "k2001"], ["k0001", "k0999"]):
+            new_items = spark.createDataFrame([(k, 1) for k in new_keys], "item_id string, n int")
+            kept = without_written_keys(new_items, written, "item_id", n_new=len(new_keys))
+            outcomes.append((sorted(r["item_id"] for r in kept.collect()), files_read(kept)))
+    finally:
+        spark.conf.unset("spark.sql.adaptive.enabled")
+    assert outcomes == [
+        (["k2000", "k2001"], [2]),  # k0500..k2001 reaches the last two files
+        (["k2000", "k2001"], [0]),  # keys past the written ones (growing IDs): no file is read
+        ([], [4]),  # a range over every file reads them all, and drops both written keys
+    ]
+
+
 # ---------------------------------------------------------------- input.since: last_run (Change Data Feed)
 
 def test_since_last_run_reads_only_the_rows_of_new_input_versions(spark, tmp_path):
