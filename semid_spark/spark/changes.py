@@ -64,7 +64,10 @@ def read_since_last_run(spark: SparkSession, cfg: JobConfig, out: TableRef, curr
                           f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES (delta.enableChangeDataFeed = true), "
                           "or set input.since=all")
     changes = ref.read(spark, readChangeFeed=True, startingVersion=last + 1, endingVersion=current)
-    rows = latest_images(changes.where(F.col("_change_type").isin("insert", "update_postimage")), cfg.input.key_col)
+    changed = changes.where(F.col("_change_type").isin("insert", "update_postimage"))
+    # one version holds one image per key (two would be duplicate keys, which the input checks refuse):
+    # only a feed of several versions needs its older images dropped
+    rows = latest_images(changed, cfg.input.key_col) if current > last + 1 else changed.drop(*_CDF_COLUMNS)
     log.info("input %s: reading its changes of versions %d..%d", ref, last + 1, current)
     return InputRead(rows, current, last)
 
