@@ -16,7 +16,7 @@ def sized_codes(draw):
     return sizes, rows
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sized_codes())
 def test_the_code_key_orders_and_separates_codes_as_the_tuples_do(spark, data):
     sizes, rows = data
