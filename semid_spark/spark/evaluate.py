@@ -93,6 +93,8 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
     text_cols = [f.name for f in catalog.schema.fields if isinstance(f.dataType, T.StringType) and f.name != key]
     items = normalize_columns(catalog, key, emb).join(catalog.select(key, *text_cols), key)
 
+    sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
+    n_levels = len(sizes)
     if source == "table":
         stored = table_model_sha(spark, out)
         if encoder is not None and stored != encoder.sha256:
@@ -103,9 +105,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         dim = input_dim(encoder)
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
                                     embedding_col=emb, dim=dim, device=cfg.encode.device)
-        ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep, len(codebook_sizes(encoder))))  # codes only: no counters without the table
-    sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
-    n_levels = len(sizes)
+        ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep, n_levels))  # codes only: no counters without the table
 
     step = Steps("semid evaluate", 5)
     try:

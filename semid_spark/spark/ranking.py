@@ -61,8 +61,8 @@ def with_semantic_id(df: DataFrame, sep: str, n_levels: int, output_col: str = S
 def code_stats(new_items: DataFrame, hot_code_rows: int) -> tuple[int, list]:
     """(rows whose code another row shares, hot codes as rows of (code key, count)) in one job.
     *new_items* has ``CODE_KEY`` (``with_code_key``)."""
-    per_base = new_items.groupBy(CODE_KEY).count()
-    row = per_base.agg(
+    per_code = new_items.groupBy(CODE_KEY).count()
+    row = per_code.agg(
         F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("shared"),
         F.collect_list(F.when(F.col("count") > hot_code_rows, F.struct(CODE_KEY, "count"))).alias("hot"),  # a handful
     ).first()
