@@ -137,7 +137,7 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     JVM->Python transfer), and the one-thread numpy ceiling on rows of the same input."""
     import pyarrow as pa
 
-    from semid_spark.bench.suite import best_of
+    from semid_spark.bench.suite import best_of, single_thread_blas
     from semid_spark.spark import pipeline
     from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
     from semid_spark.spark.files import encode_files, input_files
@@ -148,7 +148,8 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     files = input_files(spark, df, None, key_col="item_id", embedding_col="embedding", reader="files")
     sample = df.limit(100_000).toArrow()
     x = arrow_embeddings(sample.column("embedding"), DIM, copy=True)
-    ceiling = len(x) / best_of(lambda: model.encode(x), 3)
+    with single_thread_blas():  # Spark's Python workers get one BLAS thread each (OMP_NUM_THREADS=1)
+        ceiling = len(x) / best_of(lambda: model.encode(x), 3)
 
     def rate(frame, repeat: int = 1) -> float:
         return n / best_of(lambda: frame.write.format("noop").mode("overwrite").save(), repeat) / cores
@@ -174,11 +175,12 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
 
 def one_size(n: int, work: str, cores: int, baseline: bool) -> dict:
     """Everything measured at one size (run in a fresh process by ``main``)."""
-    from semid_spark.bench.suite import hot_code_row, single_thread_blas
+    from semid_spark.bench.suite import hot_code_row
     from semid_spark.config import JobConfig, SparkConfig
     from semid_spark.spark.session import get_session
 
-    single_thread_blas()
+    # no process-wide BLAS limit: the driver fits with its cores, as a cluster's driver does (the executors
+    # are idle meanwhile), and Spark starts its Python workers with one BLAS thread each
     partitions = max(2 * cores, n // 500_000)
     spark = get_session(SparkConfig(master=f"local[{cores}]", shuffle_partitions=partitions, driver_memory="8g",
                                     warehouse_dir=os.path.join(work, "warehouse")))
