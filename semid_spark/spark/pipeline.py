@@ -6,8 +6,13 @@ Everything testable lives here; ``jobs/`` and the CLI only parse arguments and c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import importlib
+import importlib.util
 import logging
+import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -30,7 +35,7 @@ from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embed
 from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
-from semid_spark.spark.validate import InputReport, check_input, check_keys, infer_dim, normalize_columns, split_invalid
+from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
 from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
 from semid_spark.spark.ranking import assign_counters, code_stats, with_code_key, with_semantic_id
 
@@ -80,7 +85,8 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
     ``report.rejected``, written by ``write_rejects`` once the run has committed).
 
     *rows_checked_later*: check only the keys here (one aggregation over the key column); the
-    caller checks the embeddings in the passes that read them (``run``: the sample and encode).
+    caller checks the embeddings in the passes that read them (``run``: the sample and encode), and
+    learns their length from the sample when *dim* is None (``InputReport.dim`` None until then).
     *dim*: the expected embedding length (the model's); None: the most common one. *allow_empty*:
     no rows is no error (a day without changes).
     """
@@ -98,7 +104,6 @@ def validated_input(spark: SparkSession, df: DataFrame, cfg: JobConfig, dim: int
         report.n_rejected = n_rejected
         df = valid
     if rows_checked_later:  # keys now; embeddings where they are read anyway (sample, encode)
-        dim = dim if dim is not None else infer_dim(df, emb)
         info = InputReport(n_rows=check_keys(df, key, allow_empty=allow_empty), dim=dim, rows_checked=False)
     else:
         df, info = check_input(df, key, emb, dim=dim, allow_empty=allow_empty)
@@ -126,6 +131,14 @@ def write_rejects(spark: SparkSession, cfg: JobConfig, report: RunReport) -> Non
     added = append_idempotent(spark, TableRef(cfg.input.reject_path), rows, REJECT_ID)
     log.warning("%d rejected rows written to %s (%d were there from an earlier try)",
                 added, cfg.input.reject_path, report.n_rejected - added)
+
+
+def _import_torch_in_background() -> None:
+    """The fit needs torch, whose import takes seconds of the driver's time: start it while Spark
+    reads and checks the input (an ``import torch`` meanwhile waits for this one, then finds it done)."""
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is None:
+        return
+    threading.Thread(target=importlib.import_module, args=("torch",), name="semid-import-torch", daemon=True).start()
 
 
 def fit_device(model_cfg: ModelConfig) -> str:
@@ -169,18 +182,19 @@ def load_encoder(path: str):
 
 def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport, *,
               save: bool = True):
-    """Sample to the driver, fit there (cuda when it has one), save the model (or leave that to the caller)."""
+    """Sample to the driver, fit there (cuda when it has one), save the model (or leave that to the caller).
+    With ``info.dim`` None the sample says the embedding length (the fitted model's ``input_dim``)."""
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     with stage(spark, "semid: sample embeddings to the driver"), _timed(report, "sample"):
         try:
             x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
                                   sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-        except BadSampleError:
-            check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
+        except BadSampleError as exc:
+            check_input(df, key, emb, dim=info.dim if info.dim is not None else exc.dim)  # counts every bad row, names them
             raise
     device = fit_device(cfg.model)
     with _timed(report, "fit"):
-        encoder = new_encoder(cfg.model, info.dim).fit(x, device=device)
+        encoder = new_encoder(cfg.model, x.shape[1]).fit(x, device=device)
         if save:
             encoder.save(cfg.model.path)
     log.info("fitted %s on %d sampled rows (%s), sha256 %s", type(encoder).__name__, len(x), device, encoder.sha256[:12])
@@ -223,14 +237,18 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             encoded = encode_embeddings(todo, frozen, key_col=key, embedding_col=emb, dim=info.dim,
                                         device=cfg.encode.device, flag_problems=not info.rows_checked,
                                         batch_rows=cfg.encode.batch_rows)
-        encoded = encoded.cache()  # key and codes: ~20 bytes an item, read by the ranking and the MERGE
-        report.n_new = encoded.count()
+        # key, codes and code key: ~30 bytes an item, read by the ranking and the MERGE. One job fills the
+        # cache and counts the rows, the rows that could not be encoded, and the rows per code
+        encoded = with_code_key(encoded, codebook_sizes(encoder)).cache()
+        stats = code_stats(encoded, cfg.uniqueness.hot_code_rows)
+        report.n_new = stats.n_rows
+        if stats.n_unencoded:  # only when the rows were not checked before: encoding flags them
+            encoded.unpersist()
+            check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
+            raise InvalidInputError(f"rows of {emb!r} could not be encoded (null, wrong length or NaN/inf)")
         if not info.rows_checked:
-            if encoded.where(F.col(PROBLEM) != 0).limit(1).count():  # on the cached codes: cheap
-                encoded.unpersist()
-                check_input(df, key, emb, dim=info.dim)  # counts every bad row and raises, naming them
-                raise InvalidInputError(f"rows of {emb!r} could not be encoded (null, wrong length or NaN/inf)")
             encoded = encoded.drop(PROBLEM)
+        report.collision_share = stats.shared / max(report.n_new, 1)
     if save_model_to is not None:  # a model fitted by this run is saved once its input proved valid
         encoder.save(save_model_to)
         log.info("model saved to %s", save_model_to)
@@ -239,20 +257,17 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             report.n_inserted = 0
             log.info("no new items: the table already holds every key")
         else:
-            _rank_and_merge(spark, with_code_key(encoded, codebook_sizes(encoder)), encoder, out, mode, cfg, report)
+            _rank_and_merge(spark, encoded, stats.hot, encoder, out, mode, cfg, report)
         write_rejects(spark, cfg, report)
     finally:
         encoded.unpersist()
 
 
-def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: TableRef, mode: str, cfg: JobConfig,
-                    report: RunReport) -> None:
-    """Rank the encoded items after the table's counters and MERGE them in; on a commit conflict,
-    again against the table as the other run left it."""
+def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder, out: TableRef, mode: str,
+                    cfg: JobConfig, report: RunReport) -> None:
+    """Rank the encoded items (with their code key; *hot*: the codes over the hot-code threshold) after the
+    table's counters and MERGE them in; on a commit conflict, again against the table as the other run left it."""
     key = cfg.input.key_col
-    with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):
-        shared, hot = code_stats(encoded, cfg.uniqueness.hot_code_rows)
-        report.collision_share = shared / report.n_new
     for attempt in range(cfg.output.max_retries + 1):
         if attempt:  # another run committed: its keys are not ours to insert, its counters are taken
             mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
@@ -264,11 +279,12 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, encoder, out: Table
                 new_items, unread = checked, (RUN_ID, report.run_id)
             elif attempt:  # too many new keys to broadcast: the codes are cached, the anti-join reads no embedding
                 new_items = encoded.join(written.select(key), key, "left_anti")
-        rows = _ranked_rows(encoded=new_items, written=written, hot=hot, encoder=encoder, cfg=cfg,
-                            run_id=report.run_id, n_new=report.n_new)
+        with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):  # lazy but for hot codes' key ranges
+            rows = _ranked_rows(encoded=new_items, written=written, hot=hot, encoder=encoder, cfg=cfg,
+                                run_id=report.run_id, n_new=report.n_new)
         try:
             with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
-                prepare_table(spark, out, rows.schema, encoder, mode)
+                prepare_table(spark, out, rows.schema, encoder, mode, stats_columns=(key, RUN_ID, ASSIGNED_AT))
                 # counters and the written keys are read inside the MERGE
                 report.n_inserted = merge_new_rows(spark, out, rows, key, unread_rows=unread)
             return
@@ -317,6 +333,8 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     """
     report = RunReport()
     must_fit = fit if fit is not None else (cfg.model.refit or not model_exists(cfg.model.path))
+    if must_fit:
+        _import_torch_in_background()
     encoder = None if must_fit else load_encoder(cfg.model.path)
     dim = None if encoder is None else input_dim(encoder)  # the model says what length to expect
     out = TableRef(cfg.output.path, cfg.output.table)
@@ -328,6 +346,7 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     if info.n_rows:
         if encoder is None:
             encoder = fit_model(spark, df, info, cfg, report, save=False)
+            info = dataclasses.replace(info, dim=input_dim(encoder))  # learnt from the sample
         assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None,
                    whole_input=source.rows if source.whole and cfg.input.on_invalid == "fail" else None)
     else:  # no valid new row (a day of deletes, or of rejects only)

@@ -19,6 +19,7 @@ the same numbers as one window over the whole code.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -58,15 +59,30 @@ def with_semantic_id(df: DataFrame, sep: str, n_levels: int, output_col: str = S
     return df.withColumn(output_col, F.concat(base_id(sep, n_levels), suffix))
 
 
-def code_stats(new_items: DataFrame, hot_code_rows: int) -> tuple[int, list]:
-    """(rows whose code another row shares, hot codes as rows of (code key, count)) in one job.
-    *new_items* has ``CODE_KEY`` (``with_code_key``)."""
+@dataclass(frozen=True)
+class CodeStats:
+    """What one pass over the encoded items tells: rows, rows without codes, rows sharing a code, hot codes."""
+
+    n_rows: int
+    n_unencoded: int  # rows whose codes are null (``encode``'s flagged problems)
+    shared: int  # rows whose code another row also has
+    hot: list  # rows of (code key, count) for the codes over the hot-code threshold, in code order
+
+
+def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:
+    """``CodeStats`` of *new_items* (which has ``CODE_KEY``; null where the codes are) in one job: per
+    code counts, partially aggregated where the rows are, then a handful of sums on one task. As the
+    first action on a cached encode, this job also fills the cache."""
     per_code = new_items.groupBy(CODE_KEY).count()
+    encoded = F.col(CODE_KEY).isNotNull()
     row = per_code.agg(
-        F.sum(F.when(F.col("count") > 1, F.col("count"))).alias("shared"),
-        F.collect_list(F.when(F.col("count") > hot_code_rows, F.struct(CODE_KEY, "count"))).alias("hot"),  # a handful
+        F.sum("count").alias("n"),
+        F.sum(F.when(~encoded, F.col("count"))).alias("unencoded"),
+        F.sum(F.when(encoded & (F.col("count") > 1), F.col("count"))).alias("shared"),
+        F.collect_list(F.when(encoded & (F.col("count") > hot_code_rows), F.struct(CODE_KEY, "count"))).alias("hot"),
     ).first()
-    return int(row["shared"] or 0), sorted(row["hot"], key=lambda r: r[CODE_KEY])
+    return CodeStats(int(row["n"] or 0), int(row["unencoded"] or 0), int(row["shared"] or 0),
+                     sorted(row["hot"], key=lambda r: r[CODE_KEY]))
 
 
 def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int,
@@ -77,7 +93,7 @@ def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, ke
     in it start at 0. *hot*: the codes over *hot_code_rows*, when ``code_stats`` already found them.
     """
     if hot is None:
-        hot = code_stats(new_items, hot_code_rows)[1]
+        hot = code_stats(new_items, hot_code_rows).hot
     bucket = _bucket_expr(new_items, hot, key_col=key_col, hot_code_rows=hot_code_rows)
     items = new_items.withColumn(_BUCKET, bucket)
     ranked = items.withColumn(

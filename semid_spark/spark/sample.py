@@ -26,9 +26,11 @@ def hash_filtered(df: DataFrame, key_col: str, *, n_rows: int, sample_size: int,
 
 
 def sample_embeddings(
-    df: DataFrame, *, key_col: str, embedding_col: str, dim: int, n_rows: int, sample_size: int, seed: int,
+    df: DataFrame, *, key_col: str, embedding_col: str, dim: int | None, n_rows: int, sample_size: int, seed: int,
 ) -> np.ndarray:
-    """Up to *sample_size* embeddings (n, dim) float32, to the driver through Arrow.
+    """Up to *sample_size* embeddings (n, dim) float32, to the driver through Arrow. *dim* None: the
+    most common length among the sampled rows (ties to the shorter), which a job fitting a new model
+    learns here instead of in a pass of its own.
 
     Rows whose ``pmod(xxhash64(key, seed), 2^30)`` falls under a threshold sized for ~1.2x
     the target are kept, then the smallest hashes (ties by key) down to *sample_size*: the
@@ -38,14 +40,24 @@ def sample_embeddings(
                 .orderBy(HASH, key_col).limit(sample_size)
                 .select(embedding_col))
     column = picked.toArrow().column(embedding_col).combine_chunks()
-    from semid_spark.spark.validate import row_problems
+    from semid_spark.spark.validate import infer_dim, most_common_length, row_problems
 
+    if dim is None:
+        lengths = np.diff(column.offsets.to_numpy())[~np.asarray(column.is_null().to_numpy(zero_copy_only=False))]
+        dim = most_common_length(lengths.tolist())
+        if dim is None:  # no sampled row has an embedding: the input's first rows decide (or say it is empty)
+            dim = infer_dim(df, embedding_col)
     problems = row_problems(column, dim)
     if problems.any():  # the input was not checked row by row before (the job checks while encoding)
         raise BadSampleError(f"{int((problems != 0).sum())} of {len(column)} sampled rows of {embedding_col!r} are null, "
-                             f"not of length {dim}, or hold NaN/inf/null values")
+                             f"not of length {dim}, or hold NaN/inf/null values", dim=dim)
     return arrow_embeddings(column, dim, copy=True)
 
 
 class BadSampleError(InvalidInputError):
-    """Raised when the sample holds rows that cannot be fitted on (the job then counts them exactly)."""
+    """Raised when the sample holds rows that cannot be fitted on (the job then counts them exactly);
+    *dim*: the length the sample was checked against."""
+
+    def __init__(self, message: str, *, dim: int) -> None:
+        super().__init__(message)
+        self.dim = dim

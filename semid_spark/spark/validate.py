@@ -21,7 +21,7 @@ from semid_spark.spark.columns import KEY_TYPES, REASON
 @dataclass(frozen=True)
 class InputReport:
     n_rows: int
-    dim: int
+    dim: int | None  # None: not known yet (the job learns it from its training sample)
     n_rejected: int = 0
     rows_checked: bool = True  # False: keys checked, embeddings still to be checked where they are read
 
@@ -77,11 +77,17 @@ def infer_dim(df: DataFrame, emb_col: str) -> int:
     """The expected embedding length when no model says it: the most common length among the first
     ``DIM_SAMPLE_ROWS`` rows with an embedding (ties to the shorter), so one odd row cannot set it."""
     # a plain limit: Spark reads the first partition, and more only when it holds too few rows
-    lengths = Counter(r[0] for r in df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col))
-                                      .limit(DIM_SAMPLE_ROWS).collect())
-    if not lengths:
+    lengths = [r[0] for r in df.where(F.col(emb_col).isNotNull()).select(F.size(emb_col)).limit(DIM_SAMPLE_ROWS).collect()]
+    dim = most_common_length(lengths)
+    if dim is None:
         raise InvalidInputError(f"input has no rows with an embedding in {emb_col!r} (is it empty?)")
-    return min(lengths, key=lambda n: (-lengths[n], n))
+    return dim
+
+
+def most_common_length(lengths) -> int | None:
+    """The most common of *lengths* (embedding lengths of rows that have one), ties to the shorter; None for none."""
+    counts = Counter(lengths)
+    return min(counts, key=lambda n: (-counts[n], n)) if counts else None
 
 
 def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = None,

@@ -1,5 +1,7 @@
 """The Spark job end to end on a local session: IDs, stability, determinism, Delta, bad input."""
 
+import json
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -81,6 +83,17 @@ def test_first_run_writes_one_unique_id_per_item(spark, first_run):
     assert {r.item_id: r.semantic_id for r in table} == reference_ids([(r.item_id, r.codes) for r in table])
     props = DeltaTable.forPath(spark, cfg.output.path).detail().first()["properties"]
     assert props["semid.model_sha256"] == report.model_sha256 and props["semid.codebook_sizes"] == "8,8,8"
+
+
+def test_the_ids_table_keeps_file_statistics_only_for_the_columns_reads_filter_on(spark, first_run):
+    tmp, cfg, report, keys, x = first_run
+    log_dir = os.path.join(cfg.output.path, "_delta_log")
+    stats = [json.loads(json.loads(line)["add"]["stats"]) for name in sorted(os.listdir(log_dir)) if name.endswith(".json")
+             for line in open(os.path.join(log_dir, name), encoding="utf-8") if '"add"' in line]
+    assert stats and sum(s["numRecords"] for s in stats) == 1200
+    # the key (new-key checks skip files by it), the run (the MERGE's condition) and the time (downstream reads)
+    assert {tuple(sorted(s["minValues"])) for s in stats} == {("assigned_at", "item_id", "run_id")}
+    assert all(set(s["nullCount"]) == {"assigned_at", "item_id", "run_id"} for s in stats)
 
 
 def test_executor_codes_equal_the_driver_model(spark, first_run):
@@ -236,7 +249,8 @@ def test_bad_schema_and_empty_input_are_named(spark, tmp_path):
         (frame(spark, keys, x).withColumnRenamed("embedding", "vec"), r"no column 'embedding'; its columns are \['item_id', 'vec'\]"),
         (frame(spark, keys, x).withColumn("item_id", F.lit(1.5)), r"key column 'item_id' is double"),
         (frame(spark, keys, x).withColumn("embedding", F.lit("x")), r"'embedding' is string; expected array<float>"),
-        (frame(spark, keys, x).limit(0), r"no rows with an embedding"),
+        (frame(spark, keys, x).limit(0), r"input is empty: no rows to assign IDs to"),
+        (frame(spark, keys, x).withColumn("embedding", F.lit(None).cast("array<float>")), r"no rows with an embedding"),
     ]
     for i, (df, message) in enumerate(cases):
         cfg = config(tmp_path / str(i))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyspark.sql import functions as F
 
-from semid_spark.spark.ranking import CODE_KEY, base_id, with_code_key, with_semantic_id
+from semid_spark.spark.ranking import CODE_KEY, base_id, code_stats, with_code_key, with_semantic_id
 
 
 @st.composite
@@ -40,3 +39,14 @@ def test_semantic_ids_are_the_codes_then_the_counter_when_it_is_not_zero(spark):
     rows = with_semantic_id(df, "-", 3).withColumn("base", base_id("/", 3)).collect()
     assert [(r["semantic_id"], r["base"]) for r in rows] == [("3-9-1", "3/9/1"), ("3-9-1-2", "3/9/1"),
                                                              ("12-0-255", "12/0/255")]
+
+
+def test_code_stats_counts_rows_unencoded_rows_rows_sharing_a_code_and_hot_codes(spark):
+    rows = [("a", [1, 2]), ("b", [1, 2]), ("c", [1, 2]), ("d", [0, 5]), ("e", None), ("f", [3, 3]), ("g", [3, 3]),
+            ("h", None)]
+    items = spark.createDataFrame(rows, "item_id string, codes array<int>").transform(with_code_key, [8, 8])
+    stats = code_stats(items, hot_code_rows=2)
+    # rows without codes (flagged by the encoder) are counted apart, never as sharing a code
+    assert (stats.n_rows, stats.n_unencoded, stats.shared) == (8, 2, 5)
+    assert [(r[CODE_KEY], r["count"]) for r in stats.hot] == [(1 * 8 + 2, 3)]
+    assert code_stats(items.limit(0), hot_code_rows=2) == type(stats)(0, 0, 0, [])
