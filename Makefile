@@ -57,6 +57,6 @@ bench-encode: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m semid_spark.cli bench
 
-# The job at 1M, 4M and 16M rows (about 45 minutes on 2 cores): artifacts/bench/scale.json and scale.md.
+# The job at 1M, 4M and 16M rows (8 to 20 minutes on 2 cores, by CPU): artifacts/bench/scale.json and scale.md.
 bench-scale: $(STAMP)
 	$(PY) -m semid_spark.cli bench --scale
