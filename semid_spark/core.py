@@ -6,6 +6,7 @@ executor or in a notebook without a GPU.
 
 from __future__ import annotations
 
+import inspect
 import string
 from abc import ABC, abstractmethod
 from typing import Callable, Literal, Sequence, Union
@@ -134,7 +135,40 @@ class BaseSemanticEncoder(ABC):
 
     A subclass implements ``fit``, ``encode``, ``save`` and ``load``; ``decode`` is optional.
     ``semantic_id`` turns codes into strings the same way for every encoder.
+
+    scikit-learn's estimator contract: ``__init__`` stores its arguments under their own names
+    and nothing else (``fit`` validates them), so ``get_params``/``set_params`` and
+    ``sklearn.base.clone`` work without scikit-learn being installed; fitted state ends in ``_``.
     """
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The constructor's parameter names, in order (scikit-learn's ``_get_param_names``)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments as this instance holds them (*deep*: no nested estimators here)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "BaseSemanticEncoder":
+        """Set constructor arguments by name (checked at the next ``fit``); returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; valid parameters: {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        """The class and the arguments that differ from their defaults, as scikit-learn prints them."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = []
+        for name, value in self.get_params().items():
+            default = defaults.get(name, inspect.Parameter.empty)
+            if default is inspect.Parameter.empty or not (value is default or _same(value, default)):
+                changed.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
 
     @abstractmethod
     def fit(self, X: ArrayLike, *, device: str = "cpu") -> "BaseSemanticEncoder":
@@ -167,3 +201,10 @@ class BaseSemanticEncoder(ABC):
     @abstractmethod
     def load(cls, path: str, *, device: str = "cpu") -> "BaseSemanticEncoder":
         """Read a model written by ``save``."""
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except (TypeError, ValueError):  # arrays and the like
+        return False

@@ -53,6 +53,6 @@ def input_dim(encoder) -> int | None:
 
 
 def codebook_sizes(encoder) -> list[int] | None:
-    """Codes per level (RQ-KMeans ``n_clusters``, RQ-VAE ``num_emb_list``); None if it does not say."""
-    sizes = getattr(encoder, "n_clusters", None) or getattr(encoder, "num_emb_list", None)
-    return None if sizes is None else [int(s) for s in sizes]
+    """Codes per level of a fitted encoder (its ``codebooks_``); None if it does not say."""
+    books = getattr(encoder, "codebooks_", None)  # NotFittedError is an AttributeError
+    return [len(c) for c in books] if books else None

@@ -51,7 +51,8 @@ class RQKMeans(BaseSemanticEncoder):
     Parameters
     ----------
     n_levels : int, number of levels L (>= 1)
-    n_clusters : int or list of L ints (>= 2), codebook size per level; stored as a list
+    n_clusters : int or list of L ints (>= 1), codebook size per level; stored as given (the
+        fitted sizes are ``[len(c) for c in codebooks_]``)
     metric : ``"l2"`` only; ``"cosine"`` raises ``NotImplementedError`` (normalise the
         embeddings first: on unit vectors l2 and cosine rank neighbours alike)
     implementation : ``"kmeans"`` or ``"constrained"`` (balanced: at fit time every cluster
@@ -66,12 +67,17 @@ class RQKMeans(BaseSemanticEncoder):
     max_samples_per_cluster : None (Lloyd on every point) or a cap: Lloyd runs on a random
         subsample of at most this many points per cluster at each level, as faiss does (256);
         all points are still encoded and pass their residuals on (ignored when constrained)
+    device : ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``: where ``fit`` and ``encode`` run unless a call
+        says otherwise (as RQVAE takes it); codes are the same on every device
 
-    Attributes
+    The constructor only stores its arguments (scikit-learn's contract: ``get_params``,
+    ``set_params`` and ``sklearn.base.clone`` work); ``fit`` checks them.
+
+    Attributes (after ``fit`` or ``load`` only)
     ----------
     codebooks_ : list of L float32 arrays of shape (K_l, D)
-    D_ : int, embedding dimension
-    level_stats_ : list of LevelStats
+    D_, n_features_in_ : int, embedding dimension
+    level_stats_ : list of LevelStats (``fit`` only)
     """
 
     def __init__(
@@ -86,27 +92,11 @@ class RQKMeans(BaseSemanticEncoder):
         verbose: bool = False,
         n_init: int | None = None,
         max_samples_per_cluster: int | None = None,
+        device: str = "cpu",
     ):
-        if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
-            raise ConfigError(f"n_levels={n_levels!r}; expected an int >= 1")
-        if isinstance(n_clusters, (int, np.integer)) and not isinstance(n_clusters, bool):
-            sizes = [int(n_clusters)] * n_levels
-        else:
-            sizes = [int(k) for k in n_clusters]
-            if len(sizes) != n_levels:
-                raise ConfigError(f"len(n_clusters)={len(sizes)} must match n_levels={n_levels}")
-        if any(k < 2 for k in sizes):
-            raise ConfigError(f"n_clusters={sizes}; every level needs >= 2 clusters")
-        if metric == "cosine":
-            raise NotImplementedError("metric='cosine' is not implemented; normalise X and use metric='l2'")
-        if metric != "l2":
-            raise ConfigError(f"unknown metric {metric!r}; expected 'l2'")
-        if implementation not in ("kmeans", "constrained"):
-            raise ConfigError(f"unknown implementation {implementation!r}; expected 'kmeans' or 'constrained'")
-        if max_iter < 1 or tol < 0 or (n_init is not None and n_init < 1):
-            raise ConfigError(f"max_iter={max_iter}, tol={tol}, n_init={n_init}; expected >= 1, >= 0, >= 1")
+        # scikit-learn's contract: store the arguments as given; fit checks them (_level_sizes)
         self.n_levels = n_levels
-        self.n_clusters = sizes
+        self.n_clusters = n_clusters
         self.metric = metric
         self.implementation = implementation
         self.max_iter = max_iter
@@ -114,31 +104,57 @@ class RQKMeans(BaseSemanticEncoder):
         self.random_state = random_state
         self.verbose = verbose
         self.n_init = n_init
-        if max_samples_per_cluster is not None and max_samples_per_cluster < 1:
-            raise ConfigError(f"max_samples_per_cluster={max_samples_per_cluster}; expected >= 1 or None")
         self.max_samples_per_cluster = max_samples_per_cluster
-        self.codebooks_: list[np.ndarray] = []
-        self.D_: int | None = None
-        self.level_stats_: list[LevelStats] = []
+        self.device = device
+
+    def _level_sizes(self) -> list[int]:
+        """Check the parameters; the codebook size of each level (``n_clusters`` as a list)."""
+        n_levels, n_clusters = self.n_levels, self.n_clusters
+        if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
+            raise ConfigError(f"n_levels={n_levels!r}; expected an int >= 1")
+        if isinstance(n_clusters, (int, np.integer)) and not isinstance(n_clusters, bool):
+            sizes = [int(n_clusters)] * int(n_levels)
+        else:
+            sizes = [int(k) for k in n_clusters]
+            if len(sizes) != n_levels:
+                raise ConfigError(f"len(n_clusters)={len(sizes)} must match n_levels={n_levels}")
+        if any(k < 1 for k in sizes):
+            raise ConfigError(f"n_clusters={sizes}; every level needs >= 1 cluster")
+        if self.metric == "cosine":  # semantic-id's wording, which its users match on
+            raise NotImplementedError("Cosine metric is not yet implemented. Please use metric='l2' "
+                                      "(normalise X first: on unit vectors l2 and cosine rank neighbours alike)")
+        if self.metric != "l2":
+            raise ConfigError(f"unknown metric {self.metric!r}; expected 'l2'")
+        if self.implementation not in ("kmeans", "constrained"):
+            raise ConfigError(f"unknown implementation {self.implementation!r}; expected 'kmeans' or 'constrained'")
+        if self.max_iter < 1 or self.tol < 0 or (self.n_init is not None and self.n_init < 1):
+            raise ConfigError(f"max_iter={self.max_iter}, tol={self.tol}, n_init={self.n_init}; "
+                              "expected >= 1, >= 0, >= 1")
+        if self.max_samples_per_cluster is not None and self.max_samples_per_cluster < 1:
+            raise ConfigError(f"max_samples_per_cluster={self.max_samples_per_cluster}; expected >= 1 or None")
+        return sizes
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: ArrayLike, *, device: str = "cpu") -> "RQKMeans":
-        """Learn one codebook per level from X of shape (N, D); returns self."""
+    def fit(self, X: ArrayLike, *, device: str | None = None) -> "RQKMeans":
+        """Learn one codebook per level from X of shape (N, D); returns self.
+
+        *device*: this call's device; None: the constructor's ``device``."""
+        sizes = self._level_sizes()
         x = check_embeddings(X)
-        if len(x) < max(self.n_clusters):
+        if len(x) < max(sizes):
             raise InvalidInputError(
-                f"n_samples={len(x)} should be >= n_clusters={max(self.n_clusters)}"
+                f"n_samples={len(x)} should be >= n_clusters={max(sizes)}"
             )
-        torch_device = _torch_device(device)
+        torch_device = _torch_device(device or self.device)
         import torch
 
         from semid_spark.algorithms import _torch_ops
 
-        seeds = np.random.SeedSequence(self.random_state).spawn(self.n_levels)
+        seeds = np.random.SeedSequence(self.random_state).spawn(len(sizes))
         codebooks, stats = [], []
         with _torch_ops.full_fp32_matmul(), torch.no_grad():
             residual = torch.from_numpy(x).to(torch_device)
-            levels = progress(enumerate(self.n_clusters), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=self.n_levels,
+            levels = progress(enumerate(sizes), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=len(sizes),
                               unit="level")
             for level, k in levels:
                 rng = np.random.default_rng(seeds[level])
@@ -153,9 +169,14 @@ class RQKMeans(BaseSemanticEncoder):
                 stats.append(LevelStats(level, k, n_iter, inertia, n_empty))
                 codebooks.append(np.ascontiguousarray(codebook, dtype=np.float32))
                 levels.set_postfix(mse=f"{inertia:.4g}", iters=n_iter)
-                log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, self.n_levels, k, n_iter, inertia, n_empty)
-        self.codebooks_, self.D_, self.level_stats_ = codebooks, x.shape[1], stats
+                log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, len(sizes), k, n_iter, inertia, n_empty)
+        self._set_codebooks(codebooks)
+        self.level_stats_ = stats
         return self
+
+    def _set_codebooks(self, codebooks: list[np.ndarray]) -> None:
+        self.codebooks_ = codebooks
+        self.D_ = self.n_features_in_ = int(codebooks[0].shape[1])
 
     def _fit_level(self, x, k: int, rng: np.random.Generator, ops):
         """Best of n_init runs of k-means++ then Lloyd on x (n, d): returns (centers, n_iter)."""
@@ -184,16 +205,18 @@ class RQKMeans(BaseSemanticEncoder):
 
     # ------------------------------------------------------------------ using a model
     def _check_fitted(self) -> None:
-        if not self.codebooks_ or self.D_ is None:
+        if not getattr(self, "codebooks_", None):
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() first")
 
-    def encode(self, X: ArrayLike, *, device: str = "cpu", batch_size: int | None = None) -> np.ndarray:
+    def encode(self, X: ArrayLike, *, device: str | None = None, batch_size: int | None = None) -> np.ndarray:
         """Codes (N, L) int32: at each level the nearest centroid to the residual.
 
         Ties go to the lowest index, and the numpy ("cpu") and torch (cuda/mps) paths give
-        identical codes (see ``_ops``). ``batch_size`` only bounds memory.
+        identical codes (see ``_ops``). ``batch_size`` only bounds memory. *device* None: the
+        constructor's ``device``.
         """
         self._check_fitted()
+        device = device or self.device
         x = check_embeddings(X, dim=self.D_)
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}; expected >= 1 or None")
@@ -214,7 +237,7 @@ class RQKMeans(BaseSemanticEncoder):
         """What the last level quantises: X minus levels < L-1, (N, D) float64."""
         self._check_fitted()
         r = check_embeddings(X, dim=self.D_).astype(np.float64)
-        for level in range(self.n_levels - 1):
+        for level in range(len(self.codebooks_) - 1):
             r -= self.codebooks_[level][np.asarray(codes)[:, level]]
         return r
 
@@ -229,7 +252,7 @@ class RQKMeans(BaseSemanticEncoder):
 
     def _metadata(self) -> dict:
         return {
-            "type": "RQKMeans", "n_levels": self.n_levels, "n_clusters": self.n_clusters,
+            "type": "RQKMeans", "n_levels": len(self.codebooks_), "n_clusters": [len(c) for c in self.codebooks_],
             "metric": self.metric, "implementation": self.implementation, "max_iter": self.max_iter,
             "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
             "max_samples_per_cluster": self.max_samples_per_cluster,
@@ -260,12 +283,13 @@ class RQKMeans(BaseSemanticEncoder):
                 tol=meta.get("tol", 1e-4), random_state=meta.get("random_state"), n_init=meta.get("n_init"),
                 max_samples_per_cluster=meta.get("max_samples_per_cluster"),
             )
-            books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(model.n_levels)]
+            sizes = model._level_sizes()
+            books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(len(sizes))]
             dim = int(meta["D"])
-        except (KeyError, TypeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFormatError(f"{path!r}: metadata and arrays do not describe a model: {exc!r}") from None
-        for i, (book, k) in enumerate(zip(books, model.n_clusters)):
+        for i, (book, k) in enumerate(zip(books, sizes)):
             if book.shape != (k, dim):
                 raise ModelFormatError(f"{path!r}: codebook_{i} has shape {book.shape}, expected {(k, dim)}")
-        model.codebooks_, model.D_ = books, dim
+        model._set_codebooks(books)
         return model

@@ -46,8 +46,14 @@ class RQVAE(BaseSemanticEncoder):
     up to 4096 training rows (ties: the lower reconstruction loss on that sample), whatever
     ``verbose`` is. ``fit`` starts from fresh weights each time.
 
-    Attributes
+    The constructor only stores its arguments (scikit-learn's contract: ``get_params``,
+    ``set_params`` and ``sklearn.base.clone`` work); ``fit`` checks them. ``device`` is where
+    ``fit`` and ``encode`` run unless a call says otherwise, as for RQKMeans.
+
+    Attributes (after ``fit``; ``codebooks_`` and ``residual_encoder_`` after ``load`` too)
     ----------
+    codebooks_ : list of L float32 arrays of shape (K_l, e_dim)
+    n_features_in_ : int, ``in_dim``
     history_ : dict of per-epoch lists: loss, recon_loss, collision_rate, lr, utilization
         (per level, fraction of codes used on the sample), n_reset (codes re-seeded)
     best_epoch_ : index of the epoch whose state was kept
@@ -82,45 +88,59 @@ class RQVAE(BaseSemanticEncoder):
         random_state: int | None = None,
         reset_dead_codes: bool = True,
     ):
-        self.in_dim = _positive_int(in_dim, "in_dim")
-        self.num_emb_list = [256] * 4 if num_emb_list is None else [int(k) for k in num_emb_list]
-        if not self.num_emb_list or any(k < 2 for k in self.num_emb_list):
-            raise ConfigError(f"num_emb_list={self.num_emb_list}; expected one or more codebook sizes >= 2")
-        self.e_dim = _positive_int(e_dim, "e_dim")
-        self.layers = [512, 256, 128] if layers is None else [_positive_int(n, "layers[i]") for n in layers]
-        if loss_type not in ("mse", "l1"):
-            raise ConfigError(f"unknown loss_type {loss_type!r}; expected 'mse' or 'l1'")
-        if sk_epsilons is not None and (len(sk_epsilons) != len(self.num_emb_list) or min(sk_epsilons) < 0):
-            raise ConfigError(f"sk_epsilons={list(sk_epsilons)}; expected {len(self.num_emb_list)} values >= 0")
-        if lr_scheduler not in _SCHEDULERS:
-            raise ConfigError(f"unknown lr_scheduler {lr_scheduler!r}; expected one of {list(_SCHEDULERS)}")
-        if not 0 <= dropout_prob < 1 or lr <= 0 or epochs < 0 or warmup_epochs < 0 or lr_step_size < 1:
-            raise ConfigError(
-                f"dropout_prob={dropout_prob}, lr={lr}, epochs={epochs}, warmup_epochs={warmup_epochs}, "
-                f"lr_step_size={lr_step_size}; expected 0 <= dropout < 1, lr > 0, epochs >= 0, "
-                "warmup_epochs >= 0, lr_step_size >= 1"
-            )
+        # scikit-learn's contract: store the arguments as given; fit checks them (_check_params)
+        self.in_dim, self.num_emb_list, self.e_dim, self.layers = in_dim, num_emb_list, e_dim, layers
         self.dropout_prob, self.bn, self.loss_type = dropout_prob, bn, loss_type
         self.quant_loss_weight, self.beta = quant_loss_weight, beta
-        self.kmeans_init, self.kmeans_iters = kmeans_init, _positive_int(kmeans_iters, "kmeans_iters")
-        self.sk_epsilons = None if sk_epsilons is None else [float(e) for e in sk_epsilons]
-        self.sk_iters = _positive_int(sk_iters, "sk_iters")
-        self.lr, self.weight_decay = lr, weight_decay
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
+        self.sk_epsilons, self.sk_iters = sk_epsilons, sk_iters
+        self.lr, self.weight_decay, self.batch_size = lr, weight_decay, batch_size
         self.epochs, self.lr_scheduler, self.warmup_epochs = epochs, lr_scheduler, warmup_epochs
         self.lr_step_size, self.lr_gamma = lr_step_size, lr_gamma
         self.device, self.verbose, self.random_state = device, verbose, random_state
         self.reset_dead_codes = reset_dead_codes
-        self.history_: dict[str, list] = {}
-        self.best_epoch_: int | None = None
-        self.residual_encoder_ = False
-        self._weights: dict[str, np.ndarray] | None = None  # the fitted model, torch-free
-        self._net = None  # torch module, built from _weights when needed
-        self._frozen: tuple | None = None
+
+    def _check_params(self) -> None:
+        """Raise ConfigError naming the first parameter out of range (``fit`` and ``load`` call it)."""
+        for name in ("in_dim", "e_dim", "kmeans_iters", "sk_iters", "batch_size"):
+            _positive_int(getattr(self, name), name)
+        sizes = self._sizes
+        if not sizes or any(k < 1 for k in sizes):
+            raise ConfigError(f"num_emb_list={sizes}; expected one or more codebook sizes >= 1")
+        for n in self._layers:
+            _positive_int(n, "layers[i]")
+        if self.loss_type not in ("mse", "l1"):
+            raise ConfigError(f"unknown loss_type {self.loss_type!r}; expected 'mse' or 'l1'")
+        eps = self.sk_epsilons
+        if eps is not None and (len(eps) != len(sizes) or min(eps) < 0):
+            raise ConfigError(f"sk_epsilons={list(eps)}; expected {len(sizes)} values >= 0")
+        if self.lr_scheduler not in _SCHEDULERS:
+            raise ConfigError(f"unknown lr_scheduler {self.lr_scheduler!r}; expected one of {list(_SCHEDULERS)}")
+        if (not 0 <= self.dropout_prob < 1 or self.lr <= 0 or self.epochs < 0 or self.warmup_epochs < 0
+                or self.lr_step_size < 1):
+            raise ConfigError(
+                f"dropout_prob={self.dropout_prob}, lr={self.lr}, epochs={self.epochs}, warmup_epochs="
+                f"{self.warmup_epochs}, lr_step_size={self.lr_step_size}; expected 0 <= dropout < 1, lr > 0, "
+                "epochs >= 0, warmup_epochs >= 0, lr_step_size >= 1"
+            )
+
+    @property
+    def _sizes(self) -> list[int]:
+        """Codebook sizes per level: ``num_emb_list``, or semantic-id's default of four levels of 256."""
+        return [256] * 4 if self.num_emb_list is None else [int(k) for k in self.num_emb_list]
+
+    @property
+    def _layers(self) -> list[int]:
+        """Hidden widths of the encoder MLP: ``layers``, or semantic-id's default."""
+        return [512, 256, 128] if self.layers is None else [int(n) for n in self.layers]
+
+    @property
+    def _epsilons(self) -> list[float] | None:
+        return None if self.sk_epsilons is None else [float(e) for e in self.sk_epsilons]
 
     @property
     def n_levels(self) -> int:
-        return len(self.num_emb_list)
+        return len(self._sizes)
 
     # ------------------------------------------------------------------ training
     def fit(self, X: ArrayLike, *, device: str | None = None, pretrained_codebook_path: str | None = None) -> "RQVAE":
@@ -129,6 +149,7 @@ class RQVAE(BaseSemanticEncoder):
         ``pretrained_codebook_path``: an RQ-KMeans ``codebooks.npz`` (or its directory) to
         warm-start from (RQ-KMeans+, see :mod:`semid_spark.algorithms.rq_kmeans_plus`).
         """
+        self._check_params()
         x = check_embeddings(X, dim=self.in_dim)
         torch_device = _torch_device(device or self.device)
         import torch
@@ -141,7 +162,7 @@ class RQVAE(BaseSemanticEncoder):
         with torch.random.fork_rng(devices=fork_devices), _deterministic(torch, warn_only=torch_device.type != "cpu"):
             torch.manual_seed(seed)
             net = _vae_nn.RQVAENet(
-                self.in_dim, self.num_emb_list, self.e_dim, self.layers, dropout=self.dropout_prob,
+                self.in_dim, self._sizes, self.e_dim, self._layers, dropout=self.dropout_prob,
                 bn=self.bn, beta=self.beta,
             ).to(torch_device)
             if pretrained_codebook_path is not None:
@@ -160,14 +181,14 @@ class RQVAE(BaseSemanticEncoder):
         from semid_spark.algorithms.rq_kmeans import RQKMeans
 
         rng = np.random.default_rng(seed)
-        n = min(len(x), KMEANS_INIT_ROWS_PER_CODE * max(self.num_emb_list))
-        if len(x) < max(self.num_emb_list):
-            raise InvalidInputError(f"kmeans_init needs n_samples={len(x)} >= the largest codebook, {max(self.num_emb_list)}")
+        n = min(len(x), KMEANS_INIT_ROWS_PER_CODE * max(self._sizes))
+        if len(x) < max(self._sizes):
+            raise InvalidInputError(f"kmeans_init needs n_samples={len(x)} >= the largest codebook, {max(self._sizes)}")
         sample = x[np.sort(rng.choice(len(x), n, replace=False))]
         net.eval()
         with torch.no_grad():
             latent = net.latent(torch.from_numpy(sample).to(device)).cpu().numpy()
-        km = RQKMeans(self.n_levels, self.num_emb_list, max_iter=self.kmeans_iters, random_state=seed)
+        km = RQKMeans(self.n_levels, self._sizes, max_iter=self.kmeans_iters, random_state=seed)
         km.fit(latent, device=str(device))
         with torch.no_grad():
             for codebook, centers in zip(net.quantizer.codebooks, km.codebooks_):
@@ -200,12 +221,13 @@ class RQVAE(BaseSemanticEncoder):
         monitor = data[torch.randperm(n, generator=gen)[:MONITOR_ROWS]].to(device)
         recon_fn = F.mse_loss if self.loss_type == "mse" else F.l1_loss
         self.history_ = {k: [] for k in ("loss", "recon_loss", "collision_rate", "lr", "utilization", "n_reset")}
+        self.best_epoch_ = None
         best, best_state = None, None
         epochs = progress(range(self.epochs), desc=f"RQ-VAE fit ({n:,} rows)", unit="epoch")
         for epoch in epochs:
             net.train()
-            usage = [torch.zeros(k, dtype=torch.long, device=device) for k in self.num_emb_list]
-            recent: list[list] = [[] for _ in self.num_emb_list]  # residual inputs of the last batches
+            usage = [torch.zeros(k, dtype=torch.long, device=device) for k in self._sizes]
+            recent: list[list] = [[] for _ in self._sizes]  # residual inputs of the last batches
             total = recon_total = 0.0
             order = torch.randperm(n, generator=gen)
             n_batches = 0
@@ -214,7 +236,7 @@ class RQVAE(BaseSemanticEncoder):
                 if self.bn and len(idx) < 2:  # BatchNorm cannot train on one row
                     continue
                 xb = data[idx].to(device)
-                out, quant_loss, codes, inputs = net(xb, self.sk_epsilons, self.sk_iters)
+                out, quant_loss, codes, inputs = net(xb, self._epsilons, self.sk_iters)
                 recon = recon_fn(out, xb)
                 loss = recon + self.quant_loss_weight * quant_loss
                 opt.zero_grad(set_to_none=True)
@@ -222,13 +244,13 @@ class RQVAE(BaseSemanticEncoder):
                 opt.step()
                 sched.step()
                 total, recon_total, n_batches = total + loss.item(), recon_total + recon.item(), n_batches + 1
-                for level, k in enumerate(self.num_emb_list):
+                for level, k in enumerate(self._sizes):
                     usage[level] += torch.bincount(codes[:, level], minlength=k)
                     recent[level] = (recent[level] + [inputs[level]])[-4:]
             n_reset = 0
             if self.reset_dead_codes and epoch < self.epochs - 1:
                 n_reset = self._reset_dead(net, opt, usage, recent, gen)
-            collision, utilization, monitor_recon = _monitor_stats(net, monitor, self.num_emb_list, recon_fn)
+            collision, utilization, monitor_recon = _monitor_stats(net, monitor, self._sizes, recon_fn)
             h = self.history_
             h["loss"].append(total / max(1, n_batches))
             h["recon_loss"].append(recon_total / max(1, n_batches))
@@ -274,19 +296,23 @@ class RQVAE(BaseSemanticEncoder):
     def _set_net(self, net) -> None:
         net = net.eval().cpu()
         self._net = net
+        self.n_features_in_ = self.in_dim
         self.residual_encoder_ = net.residual_encoder
         self._weights = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
         self._frozen = None
 
     def _check_fitted(self) -> None:
-        if self._weights is None:
+        if getattr(self, "_weights", None) is None:
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit() first")
 
     @property
     def codebooks_(self) -> list[np.ndarray]:
         """The L codebooks, float32 arrays of shape (K_l, e_dim)."""
         self._check_fitted()
-        return [self._weights[f"quantizer.codebooks.{i}"] for i in range(self.n_levels)]
+        books: list[np.ndarray] = []
+        while (name := f"quantizer.codebooks.{len(books)}") in self._weights:
+            books.append(self._weights[name])
+        return books
 
     def frozen(self) -> tuple[list, list, bool, list, list, list]:
         """Inference arrays: (encoder weights, biases, residual, codebooks, decoder weights, biases).
@@ -294,7 +320,7 @@ class RQVAE(BaseSemanticEncoder):
         BatchNorm (eval mode) is folded into the linear layers; everything is float32.
         """
         self._check_fitted()
-        if self._frozen is None:
+        if getattr(self, "_frozen", None) is None:
             enc_w, enc_b = _fold_mlp(self._weights, "encoder")
             dec_w, dec_b = _fold_mlp(self._weights, "decoder")
             self._frozen = (enc_w, enc_b, self.residual_encoder_, self.codebooks_, dec_w, dec_b)
@@ -310,12 +336,12 @@ class RQVAE(BaseSemanticEncoder):
     def module(self):
         """The torch module (built from the arrays on first use; needs torch)."""
         self._check_fitted()
-        if self._net is None:
+        if getattr(self, "_net", None) is None:
             import torch
 
             from semid_spark.algorithms._vae_nn import RQVAENet
 
-            net = RQVAENet(self.in_dim, self.num_emb_list, self.e_dim, self.layers, dropout=self.dropout_prob,
+            net = RQVAENet(self.in_dim, self._sizes, self.e_dim, self._layers, dropout=self.dropout_prob,
                            bn=self.bn, beta=self.beta, residual_encoder=self.residual_encoder_)
             net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._weights.items()})
             self._net = net.eval()
@@ -341,7 +367,7 @@ class RQVAE(BaseSemanticEncoder):
         """What the last level quantises: latent minus levels < L-1 (N, e_dim), float64."""
         enc_w, enc_b, residual, books, _, _ = self.frozen()
         z = _ops.mlp_forward(check_embeddings(X, dim=self.in_dim), enc_w, enc_b, residual=residual, dtype=np.float64)
-        for level in range(self.n_levels - 1):
+        for level in range(len(books) - 1):
             z = z - books[level][codes[:, level]]
         return z
 
@@ -355,10 +381,10 @@ class RQVAE(BaseSemanticEncoder):
     # ------------------------------------------------------------------ files
     def _params(self) -> dict:
         return {
-            "in_dim": self.in_dim, "num_emb_list": self.num_emb_list, "e_dim": self.e_dim, "layers": self.layers,
+            "in_dim": self.in_dim, "num_emb_list": self._sizes, "e_dim": self.e_dim, "layers": self._layers,
             "dropout_prob": self.dropout_prob, "bn": self.bn, "loss_type": self.loss_type,
             "quant_loss_weight": self.quant_loss_weight, "beta": self.beta, "kmeans_init": self.kmeans_init,
-            "kmeans_iters": self.kmeans_iters, "sk_epsilons": self.sk_epsilons, "sk_iters": self.sk_iters,
+            "kmeans_iters": self.kmeans_iters, "sk_epsilons": self._epsilons, "sk_iters": self.sk_iters,
         }
 
     def _metadata(self) -> dict:
@@ -393,16 +419,17 @@ class RQVAE(BaseSemanticEncoder):
             params = {k: meta[k] for k in cls(in_dim=1, num_emb_list=[2])._params()}
             model = cls(**params, device=device, random_state=meta.get("random_state"),
                         reset_dead_codes=meta.get("reset_dead_codes", True))
+            model._check_params()
             model.residual_encoder_ = bool(meta.get("residual_encoder", False))
-        except (KeyError, TypeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFormatError(f"{path!r}: metadata does not describe an RQVAE: {exc!r}") from None
         model._adopt_weights(weights, path)
         return model
 
     def _adopt_weights(self, weights: dict[str, np.ndarray], source: str) -> None:
         """Take named arrays as the fitted model after checking their shapes against the params."""
-        dims = [self.in_dim, *self.layers, self.e_dim]
-        expected = {f"quantizer.codebooks.{i}": (k, self.e_dim) for i, k in enumerate(self.num_emb_list)}
+        dims = [self.in_dim, *self._layers, self.e_dim]
+        expected = {f"quantizer.codebooks.{i}": (k, self.e_dim) for i, k in enumerate(self._sizes)}
         for prefix, ds in (("encoder", dims), ("decoder", dims[::-1])):
             for i in range(len(ds) - 1):
                 expected[f"{prefix}.layers.{i}.linear.weight"] = (ds[i + 1], ds[i])
@@ -413,6 +440,7 @@ class RQVAE(BaseSemanticEncoder):
                 raise ModelFormatError(f"{source!r}: array {name} is {found}, expected shape {shape}")
         self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
         self._net, self._frozen = None, None
+        self.n_features_in_ = self.in_dim
 
 
 @contextlib.contextmanager

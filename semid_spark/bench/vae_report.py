@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from semid_spark.algorithms import codebook_sizes
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.synthetic import generated_catalog
@@ -19,7 +20,8 @@ from semid_spark.synthetic import generated_catalog
 
 def quality(model, x: np.ndarray, codes: np.ndarray) -> dict:
     n_levels = codes.shape[1]
-    sizes = model.n_clusters if isinstance(model, RQKMeans) else model.num_emb_list
+    # ours say their fitted sizes by their codebooks; semantic-id's models by their list parameters
+    sizes = codebook_sizes(model) or list(getattr(model, "n_clusters", None) or model.num_emb_list)
     _, counts = np.unique(codes, axis=0, return_counts=True)
     return {
         "utilization": [round(len(np.unique(codes[:, lv])) / sizes[lv], 3) for lv in range(n_levels)],

@@ -98,8 +98,8 @@ def test_per_level_cluster_sizes_and_list_storage():
     model = RQKMeans(n_levels=3, n_clusters=[8, 4, 2], random_state=0).fit(make_catalog(400))
     assert model.n_clusters == [8, 4, 2]
     assert [cb.shape for cb in model.codebooks_] == [(8, 16), (4, 16), (2, 16)]
-    with pytest.raises(ConfigError, match="must match n_levels"):
-        RQKMeans(n_levels=3, n_clusters=[8, 4])
+    with pytest.raises(ConfigError, match="must match n_levels"):  # checked by fit, as scikit-learn does
+        RQKMeans(n_levels=3, n_clusters=[8, 4]).fit(make_catalog(400))
 
 
 def test_constrained_sizes_within_bounds():
@@ -180,11 +180,11 @@ def test_other_errors(X):
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         RQKMeans(n_levels=1, n_clusters=2).fit(X, device="tpu")
     with pytest.raises(ConfigError, match="unknown implementation"):
-        RQKMeans(implementation="fancy")
+        RQKMeans(implementation="fancy").fit(X)
     with pytest.raises(ConfigError, match="n_levels"):
-        RQKMeans(n_levels=0)
-    with pytest.raises(NotImplementedError, match="cosine"):
-        RQKMeans(metric="cosine")
+        RQKMeans(n_levels=0).fit(X)
+    with pytest.raises(NotImplementedError, match="Cosine metric is not yet implemented"):  # semantic-id's words
+        RQKMeans(metric="cosine").fit(X)
     assert issubclass(ShapeMismatchError, (SemanticIdError, ValueError))
 
 
@@ -210,4 +210,4 @@ def test_lloyd_on_a_capped_sample_per_cluster(X, tmp_path):
     capped.save(str(tmp_path / "m"))
     assert RQKMeans.load(str(tmp_path / "m")).max_samples_per_cluster == 30
     with pytest.raises(ConfigError, match="max_samples_per_cluster=0"):
-        RQKMeans(max_samples_per_cluster=0)
+        RQKMeans(max_samples_per_cluster=0).fit(X)
