@@ -23,7 +23,8 @@ TOKEN_LETTERS = string.ascii_lowercase
 
 
 def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -> np.ndarray:
-    """Return *x* as a C-contiguous float32 array of shape (n_items, dim), or raise.
+    """Return *x* (array-like, or a torch tensor on any device) as a C-contiguous float32 array of
+    shape (n_items, dim), or raise.
 
     Raises
     ------
@@ -33,6 +34,8 @@ def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -
         When rows hold NaN or Inf (after conversion to float32, so values beyond
         float32's range count as Inf); the message gives how many rows and the first.
     """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, on any device (torch is not imported here)
+        x = x.detach().cpu().float().numpy()
     try:
         with np.errstate(over="ignore"):
             arr = np.ascontiguousarray(x, dtype=np.float32)

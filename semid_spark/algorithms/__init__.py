@@ -11,6 +11,26 @@ from semid_spark.exceptions import ModelFormatError
 
 MODEL_TYPES = ("RQKMeans", "RQVAE")
 
+# semantic-id 0.2.5's ``semantic_id.algorithms`` names, imported when first asked for: executors
+# import this package to load models, and the torch modules among these must not come with it
+_EXPORTS = {
+    "RQKMeans": "semid_spark.algorithms.rq_kmeans",
+    "RQKMeansTorch": "semid_spark.algorithms.rq_kmeans_torch",
+    "RQVAE": "semid_spark.algorithms.rq_vae",
+    "RQVAEModule": "semid_spark.algorithms.rq_vae_module",
+    "apply_rqkmeans_plus_strategy": "semid_spark.algorithms.rq_kmeans_plus",
+    "ResidualEncoderWrapper": "semid_spark.algorithms.rq_kmeans_plus",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def encoder_class(type_name: str):
     """The encoder class saved under *type_name* (``RQKMeans`` or ``RQVAE``), imported only when asked for."""

@@ -125,3 +125,18 @@ class RQVAENet(nn.Module):
     def forward(self, x: Tensor, sk_epsilons: list[float] | None = None, sk_iters: int = 100):
         z_q, quant_loss, codes, inputs = self.quantizer(self.latent(x), sk_epsilons, sk_iters)
         return self.decoder(z_q), quant_loss, codes, inputs
+
+
+class ResidualEncoderWrapper(nn.Module):
+    """``x + mlp(x)``: semantic-id's RQ-KMeans+ encoder around any module mapping (B, d) -> (B, d).
+
+    ``RQVAENet`` keeps its residual as a flag (``residual_encoder``), so its parameter names, and
+    the model files, stay the same with or without it; this wrapper is for encoders of one's own.
+    """
+
+    def __init__(self, original_encoder: nn.Module) -> None:
+        super().__init__()
+        self.mlp = original_encoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(x)

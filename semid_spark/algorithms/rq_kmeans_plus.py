@@ -49,6 +49,29 @@ def read_codebooks(path: str) -> list[np.ndarray]:
     return books
 
 
+def apply_rqkmeans_plus_strategy(model, codebook_path: str, device: str):
+    """semantic-id's RQ-KMeans+ call: make *model* (an ``RQVAEModule``) encode like the RQ-KMeans
+    at *codebook_path* (its directory or ``codebooks.npz``), on *device*; returns *model*.
+
+    Its encoder becomes residual with a zero last layer and its codebooks take the RQ-KMeans
+    centroids (see :func:`warm_start`); ``RQVAE.fit(X, pretrained_codebook_path=...)`` does
+    the same before training.
+    """
+    if not hasattr(model, "quantizer") or not hasattr(model, "residual_encoder"):
+        raise ConfigError(f"apply_rqkmeans_plus_strategy needs an RQVAEModule (e.g. RQVAE(...).module); "
+                          f"got {type(model).__name__}")
+    warm_start(model, codebook_path)
+    return model.to(device)
+
+
+def __getattr__(name: str):
+    if name == "ResidualEncoderWrapper":  # a torch module: torch is imported only when it is asked for
+        from semid_spark.algorithms._vae_nn import ResidualEncoderWrapper
+
+        return ResidualEncoderWrapper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def warm_start(net, codebook_path: str) -> None:
     """Make *net* (an ``RQVAENet``) encode like the RQ-KMeans at *codebook_path*."""
     import torch

@@ -294,12 +294,10 @@ class RQVAE(BaseSemanticEncoder):
 
     # ------------------------------------------------------------------ the fitted arrays
     def _set_net(self, net) -> None:
-        net = net.eval().cpu()
-        self._net = net
         self.n_features_in_ = self.in_dim
         self.residual_encoder_ = net.residual_encoder
         self._weights = {k: v.detach().cpu().numpy().copy() for k, v in net.state_dict().items()}
-        self._frozen = None
+        self._module, self._frozen = None, None
 
     def _check_fitted(self) -> None:
         if getattr(self, "_weights", None) is None:
@@ -334,18 +332,34 @@ class RQVAE(BaseSemanticEncoder):
 
     @property
     def module(self):
-        """The torch module (built from the arrays on first use; needs torch)."""
+        """The fitted network as an :class:`~semid_spark.algorithms.rq_vae_module.RQVAEModule` (built from
+        the arrays on first use, in eval mode; needs torch)."""
         self._check_fitted()
-        if getattr(self, "_net", None) is None:
+        if getattr(self, "_module", None) is None:
             import torch
 
-            from semid_spark.algorithms._vae_nn import RQVAENet
+            from semid_spark.algorithms.rq_vae_module import RQVAEModule
 
-            net = RQVAENet(self.in_dim, self._sizes, self.e_dim, self._layers, dropout=self.dropout_prob,
-                           bn=self.bn, beta=self.beta, residual_encoder=self.residual_encoder_)
-            net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._weights.items()})
-            self._net = net.eval()
-        return self._net
+            module = RQVAEModule(self.in_dim, self._sizes, self.e_dim, self._layers, self.dropout_prob, self.bn,
+                                 self.loss_type, self.quant_loss_weight, self.beta, self.kmeans_init,
+                                 self.kmeans_iters, self._epsilons, self.sk_iters,
+                                 residual_encoder=self.residual_encoder_)
+            module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self._weights.items()})
+            self._module = module.eval()
+        return self._module
+
+    @classmethod
+    def from_module(cls, module, **params) -> "RQVAE":
+        """A fitted RQVAE holding *module*'s weights (an ``RQVAEModule``, e.g. trained in a loop of
+        one's own); *params*: the estimator's other arguments (``device``, ``random_state``, ...)."""
+        names = ("in_dim", "num_emb_list", "e_dim", "layers", "dropout_prob", "bn", "loss_type",
+                 "quant_loss_weight", "beta", "kmeans_init", "kmeans_iters", "sk_epsilons", "sk_iters")
+        model = cls(**{name: getattr(module, name) for name in names}, **params)
+        model._check_params()
+        model.residual_encoder_ = bool(module.residual_encoder)
+        model._adopt_weights({k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()},
+                             type(module).__name__)
+        return model
 
     # ------------------------------------------------------------------ using a model
     def encode(self, X: ArrayLike, *, device: str | None = None, batch_size: int | None = None) -> np.ndarray:
@@ -439,7 +453,7 @@ class RQVAE(BaseSemanticEncoder):
                 found = weights[name].shape if name in weights else "missing"
                 raise ModelFormatError(f"{source!r}: array {name} is {found}, expected shape {shape}")
         self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
-        self._net, self._frozen = None, None
+        self._module, self._frozen = None, None
         self.n_features_in_ = self.in_dim
 
 

@@ -207,9 +207,10 @@ class SinkhornResolver(BaseResolver):
     rest fall back to suffixes (``fallback_suffix=True``, a fresh in-memory counter as in
     semantic-id 0.2.5) or stay duplicated.
 
-    Needs ``embeddings`` and ``encoder`` (an RQVAE or RQKMeans) in ``assign``; the
-    ``SemanticIdEngine`` passes both. Not persistent: use ``UniqueIdResolver`` with a store
-    for IDs that must stay unique across calls.
+    Needs ``embeddings`` and the model in ``assign``: ``encoder=`` (a fitted RQVAE or RQKMeans;
+    the ``SemanticIdEngine`` passes both) or semantic-id's ``model=`` (the same, or an
+    ``RQVAEModule``). Not persistent: use ``UniqueIdResolver`` with a store for IDs that must
+    stay unique across calls.
     """
 
     def __init__(self, max_iterations: int = 20, sk_epsilon: float | None = None, fallback_suffix: bool = True, *,
@@ -223,21 +224,26 @@ class SinkhornResolver(BaseResolver):
         self.counter_size = counter_size
 
     def assign(self, semantic_ids: Sequence[str], *, embeddings: ArrayLike | None = None, encoder: Any = None,
-               codes: np.ndarray | None = None, sep: str = "-", fmt: Literal["plain", "token"] = "plain",
-               formatter: Any = None, item_ids: Sequence[Hashable] | None = None, **context: Any) -> list[str]:
+               model: Any = None, device: str | None = None, codes: np.ndarray | None = None, sep: str = "-",
+               fmt: Literal["plain", "token"] = "plain", formatter: Any = None,
+               item_ids: Sequence[Hashable] | None = None, **context: Any) -> list[str]:
         """Re-assign the last level of colliding items; the rest get the fallback's counters.
 
+        *embeddings*: (N, D), an array or a torch tensor. *encoder* or *model*: the fitted model
+        (*model* as semantic-id names it; an ``RQVAEModule`` is taken too). *device*: where the
+        items are encoded when *codes* are not given (the model's own device by default).
         Takes the keywords the ``SemanticIdEngine`` passes (``keys`` and ``model_sha256`` are
         accepted and unused: this resolver keeps no state); any other keyword is an error.
         """
         if unknown := sorted(set(context) - {"keys", "model_sha256"}):
             raise TypeError(f"SinkhornResolver.assign got unexpected keyword argument(s) {unknown}")
-        if embeddings is None or encoder is None or not hasattr(encoder, "latent_residuals"):
+        encoder = _fitted_encoder(encoder if encoder is not None else model)
+        if embeddings is None or encoder is None:
             raise ConfigError(
-                "SinkhornResolver.assign needs embeddings= and encoder= (a fitted RQVAE or RQKMeans, whose "
-                "last level it re-assigns); use it as the unique_resolver of a SemanticIdEngine, which passes them"
+                "SinkhornResolver.assign() requires 'embeddings' and 'model' (or encoder=): a fitted RQVAE, "
+                "RQVAEModule or RQKMeans, whose last level it re-assigns; a SemanticIdEngine passes both"
             )
-        codes = encoder.encode(embeddings) if codes is None else np.asarray(codes)
+        codes = encoder.encode(embeddings, device=device) if codes is None else np.asarray(codes)
         if len(codes) != len(semantic_ids):
             raise InvalidInputError(f"{len(semantic_ids)} semantic_ids for {len(codes)} embeddings; expected one each")
         codes = self.resolve_codes(codes, encoder.latent_residuals(embeddings, codes), encoder.codebooks_)
@@ -359,3 +365,15 @@ def _sinkhorn_log_plan(cost: np.ndarray, epsilon: float, n_iters: int = 200) -> 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
     top = a.max(axis=axis, keepdims=True)
     return (top + np.log(np.exp(a - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _fitted_encoder(model: Any):
+    """*model* as an encoder with ``latent_residuals`` (an RQVAE or RQKMeans as it is; an
+    ``RQVAEModule``, a torch module, as the RQVAE holding its weights); None when it is not one."""
+    if model is None or hasattr(model, "latent_residuals"):
+        return model
+    if hasattr(model, "quantizer") and hasattr(model, "state_dict"):
+        from semid_spark.algorithms.rq_vae import RQVAE
+
+        return RQVAE.from_module(model)
+    return None

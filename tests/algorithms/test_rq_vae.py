@@ -48,7 +48,7 @@ def test_numpy_and_torch_encode_agree_on_random_rows(vae):
 def test_batchnorm_is_folded_exactly_enough(X):
     model = RQVAE(**SMALL, bn=True, dropout_prob=0.1, epochs=5, lr=1e-3, batch_size=256, random_state=0).fit(X)
     with torch.no_grad():
-        _, _, module_codes, _ = model.module(torch.from_numpy(X))
+        _, _, module_codes = model.module(torch.from_numpy(X), use_sk=False)
     assert (module_codes.numpy() == model.encode(X)).all(axis=1).mean() > 0.99
     out = model.module.decoder(torch.from_numpy(model.decode(model.encode(X[:5])) * 0))  # decoder runs
     assert out.shape == (5, 16)
@@ -179,8 +179,10 @@ def test_sinkhorn_resolution_leaves_no_collisions(mixture, mixture_vae):
 
 
 def test_sinkhorn_resolver_says_what_it_needs():
-    with pytest.raises(ConfigError, match="needs embeddings= and encoder="):
+    with pytest.raises(ConfigError, match="requires 'embeddings' and 'model'"):  # semantic-id's words
         SinkhornResolver().assign(["1-2", "1-2"])
+    with pytest.raises(ValueError, match="requires 'embeddings' and 'model'"):  # a ValueError, as there
+        SinkhornResolver().assign(["1-2", "1-2"], embeddings=np.zeros((2, 16)), model=object())
 
 
 def test_sinkhorn_works_with_rq_kmeans_too(X):
