@@ -1,10 +1,12 @@
 """Spark ML: ``SemanticIdEstimator`` / ``SemanticIdModel`` for ``pyspark.ml.Pipeline``.
 
-``fit`` validates the input, samples to the driver and fits RQ-KMeans or RQ-VAE there (as
-the job does); ``transform`` encodes on executors and ranks items sharing codes by key, so
-the output column holds IDs unique within the transformed DataFrame, identical on any
-partitioning. (IDs that must stay fixed as a catalog grows come from the Delta job, which
-continues counters after those already written.)
+pyspark.ml's conventions: ``@keyword_only`` constructors and ``setParams``, a getter and a
+setter per Param. ``fit`` validates the input, samples to the driver and fits RQ-KMeans or
+RQ-VAE there (as the job does); ``transform`` only plans (no Spark job until an action): it
+encodes on executors and ranks items sharing codes in ``rankBuckets`` buckets of their key's
+hash, then by key, so the output column holds IDs unique within the transformed DataFrame,
+identical on any partitioning. (IDs that must stay fixed as a catalog grows come from the Delta
+job, which continues counters after those already written.)
 
 Saved with Spark ML's own writer: params as Spark's metadata JSON, the model as data — its
 arrays and manifest (the bytes of ``to_bytes``, no pickle) in a one-row Parquet file under
@@ -13,21 +15,26 @@ arrays and manifest (the bytes of ``to_bytes``, no pickle) in a one-row Parquet 
 
 from __future__ import annotations
 
+import logging
 import os
 
+from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol, HasSeed
 from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWritable, DefaultParamsWriter,
                              MLReadable, MLReader, MLWritable, MLWriter)
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.exceptions import ModelFormatError, NotFittedError
-from semid_spark.spark.columns import CODES
+from semid_spark.spark.columns import CODES, PROBLEM
+
+log = logging.getLogger(__name__)
 
 _DATA = "data"
+RANK_BUCKETS = 16  # per code, for transform's lazy ranking (a code of 16M rows: 1M a task)
 
 
 class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
@@ -40,23 +47,75 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     sampleSize = Param(Params._dummy(), "sampleSize", "at most this many rows go to the driver for fitting",
                        TypeConverters.toInt)
     sep = Param(Params._dummy(), "sep", "separator of the ID's parts", TypeConverters.toString)
-    hotCodeRows = Param(Params._dummy(), "hotCodeRows", "a code with more rows is ranked in several tasks",
-                        TypeConverters.toInt)
+    rankBuckets = Param(Params._dummy(), "rankBuckets", "buckets each code's rows are ranked in, by key hash, so "
+                        "that no code lands in one task", TypeConverters.toInt)
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
+        # the job's defaults (conf/*.yaml, ModelConfig): 3 levels of 256 codes, seed 0, RQ-KMeans
         self._setDefault(inputCol="embedding", outputCol="semantic_id", keyCol="item_id", codesCol="codes",
                          algorithm="rq_kmeans", nLevels=3, nClusters=256, sampleSize=200_000, seed=0, sep="-",
-                         hotCodeRows=1_000_000)
+                         rankBuckets=RANK_BUCKETS)
 
-    def _params_from(self, kwargs: dict) -> None:
-        unknown = sorted(set(kwargs) - {p.name for p in self.params})
-        if unknown:
-            raise TypeError(f"unknown params {unknown}; valid: {sorted(p.name for p in self.params)}")
-        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+    def getKeyCol(self) -> str:
+        return self.getOrDefault(self.keyCol)
+
+    def getCodesCol(self) -> str:
+        return self.getOrDefault(self.codesCol)
+
+    def getAlgorithm(self) -> str:
+        return self.getOrDefault(self.algorithm)
+
+    def getNLevels(self) -> int:
+        return self.getOrDefault(self.nLevels)
+
+    def getNClusters(self) -> int:
+        return self.getOrDefault(self.nClusters)
+
+    def getSampleSize(self) -> int:
+        return self.getOrDefault(self.sampleSize)
+
+    def getSep(self) -> str:
+        return self.getOrDefault(self.sep)
+
+    def getRankBuckets(self) -> int:
+        return self.getOrDefault(self.rankBuckets)
+
+    def setInputCol(self, value: str):
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str):
+        return self._set(outputCol=value)
+
+    def setSeed(self, value: int):
+        return self._set(seed=value)
+
+    def setKeyCol(self, value: str):
+        return self._set(keyCol=value)
+
+    def setCodesCol(self, value: str):
+        return self._set(codesCol=value)
+
+    def setAlgorithm(self, value: str):
+        return self._set(algorithm=value)
+
+    def setNLevels(self, value: int):
+        return self._set(nLevels=value)
+
+    def setNClusters(self, value: int):
+        return self._set(nClusters=value)
+
+    def setSampleSize(self, value: int):
+        return self._set(sampleSize=value)
+
+    def setSep(self, value: str):
+        return self._set(sep=value)
+
+    def setRankBuckets(self, value: int):
+        return self._set(rankBuckets=value)
 
     def _columns(self) -> tuple[str, str]:
-        return self.getOrDefault(self.keyCol), self.getOrDefault(self.inputCol)
+        return self.getKeyCol(), self.getInputCol()
 
 
 class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -65,13 +124,24 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     >>> SemanticIdEstimator(inputCol="embedding", keyCol="item_id", nLevels=3, nClusters=256)  # doctest: +SKIP
     """
 
-    def __init__(self, **kwargs) -> None:
+    @keyword_only
+    def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
+                 codesCol: str = "codes", algorithm: str = "rq_kmeans", nLevels: int = 3, nClusters: int = 256,
+                 sampleSize: int = 200_000, seed: int = 0, sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
         super().__init__()
-        self._params_from(kwargs)
+        self._set(**self._input_kwargs)
 
-    def setParams(self, **kwargs) -> "SemanticIdEstimator":
-        self._params_from(kwargs)
-        return self
+    @keyword_only
+    def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
+                  codesCol: str = "codes", algorithm: str = "rq_kmeans", nLevels: int = 3, nClusters: int = 256,
+                  sampleSize: int = 200_000, seed: int = 0, sep: str = "-",
+                  rankBuckets: int = RANK_BUCKETS) -> "SemanticIdEstimator":
+        """Set the params named (the others keep their values)."""
+        return self._set(**self._input_kwargs)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _EstimatorReader(cls)
 
     def _fit(self, dataset: DataFrame) -> "SemanticIdModel":
         from semid_spark.config import ModelConfig
@@ -81,9 +151,8 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
 
         key, emb = self._columns()
         df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
-        cfg = ModelConfig(kind=self.getOrDefault(self.algorithm), n_levels=self.getOrDefault(self.nLevels),
-                          n_clusters=self.getOrDefault(self.nClusters), sample_size=self.getOrDefault(self.sampleSize),
-                          seed=self.getOrDefault(self.seed))
+        cfg = ModelConfig(kind=self.getAlgorithm(), n_levels=self.getNLevels(), n_clusters=self.getNClusters(),
+                          sample_size=self.getSampleSize(), seed=self.getSeed())
         x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
                               sample_size=cfg.sample_size, seed=cfg.seed)
         encoder = new_encoder(cfg, info.dim).fit(x, device=fit_device(cfg))
@@ -93,11 +162,25 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
 
 
 class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
-    """Encodes ``inputCol`` into ``codesCol`` and writes IDs unique within the DataFrame to ``outputCol``."""
+    """Encodes ``inputCol`` into ``codesCol`` and writes IDs unique within the DataFrame to ``outputCol``.
 
-    def __init__(self) -> None:
+    ``transform`` only plans: no Spark job runs until an action. Bad rows (a null key, an embedding
+    that is null, of another length than the model's or holding NaN/inf) and duplicate keys fail
+    that action, with an error naming the key and the problem.
+    """
+
+    @keyword_only
+    def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
+                 codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
         super().__init__()
+        self._set(**self._input_kwargs)
         self._encoder = None
+
+    @keyword_only
+    def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
+                  codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> "SemanticIdModel":
+        """Set the params named (the others keep their values)."""
+        return self._set(**self._input_kwargs)
 
     def _set_encoder(self, encoder) -> None:
         self._encoder = encoder
@@ -113,25 +196,29 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from semid_spark.spark.encode import FrozenModel, encode_embeddings
-        from semid_spark.spark.validate import check_input, normalize_columns
         from semid_spark.spark.ranking import assign_counters, with_code_key, with_semantic_id
+        from semid_spark.spark.validate import normalize_columns
 
         if self._encoder is None:
             raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
         key, emb = self._columns()
-        codes_col, out_col, sep = (self.getOrDefault(p) for p in (self.codesCol, self.outputCol, self.sep))
-        df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
-        dim = input_dim(self._encoder)
-        if info.dim != dim:
-            from semid_spark.spark.pipeline import raise_mismatch
-
-            raise_mismatch(info.dim, dim, emb)
-        spark = dataset.sparkSession
-        encoded = encode_embeddings(df, FrozenModel(spark, self._encoder), key_col=key, embedding_col=emb, dim=dim)
-        sizes = codebook_sizes(self._encoder)
-        ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key,
-                                 hot_code_rows=self.getOrDefault(self.hotCodeRows))
+        codes_col, out_col, sep = self.getCodesCol(), self.getOutputCol(), self.getSep()
+        dim, sizes = input_dim(self._encoder), codebook_sizes(self._encoder)
+        df = normalize_columns(dataset, key, emb)  # the schema only
+        encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,
+                                    embedding_col=emb, dim=dim, flag_problems=True)
+        encoded = encoded.withColumn(CODES, F.when(_row_problem(key, dim).isNotNull(), F.raise_error(
+            F.concat(F.lit(f"SemanticIdModel.transform: the row whose {key!r} is "),
+                     F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), _row_problem(key, dim)))
+        ).otherwise(F.col(CODES))).drop(PROBLEM)
+        ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0,
+                                 salts=self.getRankBuckets())
         ids = ranked.transform(with_semantic_id, sep, len(sizes), out_col).select(key, F.col(CODES).alias(codes_col), out_col)
+        # a key twice would give its rows two IDs each after the join: fail instead (partitioned by key, as the join is)
+        n_rows = F.count(F.lit(1)).over(Window.partitionBy(key))
+        ids = ids.withColumn(out_col, F.when(n_rows > 1, F.raise_error(
+            F.concat(F.lit(f"SemanticIdModel.transform: {key!r} "), F.col(key).cast("string"),
+                     F.lit(" is on more than one row; keys must be unique")))).otherwise(F.col(out_col)))
         kept = [c for c in dataset.columns if c not in (codes_col, out_col)]
         return dataset.select(*kept).join(ids, key)
 
@@ -141,6 +228,17 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     @classmethod
     def read(cls) -> MLReader:
         return _ModelReader()
+
+
+def _row_problem(key: str, dim: int) -> Column:
+    """Why a row of encode's output (with ``PROBLEM``) cannot have an ID, as text; null when it can."""
+    from semid_spark.spark.validate import NON_FINITE, NULL_EMBEDDING, WRONG_LENGTH
+
+    problem = F.col(PROBLEM)
+    return (F.when(F.col(key).isNull(), F.lit("a null key"))
+            .when(problem == NULL_EMBEDDING, F.lit("a null embedding"))
+            .when(problem == WRONG_LENGTH, F.lit(f"an embedding whose length is not the model's {dim}"))
+            .when(problem == NON_FINITE, F.lit("an embedding holding NaN, inf or null values")))
 
 
 class _ModelWriter(MLWriter):
@@ -170,6 +268,27 @@ class _ModelReader(MLReader):
                                    f"{str(metadata.get('modelSha256'))[:12]}…")
         model = SemanticIdModel()
         model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
+        DefaultParamsReader.getAndSetParams(model, _known_params_only(model, metadata))
         model._set_encoder(encoder)
         return model
+
+
+class _EstimatorReader(DefaultParamsReader):
+    def load(self, path: str) -> SemanticIdEstimator:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        estimator = SemanticIdEstimator()
+        estimator._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(estimator, _known_params_only(estimator, metadata))
+        return estimator
+
+
+def _known_params_only(instance: Params, metadata: dict) -> dict:
+    """*metadata* without the params *instance* no longer has (``hotCodeRows``, before ``transform``
+    became lazy), so that files saved by earlier versions still load."""
+    names = {p.name for p in instance.params}
+    for section in ("paramMap", "defaultParamMap"):
+        values = metadata.get(section, {})
+        if dropped := sorted(set(values) - names):
+            log.info("%s: ignoring params %s saved by an earlier version", type(instance).__name__, dropped)
+        metadata[section] = {k: v for k, v in values.items() if k in names}
+    return metadata

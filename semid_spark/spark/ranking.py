@@ -24,6 +24,7 @@ from typing import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from semid_spark.spark.columns import CODES, COUNTER, SEMANTIC_ID
 
@@ -86,27 +87,31 @@ def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:
 
 
 def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int,
-                    hot: list | None = None) -> DataFrame:
+                    hot: list | None = None, salts: int = 0) -> DataFrame:
     """new_items (key, ..., code key) + next_counters (code key, next) -> new_items + counter (int).
 
     *next_counters* holds, per code already in the table, the first free counter; codes not
     in it start at 0. *hot*: the codes over *hot_code_rows*, when ``code_stats`` already found them.
+
+    *salts* > 0 plans the ranking without running a job (``SemanticIdModel.transform`` stays lazy):
+    every code's rows are spread over *salts* buckets by a hash of their key, so no code lands in
+    one task whatever its size, and counters follow (bucket, key) instead of the key alone, which
+    is as deterministic. The rows are shuffled once: the ranking and the bucket sizes read the same
+    exchange.
     """
-    if hot is None:
-        hot = code_stats(new_items, hot_code_rows).hot
-    bucket = _bucket_expr(new_items, hot, key_col=key_col, hot_code_rows=hot_code_rows)
-    items = new_items.withColumn(_BUCKET, bucket)
-    ranked = items.withColumn(
-        _RN, F.row_number().over(Window.partitionBy(CODE_KEY, _BUCKET).orderBy(key_col)) - 1
-    )
-    if hot:
-        sizes = items.groupBy(CODE_KEY, _BUCKET).count()
-        before = sizes.withColumn(
-            _BEFORE,
-            F.coalesce(F.sum("count").over(Window.partitionBy(CODE_KEY).orderBy(_BUCKET)
-                                           .rowsBetween(Window.unboundedPreceding, -1)), F.lit(0)),
-        ).drop("count")
-        ranked = ranked.join(F.broadcast(before), [CODE_KEY, _BUCKET]).withColumn(_RN, F.col(_RN) + F.col(_BEFORE))
+    if salts:
+        ranked = _ranked_in_salted_buckets(new_items, key_col, salts)
+    else:
+        if hot is None:
+            hot = code_stats(new_items, hot_code_rows).hot
+        items = new_items.withColumn(_BUCKET, _bucket_expr(new_items, hot, key_col=key_col, hot_code_rows=hot_code_rows))
+        ranked = items.withColumn(
+            _RN, F.row_number().over(Window.partitionBy(CODE_KEY, _BUCKET).orderBy(key_col)) - 1
+        )
+        if hot:
+            sizes = items.groupBy(CODE_KEY, _BUCKET).count()
+            ranked = ranked.join(F.broadcast(_rows_before(sizes)), [CODE_KEY, _BUCKET]).withColumn(
+                _RN, F.col(_RN) + F.col(_BEFORE))
     if next_counters is not None:
         ranked = ranked.join(next_counters, CODE_KEY, "left")
         start = F.coalesce(F.col("next"), F.lit(0))
@@ -114,6 +119,31 @@ def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, ke
         start = F.lit(0)
     return (ranked.withColumn(COUNTER, (start + F.col(_RN)).cast("int"))
                   .drop(_BUCKET, _RN, _BEFORE, "next"))
+
+
+def _rows_before(sizes: DataFrame) -> DataFrame:
+    """(code key, bucket, count) -> (code key, bucket, rows of the code in the buckets before this one)."""
+    earlier = Window.partitionBy(CODE_KEY).orderBy(_BUCKET).rowsBetween(Window.unboundedPreceding, -1)
+    return sizes.withColumn(_BEFORE, F.coalesce(F.sum("count").over(earlier), F.lit(0))).drop("count")
+
+
+def _ranked_in_salted_buckets(new_items: DataFrame, key_col: str, salts: int) -> DataFrame:
+    """Rank within (code, key-hash bucket), then add the rows of the code's earlier buckets, in a plan
+    whose rows cross one exchange: the bucket sizes are counted from the same ranked rows.
+
+    Spark reuses an exchange only where both reads of it are the same plan, so the join keys are
+    non-nullable (a nullable one gets an ``is not null`` filter pushed into one read) and the rank
+    orders by key, then codes (unique keys make the codes a no-op tie-break, but they keep the codes
+    column in both reads, which would otherwise differ by it)."""
+    key_type = new_items.schema[CODE_KEY].dataType
+    never = F.lit(-1).cast(key_type) if isinstance(key_type, T.LongType) else F.array().cast(key_type)
+    items = (new_items.withColumn(CODE_KEY, F.coalesce(F.col(CODE_KEY), never))
+             .withColumn(_BUCKET, F.coalesce(F.pmod(F.xxhash64(F.col(key_col)), F.lit(salts)), F.lit(0).cast("long")))
+             .repartition(CODE_KEY, _BUCKET))
+    ranked = items.withColumn(
+        _RN, F.row_number().over(Window.partitionBy(CODE_KEY, _BUCKET).orderBy(key_col, CODES)) - 1)
+    sizes = ranked.groupBy(CODE_KEY, _BUCKET).agg((F.max(_RN) + 1).alias("count"))
+    return ranked.join(_rows_before(sizes), [CODE_KEY, _BUCKET]).withColumn(_RN, F.col(_RN) + F.col(_BEFORE))
 
 
 def _bucket_expr(items: DataFrame, hot: list, *, key_col: str, hot_code_rows: int) -> Column:
