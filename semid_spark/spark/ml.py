@@ -28,12 +28,14 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from semid_spark.algorithms import codebook_sizes, input_dim
+from semid_spark.config import ModelConfig
 from semid_spark.exceptions import ModelFormatError, NotFittedError
 from semid_spark.spark.columns import CODES, PROBLEM
 
 log = logging.getLogger(__name__)
 
 _DATA = "data"
+_JOB = ModelConfig()  # the estimator's defaults are the job's
 RANK_BUCKETS = 16  # per code, for transform's lazy ranking (a code of 16M rows: 1M a task)
 
 
@@ -52,10 +54,10 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        # the job's defaults (conf/*.yaml, ModelConfig): 3 levels of 256 codes, seed 0, RQ-KMeans
+        # the job's defaults (ModelConfig): 3 levels of 256 codes, a 200k sample, seed 0, RQ-KMeans
         self._setDefault(inputCol="embedding", outputCol="semantic_id", keyCol="item_id", codesCol="codes",
-                         algorithm="rq_kmeans", nLevels=3, nClusters=256, sampleSize=200_000, seed=0, sep="-",
-                         rankBuckets=RANK_BUCKETS)
+                         algorithm=_JOB.kind, nLevels=_JOB.n_levels, nClusters=_JOB.n_clusters,
+                         sampleSize=_JOB.sample_size, seed=_JOB.seed, sep="-", rankBuckets=RANK_BUCKETS)
 
     def getKeyCol(self) -> str:
         return self.getOrDefault(self.keyCol)
@@ -126,16 +128,17 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
 
     @keyword_only
     def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
-                 codesCol: str = "codes", algorithm: str = "rq_kmeans", nLevels: int = 3, nClusters: int = 256,
-                 sampleSize: int = 200_000, seed: int = 0, sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
+                 codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
+                 nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
+                 sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
-                  codesCol: str = "codes", algorithm: str = "rq_kmeans", nLevels: int = 3, nClusters: int = 256,
-                  sampleSize: int = 200_000, seed: int = 0, sep: str = "-",
-                  rankBuckets: int = RANK_BUCKETS) -> "SemanticIdEstimator":
+                  codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
+                  nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
+                  sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> "SemanticIdEstimator":
         """Set the params named (the others keep their values)."""
         return self._set(**self._input_kwargs)
 

@@ -24,7 +24,7 @@ from semid_spark import storage
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.algorithms import io as model_io
 from semid_spark.algorithms import load_encoder as _load_saved
-from semid_spark.config import JobConfig, ModelConfig
+from semid_spark.config import RQ_VAE_JOB_PARAMS, JobConfig, ModelConfig
 from semid_spark.delta.table import (
     TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
 )
@@ -159,7 +159,7 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
         return RQKMeans(model_cfg.n_levels, model_cfg.n_clusters, random_state=model_cfg.seed, **model_cfg.params)
     from semid_spark.algorithms.rq_vae import RQVAE
 
-    params = {"e_dim": 32, "layers": [512, 256, 128], "kmeans_init": True, "lr": 1e-3, **model_cfg.params}
+    params = {**RQ_VAE_JOB_PARAMS, **model_cfg.params}
     return RQVAE(in_dim=dim, num_emb_list=[model_cfg.n_clusters] * model_cfg.n_levels,
                  random_state=model_cfg.seed, **params)
 

@@ -83,3 +83,52 @@ def test_fitted_attributes_exist_after_load_and_not_before(fitted, tmp_path):
         RQKMeans().codebooks_  # noqa: B018
     with pytest.raises(NotFittedError):  # an AttributeError too, so hasattr() says False
         RQVAE().codebooks_  # noqa: B018
+
+
+def test_parameters_are_kept_as_given_and_the_fitted_sizes_are_the_codebooks(X):
+    model = RQKMeans(n_levels=3, n_clusters=8)
+    assert model.n_clusters == 8  # semantic-id stores [8, 8, 8]; scikit-learn's clone needs it unchanged
+    assert [len(c) for c in model.fit(X).codebooks_] == [8, 8, 8]
+    vae = RQVAE(in_dim=16)
+    assert vae.num_emb_list is None and vae.layers is None and vae.n_levels == 4  # semantic-id's defaults apply
+
+
+def test_n_init_none_is_one_k_means_plus_plus_start_per_level(X):
+    default = RQKMeans(n_levels=2, n_clusters=8, random_state=3).fit(X)
+    assert default.n_init is None
+    assert default.sha256 == RQKMeans(n_levels=2, n_clusters=8, random_state=3, n_init=1).fit(X).sha256
+    three = RQKMeans(n_levels=2, n_clusters=8, random_state=3, n_init=3).fit(X)  # its first start is the default's
+    assert three.level_stats_[0].inertia <= default.level_stats_[0].inertia
+
+
+def test_balanced_fit_needs_no_k_means_constrained():
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+x = np.random.default_rng(0).standard_normal((400, 8)).astype("float32")
+model = RQKMeans(n_levels=2, n_clusters=4, implementation="constrained", random_state=0).fit(x)
+assert len(model.codebooks_) == 2
+assert "k_means_constrained" not in sys.modules
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_job_and_the_estimator_share_defaults_that_differ_from_the_classes_on_purpose():
+    pytest.importorskip("pyspark")
+    from semid_spark.config import RQ_VAE_JOB_PARAMS, ModelConfig
+    from semid_spark.spark.ml import SemanticIdEstimator
+    from semid_spark.spark.pipeline import new_encoder
+
+    job = ModelConfig()
+    estimator = SemanticIdEstimator()
+    assert (estimator.getNLevels(), estimator.getNClusters(), estimator.getSampleSize(), estimator.getSeed()) == (
+        job.n_levels, job.n_clusters, job.sample_size, job.seed) == (3, 256, 200_000, 0)
+    assert RQKMeans().n_levels == 4 and RQVAE().n_levels == 4  # semantic-id's, for a drop-in switch
+    vae = new_encoder(ModelConfig(kind="rq_vae"), 16).get_params()
+    assert {k: vae[k] for k in RQ_VAE_JOB_PARAMS} == RQ_VAE_JOB_PARAMS == {"e_dim": 32, "kmeans_init": True, "lr": 1e-3}
+    assert (RQVAE().e_dim, RQVAE().kmeans_init, RQVAE().lr) == (64, False, 1e-4)
+    assert vae["layers"] is None  # RQVAE's own hidden layers

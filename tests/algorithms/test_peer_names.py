@@ -34,6 +34,8 @@ def test_rq_kmeans_torch_takes_the_peers_constructor_and_tensors(X):
     same = RQKMeans(n_levels=3, n_clusters=10, random_state=42).fit(X)
     assert codes.dtype == np.int32 and np.array_equal(codes, same.encode(X))
     assert model.get_params()["device"] == "cpu" and model.n_features_in_ == X.shape[1]
+    # it is an RQKMeans: numpy codebooks (semantic-id's are tensors on the device), save/load, decode
+    assert isinstance(model, RQKMeans) and isinstance(model.codebooks_[0], np.ndarray)
     with pytest.raises(TypeError):
         RQKMeansTorch(3, 10)  # as there, the arguments are required
 
@@ -47,6 +49,7 @@ def test_rq_vae_module_is_the_network_a_user_calls(X):
     total, recon = module.compute_loss(out, quant_loss, x)
     assert torch.isclose(total, recon + quant_loss) and torch.isclose(recon, ((out - x) ** 2).mean())
     total.backward()  # it trains
+    assert {"encoder.layers.0.linear.weight", "quantizer.codebooks.0"} <= set(module.state_dict())  # our names
     assert module.encoder.layers[0].linear.weight.grad is not None
     # a fitted RQVAE's module gives the estimator's codes; its weights make an RQVAE again
     vae = RQVAE(**SMALL, epochs=2, batch_size=256, random_state=0).fit(X)
@@ -61,6 +64,9 @@ def test_apply_rqkmeans_plus_strategy_makes_the_module_encode_like_its_rq_kmeans
     km.save(str(tmp_path / "km"))
     module = apply_rqkmeans_plus_strategy(RQVAEModule(**SMALL), str(tmp_path / "km" / "codebooks.npz"), "cpu")
     assert np.array_equal(module.get_indices(torch.from_numpy(X)).numpy(), km.encode(X))
+    assert module.residual_encoder and not isinstance(module.encoder, ResidualEncoderWrapper)  # a flag, not a wrapper
+    with pytest.raises(ConfigError, match="num_emb_list and e_dim must match"):  # semantic-id logs and goes on
+        apply_rqkmeans_plus_strategy(RQVAEModule(**{**SMALL, "num_emb_list": [8, 8, 8]}), str(tmp_path / "km"), "cpu")
     with pytest.raises(ConfigError, match="needs an RQVAEModule"):
         apply_rqkmeans_plus_strategy(torch.nn.Linear(16, 16), str(tmp_path / "km"), "cpu")
 
