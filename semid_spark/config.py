@@ -96,6 +96,24 @@ class UniquenessConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """Gates a run checks before it writes (None: off). Both figures are over the run's new items."""
+
+    max_counter_share: float | None = None  # most of them whose ID may need a counter (a shared code)
+    min_utilisation: float | None = None  # least share of its codes every level must use
+
+    def __post_init__(self) -> None:
+        for name in ("max_counter_share", "min_utilisation"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"quality.{name}={value}; expected a share between 0 and 1, or null (off)")
+
+    @property
+    def active(self) -> bool:
+        return self.max_counter_share is not None or self.min_utilisation is not None
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     path: str | None = None  # a Delta directory (default artifacts/semantic_ids) ...
     table: str | None = None  # ... or a table name
@@ -119,6 +137,7 @@ class JobConfig:
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     uniqueness: UniquenessConfig = field(default_factory=UniquenessConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     @classmethod
     def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> "JobConfig":

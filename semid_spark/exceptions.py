@@ -56,3 +56,7 @@ class StoreError(SemanticIdError):
 
 class ConcurrentRunError(SemanticIdError, RuntimeError):
     """Raised when other runs kept committing to the output table while this one merged, past ``output.max_retries``."""
+
+
+class QualityGateError(SemanticIdError):
+    """Raised before anything is written when a run's IDs fall short of a ``quality`` threshold."""

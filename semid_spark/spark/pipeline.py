@@ -28,7 +28,7 @@ from semid_spark.config import RQ_VAE_JOB_PARAMS, JobConfig, ModelConfig
 from semid_spark.delta.table import (
     TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
 )
-from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError
+from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError, QualityGateError
 from semid_spark.spark.changes import InputRead, current_version, input_ref, read_since_last_run, record_input_version
 from semid_spark.spark.columns import ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
@@ -37,7 +37,7 @@ from semid_spark.spark.session import stage
 from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
 from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
-from semid_spark.spark.ranking import assign_counters, code_stats, with_code_key, with_semantic_id
+from semid_spark.spark.ranking import CODE_KEY, assign_counters, code_stats, with_code_key, with_semantic_id
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class RunReport:
     n_inserted: int = 0
     model_sha256: str = ""
     collision_share: float = 0.0  # share of this run's new items whose codes another item also has
+    counter_share: float | None = None  # share of them whose ID gets a counter (with quality.max_counter_share)
+    utilisation: list[float] | None = None  # per level, share of its codes they use (with quality.min_utilisation)
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     n_retries: int = 0  # merges retried because another run committed first
@@ -249,6 +251,13 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         if not info.rows_checked:
             encoded = encoded.drop(PROBLEM)
         report.collision_share = stats.shared / max(report.n_new, 1)
+        if cfg.quality.active and report.n_new:
+            try:
+                check_quality(encoded, stats, codebook_sizes(encoder), out.read(spark) if mode == "append" else None,
+                              cfg.quality, report)
+            except QualityGateError:
+                encoded.unpersist()
+                raise
     if save_model_to is not None:  # a model fitted by this run is saved once its input proved valid
         encoder.save(save_model_to)
         log.info("model saved to %s", save_model_to)
@@ -301,6 +310,34 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder,
             report.n_retries += 1
             log.warning("table %s: another run committed version %s first; ranking again against it (retry %d of %d)",
                         out, winner, attempt + 1, cfg.output.max_retries)
+
+
+def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFrame | None, quality, report: RunReport
+                  ) -> None:
+    """The ``quality`` gates over this run's new items (*encoded*, cached, with ``CODE_KEY``), checked
+    before anything is written and before a model fitted by this run is saved; QualityGateError names
+    the figure, its value and the threshold. Each gate costs one job, run only when it is set: the
+    utilisation one over the cached codes, the counter one also over the table's codes column."""
+    n_new = stats.n_rows
+    untouched = "nothing was written, and a model fitted by this run was not saved"
+    if quality.min_utilisation is not None:
+        used = encoded.agg(*(F.countDistinct(F.col(CODES)[level]) for level in range(len(sizes)))).first()
+        report.utilisation = [used[level] / k for level, k in enumerate(sizes)]
+        worst = min(range(len(sizes)), key=lambda level: report.utilisation[level])
+        if report.utilisation[worst] < quality.min_utilisation:
+            raise QualityGateError(
+                f"level {worst} uses {used[worst]} of its {sizes[worst]} codes ({report.utilisation[worst]:.3f}) among "
+                f"this run's {n_new} new items, under quality.min_utilisation={quality.min_utilisation}; {untouched}")
+    if quality.max_counter_share is not None:
+        fresh = stats.n_codes  # each code no written item holds gives one new item its bare code
+        if written is not None:
+            held = with_code_key(written.select(CODES), sizes).select(CODE_KEY)
+            fresh -= encoded.select(CODE_KEY).distinct().join(held, CODE_KEY, "left_semi").count()
+        report.counter_share = (n_new - fresh) / n_new
+        if report.counter_share > quality.max_counter_share:
+            raise QualityGateError(
+                f"{n_new - fresh} of this run's {n_new} new items ({report.counter_share:.4f}) would get a counter "
+                f"(their code is taken), over quality.max_counter_share={quality.max_counter_share}; {untouched}")
 
 
 def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder, cfg: JobConfig,

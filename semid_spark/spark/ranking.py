@@ -62,12 +62,14 @@ def with_semantic_id(df: DataFrame, sep: str, n_levels: int, output_col: str = S
 
 @dataclass(frozen=True)
 class CodeStats:
-    """What one pass over the encoded items tells: rows, rows without codes, rows sharing a code, hot codes."""
+    """What one pass over the encoded items tells: rows, rows without codes, rows sharing a code, hot codes,
+    distinct codes."""
 
     n_rows: int
     n_unencoded: int  # rows whose codes are null (``encode``'s flagged problems)
     shared: int  # rows whose code another row also has
     hot: list  # rows of (code key, count) for the codes over the hot-code threshold, in code order
+    n_codes: int = 0  # distinct codes among the encoded rows
 
 
 def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:
@@ -81,9 +83,10 @@ def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:
         F.sum(F.when(~encoded, F.col("count"))).alias("unencoded"),
         F.sum(F.when(encoded & (F.col("count") > 1), F.col("count"))).alias("shared"),
         F.collect_list(F.when(encoded & (F.col("count") > hot_code_rows), F.struct(CODE_KEY, "count"))).alias("hot"),
+        F.count(F.when(encoded, F.lit(1))).alias("codes"),
     ).first()
     return CodeStats(int(row["n"] or 0), int(row["unencoded"] or 0), int(row["shared"] or 0),
-                     sorted(row["hot"], key=lambda r: r[CODE_KEY]))
+                     sorted(row["hot"], key=lambda r: r[CODE_KEY]), int(row["codes"] or 0))
 
 
 def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int,

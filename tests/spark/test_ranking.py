@@ -47,6 +47,6 @@ def test_code_stats_counts_rows_unencoded_rows_rows_sharing_a_code_and_hot_codes
     items = spark.createDataFrame(rows, "item_id string, codes array<int>").transform(with_code_key, [8, 8])
     stats = code_stats(items, hot_code_rows=2)
     # rows without codes (flagged by the encoder) are counted apart, never as sharing a code
-    assert (stats.n_rows, stats.n_unencoded, stats.shared) == (8, 2, 5)
+    assert (stats.n_rows, stats.n_unencoded, stats.shared, stats.n_codes) == (8, 2, 5, 3)
     assert [(r[CODE_KEY], r["count"]) for r in stats.hot] == [(1 * 8 + 2, 3)]
     assert code_stats(items.limit(0), hot_code_rows=2) == type(stats)(0, 0, 0, [])
