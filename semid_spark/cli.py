@@ -1,4 +1,4 @@
-"""``semid fit|assign|run|evaluate --config FILE [--set section.key=value ...]`` and ``semid bench``.
+"""``semid fit|assign|run|evaluate|advise --config FILE [--set section.key=value ...]`` and ``semid bench``.
 
 The same entry point serves the console script, ``python -m semid_spark.cli`` and the thin
 files in ``jobs/`` that spark-submit runs.
@@ -19,9 +19,10 @@ log = logging.getLogger("semid_spark")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="semid", description="Semantic IDs for a catalog, on Spark, into Delta.")
-    parser.add_argument("command", choices=["fit", "assign", "run", "evaluate"],
+    parser.add_argument("command", choices=["fit", "assign", "run", "evaluate", "advise"],
                         help="fit: sample and fit the model; assign: IDs for keys not yet in the table; run: both; "
-                             "evaluate: the quality report of the table (markdown, JSON, plots, Embedding Atlas file)")
+                             "evaluate: the quality report of the table (markdown, JSON, plots, Embedding Atlas file); "
+                             "advise: predicted collisions of a few codebook sizes at a target catalog size")
     parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (parsed as YAML), e.g. --set model.n_clusters=64")
@@ -30,13 +31,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     loud.add_argument("--verbose", action="store_true", help="debug logs of semid_spark and progress bars everywhere")
     parser.add_argument("--log-level", default=None, help="log level (overrides --quiet/--verbose), e.g. INFO")
     report = parser.add_argument_group("evaluate")
-    report.add_argument("--out", default="artifacts/evaluate", help="directory for report.md/json, PNGs, atlas.parquet")
+    report.add_argument("--out", default=None, help="directory for report.md/json, PNGs, atlas.parquet "
+                        "(default artifacts/evaluate); for advise: advice.md/json (default artifacts/advise)")
     report.add_argument("--source", choices=["auto", "table", "catalog"], default="auto",
                         help="the written ID table (auto: when it exists) or the catalog encoded with the model")
     report.add_argument("--sample-size", type=int, default=20_000, help="rows sampled for neighbour figures")
     report.add_argument("--k", type=int, default=10, help="neighbours per query")
     report.add_argument("--queries", type=int, default=1000, help="queries for agreement by prefix depth")
     report.add_argument("--projection", choices=["pca", "umap"], default="pca", help="2-D projection for the Atlas file")
+    advise = parser.add_argument_group("advise")
+    advise.add_argument("--target-rows", type=int, default=None,
+                        help="catalog size to predict for (default: the input's row count)")
+    advise.add_argument("--choices", default=None, help="levels x codes to compare, e.g. 3x256,4x256 "
+                        "(default: 2x256,3x256,4x256,3x1024)")
+    advise.add_argument("--max-counter-share", type=float, default=0.05,
+                        help="recommend the shortest IDs whose predicted counter share is at most this")
     return parser.parse_args(argv)
 
 
@@ -61,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = get_session(cfg.spark)
         if args.command == "evaluate":
             return _evaluate(spark, cfg, args)
+        if args.command == "advise":
+            return _advise(spark, cfg, args)
         step = {"fit": pipeline.fit_only, "assign": pipeline.assign_only, "run": pipeline.run}[args.command]
         report = step(spark, cfg)
     except SemanticIdError as exc:
@@ -85,10 +96,40 @@ def _set_up_output(args: argparse.Namespace) -> None:
     log.info("semid_spark %s from %s", semid_spark.__version__, os.path.dirname(semid_spark.__file__))
 
 
+def _advise(spark, cfg, args: argparse.Namespace) -> int:
+    import os
+
+    from semid_spark.spark import pipeline
+    from semid_spark.utils import advise
+
+    try:
+        choices = [advise.parse_choice(c) for c in (args.choices.split(",") if args.choices else advise.DEFAULT_CHOICES)]
+    except ValueError as exc:
+        print(f"semid advise: {exc}", file=sys.stderr)
+        return 2
+    target = args.target_rows
+    if target is None:
+        from semid_spark.spark.pipeline import read_input
+
+        target = read_input(spark, cfg).count()
+    predictions, best = pipeline.advise(spark, cfg, target_rows=target, choices=choices,
+                                        max_counter_share=args.max_counter_share)
+    table = advise.render(predictions, best, args.max_counter_share)
+    out = args.out or "artifacts/advise"
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "advice.md"), "w", encoding="utf-8") as fh:
+        fh.write(table)
+    with open(os.path.join(out, "advice.json"), "w", encoding="utf-8") as fh:
+        json.dump({"recommended": best.choice, "max_counter_share": args.max_counter_share,
+                   "predictions": [p.as_dict() for p in predictions]}, fh, indent=2)
+    print(table + f"\nrecommended: {best.choice} (model.n_levels={best.n_levels}, model.n_clusters={best.n_clusters})")
+    return 0
+
+
 def _evaluate(spark, cfg, args: argparse.Namespace) -> int:
     from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
 
-    options = EvaluateOptions(out_dir=args.out, sample_size=args.sample_size, k=args.k, n_queries=args.queries,
+    options = EvaluateOptions(out_dir=args.out or "artifacts/evaluate", sample_size=args.sample_size, k=args.k, n_queries=args.queries,
                               projection=args.projection, source=args.source)
     report, paths = evaluate_job(spark, cfg, options)
     print(f"{report.n_items:,} items: collision rate {report.collision_rate:.4f}, largest bucket "

@@ -421,6 +421,22 @@ def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
     return report
 
 
+def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int, choices, max_counter_share: float):
+    """``semid advise``: the job's training sample (``model.sample_size`` rows, drawn as ``fit`` draws
+    them), RQ-KMeans fitted on it for each (levels, codes) choice, and the collisions each would give a
+    catalog of *target_rows* items: (predictions, the recommended one); see ``utils.advise``."""
+    from semid_spark.utils import advise as advice
+
+    report = RunReport()
+    df, info = _read_validated(spark, cfg, report, None)
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
+    with stage(spark, "semid: sample embeddings to the driver"):
+        x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                              sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+    predictions = advice.advise(x, target_rows, choices, random_state=cfg.model.seed)
+    return predictions, advice.recommend(predictions, max_counter_share)
+
+
 def assign_only(spark: SparkSession, cfg: JobConfig, *, items: DataFrame | None = None) -> RunReport:
     return run(spark, cfg, fit=False, items=items)
 

@@ -121,3 +121,23 @@ def test_cli_evaluate(spark, written, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1,500 items: collision rate" in out and "atlas.parquet" in out
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Semantic ID quality")
+
+
+def test_cli_advise(spark, written, tmp_path, capsys):
+    import os
+
+    tmp, cfg, x = written
+    conf = tmp_path / "job.yaml"
+    conf.write_text(f"input: {{path: {tmp}/in}}\nmodel: {{path: {tmp_path}/unused, sample_size: 1000}}\n")
+    args = ["advise", "--config", str(conf), "--out", str(tmp_path / "adv"), "--choices", "1x8,2x8,3x8",
+            "--max-counter-share", "0.5"]
+    assert cli_main(args) == 0
+    advice = json.loads((tmp_path / "adv" / "advice.json").read_text())
+    by = {p["choice"]: p for p in advice["predictions"]}
+    assert set(by) == {"1x8", "2x8", "3x8"} and all(p["target_rows"] == 1500 for p in by.values())
+    assert by["1x8"]["counter_share"] > by["3x8"]["counter_share"]  # more codes, fewer counters
+    meeting = [c for c in ("1x8", "2x8", "3x8") if by[c]["counter_share"] <= 0.5]
+    assert advice["recommended"] == (meeting[0] if meeting else min(by, key=lambda c: by[c]["counter_share"]))
+    assert f"recommended: {advice['recommended']}" in capsys.readouterr().out
+    assert not os.path.exists(f"{tmp_path}/unused")  # advice fits nothing it keeps
+    assert cli_main(args[:5] + ["--choices", "3-8"]) == 2  # a bad choice is named, not a traceback
