@@ -167,8 +167,10 @@ class BaseSemanticEncoder(ABC):
         """The class and the arguments that differ from their defaults, as scikit-learn prints them."""
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = []
-        for name, value in self.get_params().items():
-            default = defaults.get(name, inspect.Parameter.empty)
+        for name in self._param_names():
+            if not hasattr(self, name):  # a subclass of one's own that stores an argument under another name
+                continue
+            value, default = getattr(self, name), defaults.get(name, inspect.Parameter.empty)
             if default is inspect.Parameter.empty or not (value is default or _same(value, default)):
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"

@@ -47,6 +47,12 @@ def test_set_params_sets_known_names_and_names_the_unknown(X):
     assert repr(RQKMeans(n_levels=3, n_clusters=10)) == "RQKMeans(n_levels=3, n_clusters=10)"
     assert repr(RQVAE(in_dim=16)) == "RQVAE(in_dim=16)"
 
+    class Custom(RQKMeans):  # a user's encoder that keeps an argument under another name still prints
+        def __init__(self, width: int = 4, n_levels: int = 2):
+            super().__init__(n_levels=n_levels, n_clusters=width)
+
+    assert repr(Custom(width=8, n_levels=3)) == "Custom(n_levels=3)"
+
 
 def test_device_is_taken_the_same_way_by_both_classes(X):
     for cls in (RQKMeans, RQVAE):
