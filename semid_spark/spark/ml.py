@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import ModelConfig
-from semid_spark.exceptions import ModelFormatError, NotFittedError
+from semid_spark.exceptions import ConfigError, ModelFormatError, NotFittedError
 from semid_spark.spark.columns import CODES, PROBLEM
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,9 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         if self._encoder is None:
             raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
         key, emb = self._columns()
-        codes_col, out_col, sep = self.getCodesCol(), self.getOutputCol(), self.getSep()
+        codes_col, out_col, sep, buckets = self.getCodesCol(), self.getOutputCol(), self.getSep(), self.getRankBuckets()
+        if buckets < 1:
+            raise ConfigError(f"rankBuckets={buckets}; expected >= 1 (buckets each code's rows are ranked in)")
         dim, sizes = input_dim(self._encoder), codebook_sizes(self._encoder)
         df = normalize_columns(dataset, key, emb)  # the schema only
         encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,
@@ -215,7 +217,7 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
                      F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), _row_problem(key, dim)))
         ).otherwise(F.col(CODES))).drop(PROBLEM)
         ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0,
-                                 salts=self.getRankBuckets())
+                                 salts=buckets)
         ids = ranked.transform(with_semantic_id, sep, len(sizes), out_col).select(key, F.col(CODES).alias(codes_col), out_col)
         # a key twice would give its rows two IDs each after the join: fail instead (partitioned by key, as the join is)
         n_rows = F.count(F.lit(1)).over(Window.partitionBy(key))

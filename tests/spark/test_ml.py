@@ -10,7 +10,7 @@ from pyspark.ml.feature import Normalizer
 from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql.types import StringType, StructField, StructType
 
-from semid_spark.exceptions import InvalidInputError, ModelFormatError, NotFittedError
+from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
 from semid_spark.spark.ml import RANK_BUCKETS, SemanticIdEstimator, SemanticIdModel
 from tests.spark.test_pipeline import catalog
 
@@ -142,6 +142,8 @@ def test_one_code_of_many_rows_is_ranked_over_several_buckets_into_unique_ids(sp
     final = out._jdf.queryExecution().executedPlan().toString().split("== Initial Plan ==")[0]
     assert final.count("MapInArrow") == 1  # encoded once: the ranking and the bucket sizes read one exchange
     again = model.transform(df.repartition(7)).select("item_id", "semantic_id")
+    with pytest.raises(ConfigError, match="rankBuckets=0; expected >= 1"):
+        model.copy().setRankBuckets(0).transform(df)
     assert_df_equality(model.transform(df).select("item_id", "semantic_id"), again, ignore_row_order=True)
 
 
