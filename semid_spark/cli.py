@@ -107,12 +107,7 @@ def _advise(spark, cfg, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"semid advise: {exc}", file=sys.stderr)
         return 2
-    target = args.target_rows
-    if target is None:
-        from semid_spark.spark.pipeline import read_input
-
-        target = read_input(spark, cfg).count()
-    predictions, best = pipeline.advise(spark, cfg, target_rows=target, choices=choices,
+    predictions, best = pipeline.advise(spark, cfg, target_rows=args.target_rows, choices=choices,
                                         max_counter_share=args.max_counter_share)
     table = advise.render(predictions, best, args.max_counter_share)
     out = args.out or "artifacts/advise"

@@ -182,18 +182,25 @@ def load_encoder(path: str):
         raise ModelFormatError(f"model.path={path!r}: {exc}") from None
 
 
+def _training_sample(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig):
+    """The rows the model is fitted on (``model.sample_size``, drawn by key hash), on the driver; a bad
+    row among them makes the whole input's bad rows counted and named."""
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
+    with stage(spark, "semid: sample embeddings to the driver"):
+        try:
+            return sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                                     sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+        except BadSampleError as exc:
+            check_input(df, key, emb, dim=info.dim if info.dim is not None else exc.dim)  # counts every bad row, names them
+            raise
+
+
 def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport, *,
               save: bool = True):
     """Sample to the driver, fit there (cuda when it has one), save the model (or leave that to the caller).
     With ``info.dim`` None the sample says the embedding length (the fitted model's ``input_dim``)."""
-    key, emb = cfg.input.key_col, cfg.input.embedding_col
-    with stage(spark, "semid: sample embeddings to the driver"), _timed(report, "sample"):
-        try:
-            x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
-                                  sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-        except BadSampleError as exc:
-            check_input(df, key, emb, dim=info.dim if info.dim is not None else exc.dim)  # counts every bad row, names them
-            raise
+    with _timed(report, "sample"):
+        x = _training_sample(spark, df, info, cfg)
     device = fit_device(cfg.model)
     with _timed(report, "fit"):
         encoder = new_encoder(cfg.model, x.shape[1]).fit(x, device=device)
@@ -241,7 +248,8 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
                                         batch_rows=cfg.encode.batch_rows)
         # key, codes and code key: ~30 bytes an item, read by the ranking and the MERGE. One job fills the
         # cache and counts the rows, the rows that could not be encoded, and the rows per code
-        encoded = with_code_key(encoded, codebook_sizes(encoder)).cache()
+        sizes = codebook_sizes(encoder)
+        encoded = with_code_key(encoded, sizes).cache()
         stats = code_stats(encoded, cfg.uniqueness.hot_code_rows)
         report.n_new = stats.n_rows
         if stats.n_unencoded:  # only when the rows were not checked before: encoding flags them
@@ -253,8 +261,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         report.collision_share = stats.shared / max(report.n_new, 1)
         if cfg.quality.active and report.n_new:
             try:
-                check_quality(encoded, stats, codebook_sizes(encoder), out.read(spark) if mode == "append" else None,
-                              cfg.quality, report)
+                check_quality(encoded, stats, sizes, out.read(spark) if mode == "append" else None, cfg.quality, report)
             except QualityGateError:
                 encoded.unpersist()
                 raise
@@ -421,19 +428,17 @@ def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
     return report
 
 
-def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int, choices, max_counter_share: float):
+def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int | None, choices, max_counter_share: float):
     """``semid advise``: the job's training sample (``model.sample_size`` rows, drawn as ``fit`` draws
     them), RQ-KMeans fitted on it for each (levels, codes) choice, and the collisions each would give a
-    catalog of *target_rows* items: (predictions, the recommended one); see ``utils.advise``."""
+    catalog of *target_rows* items (None: the input's valid rows): (predictions, the recommended one);
+    see ``utils.advise``."""
     from semid_spark.utils import advise as advice
 
-    report = RunReport()
-    df, info = _read_validated(spark, cfg, report, None)
-    key, emb = cfg.input.key_col, cfg.input.embedding_col
-    with stage(spark, "semid: sample embeddings to the driver"):
-        x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
-                              sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-    predictions = advice.advise(x, target_rows, choices, random_state=cfg.model.seed)
+    df, info = _read_validated(spark, cfg, RunReport(), None)
+    x = _training_sample(spark, df, info, cfg)
+    target = info.n_rows if target_rows is None else target_rows
+    predictions = advice.advise(x, target, choices, random_state=cfg.model.seed)
     return predictions, advice.recommend(predictions, max_counter_share)
 
 

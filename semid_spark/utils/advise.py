@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -86,23 +86,18 @@ def sample_collision_share(codes: np.ndarray) -> float:
     return float(counts[counts > 1].sum() / len(codes))
 
 
-def advise(
-    x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], *, random_state: int = 0,
-    make_model: Callable[[int, int, int], object] | None = None,
-) -> list[Prediction]:
-    """One ``Prediction`` per (levels, codes) choice, from RQ-KMeans fitted on the sample *x*."""
+def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], *, random_state: int = 0
+           ) -> list[Prediction]:
+    """One ``Prediction`` per (levels, codes) choice, from RQ-KMeans fitted on the sample *x* (Lloyd on at
+    most 256 rows a centroid, as faiss trains)."""
+    from semid_spark.algorithms.rq_kmeans import RQKMeans
+
     if target_rows < 1:
         raise ValueError(f"target_rows={target_rows}; expected >= 1")
-    if make_model is None:
-        from semid_spark.algorithms.rq_kmeans import RQKMeans
-
-        def make_model(levels: int, clusters: int, seed: int):
-            return RQKMeans(levels, clusters, random_state=seed, max_samples_per_cluster=256)
-
     out = []
     for levels, clusters in choices:
         started = time.perf_counter()
-        model = make_model(levels, clusters, random_state).fit(x)
+        model = RQKMeans(levels, clusters, random_state=random_state, max_samples_per_cluster=256).fit(x)
         fit_s = time.perf_counter() - started
         codes = model.encode(x)
         _, counts = np.unique(codes, axis=0, return_counts=True)
