@@ -126,13 +126,11 @@ class RQVAE(BaseSemanticEncoder):
 
     @property
     def _sizes(self) -> list[int]:
-        """Codebook sizes per level: ``num_emb_list``, or semantic-id's default of four levels of 256."""
-        return [256] * 4 if self.num_emb_list is None else [int(k) for k in self.num_emb_list]
+        return level_sizes(self.num_emb_list)
 
     @property
     def _layers(self) -> list[int]:
-        """Hidden widths of the encoder MLP: ``layers``, or semantic-id's default."""
-        return [512, 256, 128] if self.layers is None else [int(n) for n in self.layers]
+        return hidden_layers(self.layers)
 
     @property
     def _epsilons(self) -> list[float] | None:
@@ -220,14 +218,15 @@ class RQVAE(BaseSemanticEncoder):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor(steps_per_epoch))
         monitor = data[torch.randperm(n, generator=gen)[:MONITOR_ROWS]].to(device)
         recon_fn = F.mse_loss if self.loss_type == "mse" else F.l1_loss
+        sizes = self._sizes
         self.history_ = {k: [] for k in ("loss", "recon_loss", "collision_rate", "lr", "utilization", "n_reset")}
         self.best_epoch_ = None
         best, best_state = None, None
         epochs = progress(range(self.epochs), desc=f"RQ-VAE fit ({n:,} rows)", unit="epoch")
         for epoch in epochs:
             net.train()
-            usage = [torch.zeros(k, dtype=torch.long, device=device) for k in self._sizes]
-            recent: list[list] = [[] for _ in self._sizes]  # residual inputs of the last batches
+            usage = [torch.zeros(k, dtype=torch.long, device=device) for k in sizes]
+            recent: list[list] = [[] for _ in sizes]  # residual inputs of the last batches
             total = recon_total = 0.0
             order = torch.randperm(n, generator=gen)
             n_batches = 0
@@ -244,13 +243,13 @@ class RQVAE(BaseSemanticEncoder):
                 opt.step()
                 sched.step()
                 total, recon_total, n_batches = total + loss.item(), recon_total + recon.item(), n_batches + 1
-                for level, k in enumerate(self._sizes):
+                for level, k in enumerate(sizes):
                     usage[level] += torch.bincount(codes[:, level], minlength=k)
                     recent[level] = (recent[level] + [inputs[level]])[-4:]
             n_reset = 0
             if self.reset_dead_codes and epoch < self.epochs - 1:
                 n_reset = self._reset_dead(net, opt, usage, recent, gen)
-            collision, utilization, monitor_recon = _monitor_stats(net, monitor, self._sizes, recon_fn)
+            collision, utilization, monitor_recon = _monitor_stats(net, monitor, sizes, recon_fn)
             h = self.history_
             h["loss"].append(total / max(1, n_batches))
             h["recon_loss"].append(recon_total / max(1, n_batches))
@@ -455,6 +454,16 @@ class RQVAE(BaseSemanticEncoder):
         self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
         self._module, self._frozen = None, None
         self.n_features_in_ = self.in_dim
+
+
+def level_sizes(num_emb_list: Sequence[int] | None) -> list[int]:
+    """Codebook sizes per level: *num_emb_list*, or semantic-id's default of four levels of 256."""
+    return [256] * 4 if num_emb_list is None else [int(k) for k in num_emb_list]
+
+
+def hidden_layers(layers: Sequence[int] | None) -> list[int]:
+    """Hidden widths of the encoder MLP: *layers*, or semantic-id's default."""
+    return [512, 256, 128] if layers is None else [int(n) for n in layers]
 
 
 @contextlib.contextmanager

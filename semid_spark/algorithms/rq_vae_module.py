@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semid_spark.algorithms._vae_nn import RQVAENet
+from semid_spark.algorithms.rq_vae import hidden_layers, level_sizes
 from semid_spark.exceptions import ConfigError
 
 
@@ -45,8 +46,7 @@ class RQVAEModule(RQVAENet):
         *,
         residual_encoder: bool = False,
     ) -> None:
-        sizes = [256] * 4 if num_emb_list is None else [int(k) for k in num_emb_list]
-        hidden = [512, 256, 128] if layers is None else [int(n) for n in layers]
+        sizes, hidden = level_sizes(num_emb_list), hidden_layers(layers)
         if loss_type not in ("mse", "l1"):
             raise ConfigError(f"unknown loss_type {loss_type!r}; expected 'mse' or 'l1'")
         super().__init__(in_dim, sizes, e_dim, hidden, dropout=dropout_prob, bn=bn, beta=beta,

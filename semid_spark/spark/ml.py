@@ -212,9 +212,11 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         df = normalize_columns(dataset, key, emb)  # the schema only
         encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,
                                     embedding_col=emb, dim=dim, flag_problems=True)
-        encoded = encoded.withColumn(CODES, F.when(_row_problem(key, dim).isNotNull(), F.raise_error(
+        encoded = encoded.withColumn(PROBLEM, _row_problem(key, dim))  # its text, null when the row can have an ID
+        why = F.col(PROBLEM)
+        encoded = encoded.withColumn(CODES, F.when(why.isNotNull(), F.raise_error(
             F.concat(F.lit(f"SemanticIdModel.transform: the row whose {key!r} is "),
-                     F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), _row_problem(key, dim)))
+                     F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), why))
         ).otherwise(F.col(CODES))).drop(PROBLEM)
         ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0,
                                  salts=buckets)

@@ -69,7 +69,7 @@ class CodeStats:
     n_unencoded: int  # rows whose codes are null (``encode``'s flagged problems)
     shared: int  # rows whose code another row also has
     hot: list  # rows of (code key, count) for the codes over the hot-code threshold, in code order
-    n_codes: int = 0  # distinct codes among the encoded rows
+    n_codes: int  # distinct codes among the encoded rows
 
 
 def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:

@@ -49,4 +49,4 @@ def test_code_stats_counts_rows_unencoded_rows_rows_sharing_a_code_and_hot_codes
     # rows without codes (flagged by the encoder) are counted apart, never as sharing a code
     assert (stats.n_rows, stats.n_unencoded, stats.shared, stats.n_codes) == (8, 2, 5, 3)
     assert [(r[CODE_KEY], r["count"]) for r in stats.hot] == [(1 * 8 + 2, 3)]
-    assert code_stats(items.limit(0), hot_code_rows=2) == type(stats)(0, 0, 0, [])
+    assert code_stats(items.limit(0), hot_code_rows=2) == type(stats)(0, 0, 0, [], 0)
