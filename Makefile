@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench bench-scale bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy bench bench-scale bench-quality bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ clean:
 
 bench-fit: $(STAMP)
 	$(PY) -m semid_spark.bench.fit_compare
+
+# IDs on real text (docstring sentences, WordLlama): suffix vs relocate vs faiss RQ, and the job with each
+# (10-20 minutes on 2 cores): artifacts/bench/quality.json and quality.md.
+bench-quality: $(STAMP)
+	$(PY) -m pip install -q -e ".[example,compare]"
+	$(PY) -m semid_spark.bench.quality --job
 
 bench-ids: $(STAMP)
 	$(PY) -m semid_spark.bench.ids_compare

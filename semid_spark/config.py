@@ -89,10 +89,24 @@ class EncodeConfig:
 class UniquenessConfig:
     sep: str = "-"
     hot_code_rows: int = 1_000_000  # a code with more new rows than this is ranked in several tasks
+    # relocate: items sharing a code move to free last-level codes of their prefix, counters only where
+    # none is free near them; suffix: every item keeps its nearest code, later ones get counters
+    strategy: str = "relocate"
+    relocate_candidates: int = 16  # last-level codes an item may move to (its own included)
 
     def __post_init__(self) -> None:
         if self.hot_code_rows < 1:
             raise ConfigError(f"uniqueness.hot_code_rows={self.hot_code_rows}; expected >= 1")
+        if self.strategy not in ("relocate", "suffix"):
+            raise ConfigError(f"uniqueness.strategy={self.strategy!r}; expected 'relocate' or 'suffix'")
+        if isinstance(self.relocate_candidates, bool) or not isinstance(self.relocate_candidates, int) \
+                or self.relocate_candidates < 2:
+            raise ConfigError(f"uniqueness.relocate_candidates={self.relocate_candidates!r}; expected an int >= 2")
+
+    @property
+    def candidates(self) -> int:
+        """Last-level candidates encode computes per item: 0 unless relocating."""
+        return self.relocate_candidates if self.strategy == "relocate" else 0
 
 
 @dataclass(frozen=True)

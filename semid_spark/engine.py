@@ -21,7 +21,7 @@ from semid_spark import storage
 from semid_spark.algorithms import encoder_class
 from semid_spark.core import ArrayLike, BaseSemanticEncoder
 from semid_spark.exceptions import ConfigError, ModelFormatError, ModelMismatchError
-from semid_spark.uniqueness.resolver import BaseResolver, SinkhornResolver, UniqueIdResolver
+from semid_spark.uniqueness.resolver import BaseResolver, UniqueIdResolver
 from semid_spark.uniqueness.stores import (
     CollisionStore, InMemoryCollisionStore, SQLiteCollisionStore, write_json_state,
 )
@@ -84,7 +84,7 @@ class SemanticIdEngine:
         codes = self.encoder.encode(X, device=device, batch_size=batch_size)
         bases = self.encoder.semantic_id(codes, sep=sep, fmt=fmt, formatter=formatter)
         context = {}
-        if isinstance(self.unique_resolver, SinkhornResolver):  # it re-assigns codes: it needs the model and data
+        if getattr(self.unique_resolver, "needs_model", False):  # it re-assigns codes: it needs the model and data
             context = {"codes": codes, "embeddings": X, "encoder": self.encoder, "formatter": formatter}
         return self.unique_resolver.assign(
             bases, sep=sep, fmt=fmt, item_ids=item_ids, keys=keys, model_sha256=_model_sha256(self.encoder), **context,

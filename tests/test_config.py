@@ -30,6 +30,8 @@ def test_overrides_are_parsed_as_yaml():
         ({"input": {}}, [], r"exactly one of input.path or input.table"),
         ({"input": {"path": "x", "on_invalid": "reject"}}, [], r"needs input.reject_path"),
         ({"input": {"path": "x"}}, ["n_clusters=3"], r"expected section.key=value"),
+        ({"input": {"path": "x"}}, ["uniqueness.strategy=move"], r"uniqueness.strategy='move'; expected 'relocate' or 'suffix'"),
+        ({"input": {"path": "x"}}, ["uniqueness.relocate_candidates=1"], r"uniqueness.relocate_candidates=1; expected an int >= 2"),
         ({}, [], r"config: input\(\) missing|missing 1 required"),
     ],
 )

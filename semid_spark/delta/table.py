@@ -158,11 +158,14 @@ def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_m
 
 def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, encoder, mode: Mode, *,
                   stats_columns: Sequence[str] = ()) -> None:
-    """Make *ref* an empty-or-this-model's table with the model's properties ('append' needs nothing).
+    """Make *ref* an empty-or-this-model's table with the model's properties ('append': only the columns an earlier version's table lacks).
 
     *stats_columns*: the only columns whose min/max Delta keeps per file (the ones reads filter on);
     statistics on every column cost the writer about an eighth of its time (semantic IDs, codes and
     the model digest are strings and arrays no reader skips files by). Empty: Delta's default."""
+    if mode == "append":
+        _add_missing_columns(spark, ref, schema)
+        return
     props = model_properties(encoder)
     if stats_columns:
         props[STATS_COLUMNS_PROPERTY] = ",".join("`{}`".format(c.replace("`", "``")) for c in stats_columns)
@@ -196,6 +199,17 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
         if stored != encoder.sha256:  # another run claimed it between our check and our ALTER
             raise ModelMismatchError(f"table {ref} was just bound to model {str(stored)[:12]}… by another run; "
                                      f"this run's model is {encoder.sha256[:12]}…")
+
+
+def _add_missing_columns(spark: SparkSession, ref: TableRef, schema: T.StructType) -> None:
+    """Columns of *schema* a table written by an earlier version lacks (``relocated``), added as nullable:
+    its rows read null there, which no later MERGE changes."""
+    have = set(ref.read(spark).columns)
+    missing = [f for f in schema.fields if f.name not in have]
+    if missing:
+        columns = ", ".join("`{}` {}".format(f.name.replace("`", "``"), f.dataType.simpleString()) for f in missing)
+        log.info("table %s: adding column(s) %s", ref, columns)
+        spark.sql(f"ALTER TABLE {ref.identifier} ADD COLUMNS ({columns})")
 
 
 def merge_new_rows(spark: SparkSession, ref: TableRef, rows: DataFrame, key_col: str, *,

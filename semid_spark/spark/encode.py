@@ -16,7 +16,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from semid_spark.spark.columns import CODES, PROBLEM
+from semid_spark.spark.columns import CANDIDATES, CODES, DISTANCES, PROBLEM
 
 _MODELS: dict[str, object] = {}  # model sha256 -> encoder, per Python worker; the one deliberate global
 
@@ -77,7 +77,7 @@ def codes_column(codes: np.ndarray) -> pa.Array:
 
 def encode_embeddings(
     df: DataFrame, model: FrozenModel, *, key_col: str, embedding_col: str, dim: int, device: str = "cpu",
-    flag_problems: bool = False, batch_rows: int | None = None,
+    flag_problems: bool = False, batch_rows: int | None = None, candidates: int = 0,
 ) -> DataFrame:
     """(key, embedding) -> (key, codes array<int>) on executors; order and partitioning kept.
 
@@ -86,24 +86,33 @@ def encode_embeddings(
     codes (0 for encoded rows), so one pass both validates and encodes. *batch_rows* caps the rows
     encoded at once (larger Arrow batches are sliced, without copying); the job also asks Spark for
     batches of that size (``spark.sql.execution.arrow.maxRecordsPerBatch``, see ``arrow_batch_rows``).
+    *candidates* > 0 adds each row's last-level candidates for relocation (``uniqueness.relocate``):
+    ``CANDIDATES`` array<int> (the own code first) and ``DISTANCES`` array<float>.
     """
-    schema, arrow_schema = codes_schema(df.schema[key_col].dataType, key_col, flag_problems)
+    schema, arrow_schema = codes_schema(df.schema[key_col].dataType, key_col, flag_problems, candidates)
 
     def encode_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         encoder = cached_encoder(model)
         for batch in sliced(batches, batch_rows):
             yield from encode_batch(encoder, batch.column(key_col), batch.column(embedding_col), dim=dim,
-                                    device=device, flag_problems=flag_problems, schema=arrow_schema)
+                                    device=device, flag_problems=flag_problems, schema=arrow_schema,
+                                    candidates=candidates)
 
     return df.select(key_col, embedding_col).mapInArrow(encode_partition, schema)
 
 
-def codes_schema(key_type: T.DataType, key_col: str, flag_problems: bool) -> tuple[T.StructType, pa.Schema]:
-    """Spark and Arrow schemas of encode's output: (key, codes[, problem])."""
+def codes_schema(key_type: T.DataType, key_col: str, flag_problems: bool, candidates: int = 0
+                 ) -> tuple[T.StructType, pa.Schema]:
+    """Spark and Arrow schemas of encode's output: (key, codes[, candidates, distances][, problem])."""
     fields = [T.StructField(key_col, key_type, flag_problems),
               T.StructField(CODES, T.ArrayType(T.IntegerType(), False), flag_problems)]
     arrow_fields = [pa.field(key_col, _arrow_type(key_type), flag_problems),
                     pa.field(CODES, pa.list_(pa.field("element", pa.int32(), False)), flag_problems)]
+    if candidates:
+        fields += [T.StructField(CANDIDATES, T.ArrayType(T.IntegerType(), False), flag_problems),
+                   T.StructField(DISTANCES, T.ArrayType(T.FloatType(), False), flag_problems)]
+        arrow_fields += [pa.field(CANDIDATES, pa.list_(pa.field("element", pa.int32(), False)), flag_problems),
+                         pa.field(DISTANCES, pa.list_(pa.field("element", pa.float32(), False)), flag_problems)]
     if flag_problems:
         fields.append(T.StructField(PROBLEM, T.IntegerType(), False))
         arrow_fields.append(pa.field(PROBLEM, pa.int32(), False))
@@ -111,15 +120,22 @@ def codes_schema(key_type: T.DataType, key_col: str, flag_problems: bool) -> tup
 
 
 def encode_batch(encoder, keys: pa.Array, emb: pa.Array, *, dim: int, device: str, flag_problems: bool,
-                 schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+                 schema: pa.Schema, candidates: int = 0) -> Iterator[pa.RecordBatch]:
     """One Arrow batch of (keys, embeddings) -> record batches of *schema* (``codes_schema``).
 
     With *flag_problems*, rows that cannot be encoded come back with null codes and their problem."""
     from semid_spark.spark.validate import row_problems
 
     def encoded(keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
-        codes = encoder.encode(arrow_embeddings(emb, dim), device=device)
-        return pa.RecordBatch.from_arrays([keys, codes_column(codes), *extra], schema=schema)
+        x = arrow_embeddings(emb, dim)
+        codes = encoder.encode(x, device=device)
+        columns = [keys, codes_column(codes)]
+        if candidates:
+            from semid_spark.uniqueness.relocate import last_level_candidates
+
+            cand, dist = last_level_candidates(encoder, x, codes, candidates)
+            columns += [codes_column(cand), _float_lists(dist)]
+        return pa.RecordBatch.from_arrays([*columns, *extra], schema=schema)
 
     if len(keys) == 0:
         return
@@ -135,9 +151,16 @@ def encode_batch(encoder, keys: pa.Array, emb: pa.Array, *, dim: int, device: st
         mask = pa.array(good)
         yield encoded(keys.filter(mask), emb.filter(mask), [pa.array(np.zeros(int(good.sum()), dtype=np.int32))])
     bad = pa.array(~good)
-    yield pa.RecordBatch.from_arrays(
-        [keys.filter(bad), pa.nulls(int((~good).sum()), schema.field(CODES).type),
-         pa.array(problem[~good].astype(np.int32))], schema=schema)
+    n_bad = int((~good).sum())
+    nulls = [pa.nulls(n_bad, schema.field(name).type) for name in (CODES, CANDIDATES, DISTANCES) if name in schema.names]
+    yield pa.RecordBatch.from_arrays([keys.filter(bad), *nulls, pa.array(problem[~good].astype(np.int32))],
+                                     schema=schema)
+
+
+def _float_lists(values: np.ndarray) -> pa.Array:  # (n, t) float32 -> list<float>, no per-row work
+    n, t = values.shape
+    offsets = pa.array(np.arange(0, (n + 1) * t, t, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.astype(np.float32, copy=False).ravel()))
 
 
 def sliced(batches: Iterator[pa.RecordBatch], batch_rows: int | None) -> Iterator[pa.RecordBatch]:

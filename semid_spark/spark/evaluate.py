@@ -22,7 +22,7 @@ from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, table_model_sha
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError
-from semid_spark.spark.columns import CODES, SEMANTIC_ID
+from semid_spark.spark.columns import CODES, COUNTER, RELOCATED, SEMANTIC_ID
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
 from semid_spark.spark.ranking import base_id
 from semid_spark.spark.sample import HASH, hash_filtered
@@ -100,7 +100,8 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         if encoder is not None and stored != encoder.sha256:
             raise ModelMismatchError(f"table {out} was written with model sha256={str(stored)[:12]}…; the model at "
                                      f"{cfg.model.path!r} is {encoder.sha256[:12]}…; point model.path at the table's model")
-        ids = out.read(spark).select(key, SEMANTIC_ID, CODES)
+        table = out.read(spark)
+        ids = table.select(key, SEMANTIC_ID, CODES)
     else:
         dim = input_dim(encoder)
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
@@ -117,6 +118,8 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
             sample = _sample(ids, items, key, emb, text_cols, counts.n_items, options)
         step("neighbour metrics")
         report, x, codes = _sampled_report(sample, counts, sizes, encoder, emb, n_levels, options)
+        if source == "table":
+            report.uniqueness = _uniqueness(table, encoder, x, codes)
         step("report files")
         paths = write_report(report, options.out_dir, level_counts=counts.level_counts,
                              title=f"Semantic ID quality: {out if source == 'table' else 'catalog ' + str(cfg.input.path or cfg.input.table)}")
@@ -129,6 +132,21 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         step.close()
     log.info("quality report of %d items (%d sampled) written to %s", counts.n_items, len(x), options.out_dir)
     return report, paths
+
+
+def _uniqueness(table: DataFrame, encoder, x: np.ndarray, codes: np.ndarray) -> dict:
+    """Moved and counter shares over every row of the table (a table written before relocation reads
+    its null flags as not moved), and, on the sample, the error of its codes over the nearest codes'."""
+    moved = F.coalesce(F.col(RELOCATED), F.lit(False)) if RELOCATED in table.columns else F.lit(False)
+    row = table.agg(F.count(F.lit(1)).alias("n"), F.sum(moved.cast("long")).alias("moved"),
+                    F.sum((F.col(COUNTER) > 0).cast("long")).alias("counters")).first()
+    n = max(int(row["n"] or 0), 1)
+    out = {"moved_share": int(row["moved"] or 0) / n, "counter_share": int(row["counters"] or 0) / n}
+    if encoder is not None and len(x) and hasattr(encoder, "decode"):
+        written = float(((x - encoder.decode(codes)) ** 2).sum(axis=1).mean())
+        nearest = float(((x - encoder.decode(encoder.encode(x))) ** 2).sum(axis=1).mean())
+        out["error_ratio"] = written / nearest if nearest > 0 else 1.0
+    return out
 
 
 def _sampled_report(sample, counts: CodeCounts, sizes: list[int], encoder, emb: str, n_levels: int,

@@ -108,9 +108,10 @@ def _size(path: str) -> int:
 
 
 def encode_files(spark: SparkSession, files: InputFiles, model: FrozenModel, *, dim: int, device: str = "cpu",
-                 flag_problems: bool = False, batch_rows: int = 8192) -> DataFrame:
-    """(key, codes[, problem]) for every row of *files*, as ``encode.encode_embeddings`` gives them."""
-    schema, arrow_schema = codes_schema(files.key_type, files.key_col, flag_problems)
+                 flag_problems: bool = False, batch_rows: int = 8192, candidates: int = 0) -> DataFrame:
+    """(key, codes[, candidates, distances][, problem]) for every row of *files*, as
+    ``encode.encode_embeddings`` gives them."""
+    schema, arrow_schema = codes_schema(files.key_type, files.key_col, flag_problems, candidates)
     columns = [files.key_col, files.embedding_col]
     key_type = arrow_schema.field(files.key_col).type
     splits = [(path, part, n_parts) for path, size in zip(files.paths, files.sizes)
@@ -131,7 +132,8 @@ def encode_files(spark: SparkSession, files: InputFiles, model: FrozenModel, *, 
                         keys = rows.column(files.key_col)
                         keys = keys if keys.type == key_type else keys.cast(key_type)
                         yield from encode_batch(encoder, keys, rows.column(files.embedding_col), dim=dim,
-                                                device=device, flag_problems=flag_problems, schema=arrow_schema)
+                                                device=device, flag_problems=flag_problems, schema=arrow_schema,
+                                                candidates=candidates)
 
     tasks = spark.createDataFrame(splits, "path string, part int, n_parts int")
     return tasks.repartition(max(1, len(splits))).mapInArrow(encode_splits, schema)

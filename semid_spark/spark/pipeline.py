@@ -30,7 +30,9 @@ from semid_spark.delta.table import (
 )
 from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError, QualityGateError
 from semid_spark.spark.changes import InputRead, current_version, input_ref, read_since_last_run, record_input_version
-from semid_spark.spark.columns import ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RUN_ID, SEMANTIC_ID
+from semid_spark.spark.columns import (
+    ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RELOCATED, RUN_ID, SEMANTIC_ID,
+)
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.session import stage
@@ -38,6 +40,7 @@ from semid_spark.spark.sample import BadSampleError, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
 from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
 from semid_spark.spark.ranking import CODE_KEY, assign_counters, code_stats, with_code_key, with_semantic_id
+from semid_spark.spark.relocate import relocated_rows, relocation_figures
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,9 @@ class RunReport:
     n_inserted: int = 0
     model_sha256: str = ""
     collision_share: float = 0.0  # share of this run's new items whose codes another item also has
-    counter_share: float | None = None  # share of them whose ID gets a counter (with quality.max_counter_share)
+    counter_share: float | None = None  # share of them whose ID gets a counter (relocate, or quality.max_counter_share)
+    moved_share: float | None = None  # relocate: share of them moved to a free last-level code of their prefix
+    error_ratio: float | None = None  # relocate: reconstruction error of the assigned codes / of the nearest ones
     utilisation: list[float] | None = None  # per level, share of its codes they use (with quality.min_utilisation)
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
@@ -239,17 +244,20 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         if whole_input is not None and mode != "append":
             files = input_files(spark, whole_input, input_ref(cfg), key_col=key, embedding_col=emb,
                                 reader=cfg.encode.reader)
+        candidates = cfg.uniqueness.candidates
         if files is not None:
             encoded = encode_files(spark, files, frozen, dim=info.dim, device=cfg.encode.device,
-                                   flag_problems=not info.rows_checked, batch_rows=cfg.encode.batch_rows)
+                                   flag_problems=not info.rows_checked, batch_rows=cfg.encode.batch_rows,
+                                   candidates=candidates)
         else:
             encoded = encode_embeddings(todo, frozen, key_col=key, embedding_col=emb, dim=info.dim,
                                         device=cfg.encode.device, flag_problems=not info.rows_checked,
-                                        batch_rows=cfg.encode.batch_rows)
-        # key, codes and code key: ~30 bytes an item, read by the ranking and the MERGE. One job fills the
-        # cache and counts the rows, the rows that could not be encoded, and the rows per code
+                                        batch_rows=cfg.encode.batch_rows, candidates=candidates)
+        # key, codes and code key: ~30 bytes an item (~160 with relocation's candidates), read by the ranking
+        # and the MERGE. One job fills the cache and counts the rows, the rows that could not be encoded, and
+        # the rows per code
         sizes = codebook_sizes(encoder)
-        encoded = with_code_key(encoded, sizes).cache()
+        encoded = _kept(with_code_key(encoded, sizes), reads_table=mode == "append")
         stats = code_stats(encoded, cfg.uniqueness.hot_code_rows)
         report.n_new = stats.n_rows
         if stats.n_unencoded:  # only when the rows were not checked before: encoding flags them
@@ -261,7 +269,7 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         report.collision_share = stats.shared / max(report.n_new, 1)
         if cfg.quality.active and report.n_new:
             try:
-                check_quality(encoded, stats, sizes, out.read(spark) if mode == "append" else None, cfg.quality, report)
+                check_quality(encoded, stats, sizes, out.read(spark) if mode == "append" else None, cfg, report)
             except QualityGateError:
                 encoded.unpersist()
                 raise
@@ -277,6 +285,14 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
         write_rejects(spark, cfg, report)
     finally:
         encoded.unpersist()
+
+
+def _kept(encoded: DataFrame, *, reads_table: bool) -> DataFrame:
+    """*encoded*, computed once (by the first job that reads it). Where its plan reads the output table
+    (the new keys of an appending run), a local checkpoint instead of a cache: a commit to the table
+    drops the caches of plans that read it, so the next read would encode again, and after this run's
+    MERGE find no new key (the retry after a conflict, and the relocation figures, read it after one)."""
+    return encoded.localCheckpoint(eager=False) if reads_table else encoded.cache()
 
 
 def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder, out: TableRef, mode: str,
@@ -303,6 +319,12 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder,
                 prepare_table(spark, out, rows.schema, encoder, mode, stats_columns=(key, RUN_ID, ASSIGNED_AT))
                 # counters and the written keys are read inside the MERGE
                 report.n_inserted = merge_new_rows(spark, out, rows, key, unread_rows=unread)
+            if cfg.uniqueness.strategy == "relocate":
+                with stage(spark, "semid: relocation figures"):
+                    figures = relocation_figures(out.read(spark).where(F.col(RUN_ID) == report.run_id), encoded,
+                                                 key_col=key, n_levels=len(codebook_sizes(encoder)))
+                report.moved_share, report.counter_share = figures["moved_share"], figures["counter_share"]
+                report.error_ratio = figures["error_ratio"]
             return
         except Exception as exc:
             if not is_commit_conflict(exc):
@@ -319,13 +341,14 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder,
                         out, winner, attempt + 1, cfg.output.max_retries)
 
 
-def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFrame | None, quality, report: RunReport
-                  ) -> None:
+def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFrame | None, cfg: JobConfig,
+                  report: RunReport) -> None:
     """The ``quality`` gates over this run's new items (*encoded*, cached, with ``CODE_KEY``), checked
     before anything is written and before a model fitted by this run is saved; QualityGateError names
     the figure, its value and the threshold. Each gate costs one job, run only when it is set: the
-    utilisation one over the cached codes, the counter one also over the table's codes column."""
-    n_new = stats.n_rows
+    utilisation one over the cached codes, the counter one also over the table's codes column (with
+    relocation, the relocation itself, which the MERGE then runs again)."""
+    quality, n_new = cfg.quality, stats.n_rows
     untouched = "nothing was written, and a model fitted by this run was not saved"
     if quality.min_utilisation is not None:
         used = encoded.agg(*(F.countDistinct(F.col(CODES)[level]) for level in range(len(sizes)))).first()
@@ -336,10 +359,15 @@ def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFram
                 f"level {worst} uses {used[worst]} of its {sizes[worst]} codes ({report.utilisation[worst]:.3f}) among "
                 f"this run's {n_new} new items, under quality.min_utilisation={quality.min_utilisation}; {untouched}")
     if quality.max_counter_share is not None:
-        fresh = stats.n_codes  # each code no written item holds gives one new item its bare code
-        if written is not None:
-            held = with_code_key(written.select(CODES), sizes).select(CODE_KEY)
-            fresh -= encoded.select(CODE_KEY).distinct().join(held, CODE_KEY, "left_semi").count()
+        if cfg.uniqueness.strategy == "relocate":
+            rows = relocated_rows(encoded, written, sizes, key_col=cfg.input.key_col, n_new=n_new, hot=stats.hot,
+                                  hot_code_rows=cfg.uniqueness.hot_code_rows)
+            fresh = n_new - rows.where(F.col(COUNTER) > 0).count()
+        else:
+            fresh = stats.n_codes  # each code no written item holds gives one new item its bare code
+            if written is not None:
+                held = with_code_key(written.select(CODES), sizes).select(CODE_KEY)
+                fresh -= encoded.select(CODE_KEY).distinct().join(held, CODE_KEY, "left_semi").count()
         report.counter_share = (n_new - fresh) / n_new
         if report.counter_share > quality.max_counter_share:
             raise QualityGateError(
@@ -349,14 +377,18 @@ def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFram
 
 def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder, cfg: JobConfig,
                  run_id: str, n_new: int) -> DataFrame:
-    """The rows to insert: key, semantic_id, codes, counter, model, run, time. Lazy on purpose: the
-    written counters are read by the MERGE itself, so a commit that lands before it is counted."""
+    """The rows to insert: key, semantic_id, codes, counter, relocated, model, run, time. Lazy on purpose:
+    the written codes and counters are read by the MERGE itself, so a commit that lands before it is counted."""
     key, sizes = cfg.input.key_col, codebook_sizes(encoder)
-    counters = None if written is None else next_counters(written, encoded, sizes, n_new=n_new)
-    ranked = assign_counters(encoded, counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
-                             hot=hot)
+    if cfg.uniqueness.strategy == "relocate":
+        ranked = relocated_rows(encoded, written, sizes, key_col=key, n_new=n_new, hot=hot,
+                                hot_code_rows=cfg.uniqueness.hot_code_rows)
+    else:
+        counters = None if written is None else next_counters(written, encoded, sizes, n_new=n_new)
+        ranked = assign_counters(encoded, counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
+                                 hot=hot).withColumn(RELOCATED, F.lit(False))
     return ranked.transform(with_semantic_id, cfg.uniqueness.sep, len(sizes)).select(
-        key, SEMANTIC_ID, CODES, COUNTER,
+        key, SEMANTIC_ID, CODES, COUNTER, RELOCATED,
         F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(run_id).alias(RUN_ID),
         F.current_timestamp().alias(ASSIGNED_AT),
     )
@@ -399,6 +431,10 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
              report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
+    if report.moved_share is not None:
+        log.info("run %s: relocation moved %.4f of the new items to free codes of their prefix; %.4f got a counter; "
+                 "reconstruction error x%.4f", report.run_id, report.moved_share, report.counter_share,
+                 report.error_ratio)
     return report
 
 

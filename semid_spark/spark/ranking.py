@@ -90,11 +90,11 @@ def code_stats(new_items: DataFrame, hot_code_rows: int) -> CodeStats:
 
 
 def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, key_col: str, hot_code_rows: int,
-                    hot: list | None = None, salts: int = 0) -> DataFrame:
+                    hot: list | None = None, salts: int = 0, start: int = 0) -> DataFrame:
     """new_items (key, ..., code key) + next_counters (code key, next) -> new_items + counter (int).
 
     *next_counters* holds, per code already in the table, the first free counter; codes not
-    in it start at 0. *hot*: the codes over *hot_code_rows*, when ``code_stats`` already found them.
+    in it start at *start*. *hot*: the codes over *hot_code_rows*, when ``code_stats`` already found them.
 
     *salts* > 0 plans the ranking without running a job (``SemanticIdModel.transform`` stays lazy):
     every code's rows are spread over *salts* buckets by a hash of their key, so no code lands in
@@ -117,10 +117,10 @@ def assign_counters(new_items: DataFrame, next_counters: DataFrame | None, *, ke
                 _RN, F.col(_RN) + F.col(_BEFORE))
     if next_counters is not None:
         ranked = ranked.join(next_counters, CODE_KEY, "left")
-        start = F.coalesce(F.col("next"), F.lit(0))
+        first = F.coalesce(F.col("next"), F.lit(start))
     else:
-        start = F.lit(0)
-    return (ranked.withColumn(COUNTER, (start + F.col(_RN)).cast("int"))
+        first = F.lit(start)
+    return (ranked.withColumn(COUNTER, (first + F.col(_RN)).cast("int"))
                   .drop(_BUCKET, _RN, _BEFORE, "next"))
 
 

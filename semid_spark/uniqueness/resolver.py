@@ -196,6 +196,73 @@ class UniqueIdResolver(BaseResolver):
         )
 
 
+class RelocatingResolver(BaseResolver):
+    """Resolve collisions as the Spark job does with ``uniqueness.strategy: relocate``.
+
+    Among the items that share a full code, all but one move to distinct free last-level codes of
+    their own prefix (the minimum-cost assignment of ``semid_spark.uniqueness.relocate``: nearest
+    free codes, ties by key); items left when their prefix has no free code near them keep their
+    code and get counters, after the group's placed item, in key order. Prefixes never change.
+
+    Parameters
+    ----------
+    store : the counters' ``CollisionStore`` (a ``UniqueIdResolver`` over it issues the final IDs, so
+        every ID stays unique across calls, and ``keys=`` gives a seen item its ID back)
+    n_candidates : last-level codes an item may move to, its own included (the job's
+        ``uniqueness.relocate_candidates``)
+    fixed_length, counter_size : as ``UniqueIdResolver``'s
+
+    ``assign`` needs the model and the embeddings (a ``SemanticIdEngine`` passes both). A code is
+    free when no item of this call holds it; an item whose code an earlier call issued keeps it and
+    gets the store's next counter (``relocate_codes(..., held=...)`` relocates around known codes).
+    """
+
+    needs_model = True  # the engine passes codes, embeddings and the encoder to assign
+
+    def __init__(self, store: CollisionStore | None = None, *, n_candidates: int = 16, fixed_length: bool = False,
+                 counter_size: int = 256) -> None:
+        from semid_spark.uniqueness.relocate import check_n_candidates
+
+        self.n_candidates = check_n_candidates(n_candidates)
+        self.counters = UniqueIdResolver(store, fixed_length=fixed_length, counter_size=counter_size)
+        self.last_relocation = None  # the last call's Relocation (moved share, error ratio)
+
+    @property
+    def store(self) -> CollisionStore:
+        return self.counters.store
+
+    def assign(self, semantic_ids: Sequence[str], *, embeddings: ArrayLike | None = None, encoder: Any = None,
+               model: Any = None, device: str | None = None, codes: np.ndarray | None = None,
+               keys: Sequence[Hashable] | None = None, sep: str = "-",
+               fmt: Literal["plain", "token"] = "plain", formatter: Any = None,
+               item_ids: Sequence[Hashable] | None = None, model_sha256: str | None = None) -> list[str]:
+        """One unique ID per item, in input order (see the class docstring)."""
+        from semid_spark.uniqueness.relocate import relocate_codes
+
+        encoder = _fitted_encoder(encoder if encoder is not None else model)
+        if embeddings is None or encoder is None:
+            raise ConfigError("RelocatingResolver.assign() requires 'embeddings' and 'model' (or encoder=): a fitted "
+                              "RQKMeans, RQVAE or RQVAEModule; a SemanticIdEngine passes both")
+        n = len(semantic_ids)
+        relocation = relocate_codes(encoder, embeddings, keys=keys, codes=codes,
+                                    n_candidates=self.n_candidates, device=device)
+        if len(relocation.codes) != n:
+            raise InvalidInputError(f"{n} semantic_ids for {len(relocation.codes)} embeddings; expected one each")
+        self.last_relocation = relocation
+        bases = encoder.semantic_id(relocation.codes, sep=sep, fmt=fmt, formatter=formatter)
+        # the counters go to the items left without a free code, after the group's placed item, by key
+        rank = np.arange(n) if keys is None else np.unique(np.asarray(list(keys)), return_inverse=True)[1].ravel()
+        order = np.lexsort((rank, relocation.unplaced))
+        ids = self.counters.assign(
+            [bases[i] for i in order], keys=None if keys is None else [list(keys)[i] for i in order],
+            item_ids=None if item_ids is None else [list(item_ids)[i] for i in order], sep=sep, fmt=fmt,
+            model_sha256=model_sha256)
+        out = [""] * n
+        for position, i in enumerate(order):
+            out[i] = ids[position]
+        return out
+
+
 class SinkhornResolver(BaseResolver):
     """Resolve collisions by moving colliding items to free codes of the last level.
 
@@ -212,6 +279,8 @@ class SinkhornResolver(BaseResolver):
     ``RQVAEModule``). Not persistent: use ``UniqueIdResolver`` with a store for IDs that must
     stay unique across calls.
     """
+
+    needs_model = True  # the engine passes codes, embeddings and the encoder to assign
 
     def __init__(self, max_iterations: int = 20, sk_epsilon: float | None = None, fallback_suffix: bool = True, *,
                  fixed_length: bool = False, counter_size: int = 256) -> None:

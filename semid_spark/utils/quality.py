@@ -130,6 +130,9 @@ class QualityReport:
     random_pair_agreement: list[float] = field(default_factory=list)
     k: int = 10
     model_sha256: str = ""
+    # a written table's IDs: moved_share and counter_share (exact), error_ratio (sampled: reconstruction
+    # MSE of the written codes over that of the nearest codes); empty for a catalog's codes
+    uniqueness: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = asdict(self)

@@ -63,8 +63,15 @@ def render_markdown(report: QualityReport, plots: Mapping[str, str], why_not: st
              f"| collision rate (1 - distinct / items) | {report.collision_rate:.4f} |",
              f"| collision rate by prefix depth 1..{n_levels} | {_fmt(report.collision_rate_per_level)} |",
              f"| largest bucket | {report.largest_bucket:,} items (codes {report.largest_bucket_codes}) |",
-             f"| items alone in their bucket | {report.bucket_sizes.get(1, 0):,} |", "",
-             "## Code use per level", "",
+             f"| items alone in their bucket | {report.bucket_sizes.get(1, 0):,} |", ""]
+    if report.uniqueness:
+        u = report.uniqueness
+        lines += ["## Unique IDs (the written table)", "", "| figure | value |", "|---|---|",
+                  f"| items moved to a free last-level code of their prefix (exact) | {_fmt(u.get('moved_share'))} |",
+                  f"| items whose ID has a counter (exact) | {_fmt(u.get('counter_share'))} |",
+                  f"| reconstruction MSE of the written codes / of the nearest codes (sampled) | "
+                  f"{_fmt(u.get('error_ratio'))} |", ""]
+    lines += ["## Code use per level", "",
              "| level | codes used | utilisation | entropy (nats) | perplexity |", "|---|---|---|---|---|"]
     for lv in report.levels:
         lines.append(f"| {lv.level} | {lv.codes_used} | {lv.utilization:.4f} | {lv.entropy:.4f} | {lv.perplexity:.1f} |")

@@ -20,6 +20,8 @@ from semid_spark.synthetic import generated_catalog
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError, ShapeMismatchError
 from semid_spark.spark import pipeline
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
+from semid_spark.uniqueness.relocate import relocate_codes
+from semid_spark.uniqueness.resolver import RelocatingResolver
 
 DIM = 16
 ID_COLS = ["item_id", "semantic_id", "codes", "counter"]
@@ -80,7 +82,10 @@ def test_first_run_writes_one_unique_id_per_item(spark, first_run):
     table = ids(spark, cfg).collect()
     assert report.n_input == report.n_new == report.n_inserted == len(table) == 1200
     assert len({r.semantic_id for r in table}) == 1200
-    assert {r.item_id: r.semantic_id for r in table} == reference_ids([(r.item_id, r.codes) for r in table])
+    # the default strategy (relocate), as the single-machine resolver computes it from the same model
+    model = RQKMeans.load(cfg.model.path)
+    expected = RelocatingResolver().assign(model.semantic_id(model.encode(x)), embeddings=x, model=model, keys=keys)
+    assert {r.item_id: r.semantic_id for r in table} == dict(zip(keys, expected))
     props = DeltaTable.forPath(spark, cfg.output.path).detail().first()["properties"]
     assert props["semid.model_sha256"] == report.model_sha256 and props["semid.codebook_sizes"] == "8,8,8"
 
@@ -100,7 +105,7 @@ def test_executor_codes_equal_the_driver_model(spark, first_run):
     tmp, cfg, report, keys, x = first_run
     model = RQKMeans.load(cfg.model.path)
     table = {r.item_id: r.codes for r in ids(spark, cfg).collect()}
-    assert np.array_equal(np.array([table[k] for k in keys]), model.encode(x))
+    assert np.array_equal(np.array([table[k] for k in keys]), relocate_codes(model, x, keys=keys).codes)
 
 
 def test_executor_codes_equal_the_driver_model_for_rq_vae(spark):
@@ -280,7 +285,7 @@ def test_vectors_doubles_and_long_keys_are_accepted(spark, tmp_path):
     assert report.n_inserted == 200 and dict(table.dtypes)["item_id"] == "bigint"
     model = RQKMeans.load(cfg.model.path)
     got = {r.item_id: r.codes for r in table.collect()}
-    assert np.array_equal(np.array([got[i] for i in range(200)]), model.encode(x))
+    assert np.array_equal(np.array([got[i] for i in range(200)]), relocate_codes(model, x, keys=list(range(200))).codes)
 
 
 def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
@@ -305,7 +310,9 @@ def test_rq_vae_job_from_a_dataframe(spark, tmp_path):
     report = pipeline.run(spark, cfg, items=frame(spark, keys, x).repartition(3))
     model = RQVAE.load(cfg.model.path)
     got = {r.item_id: r.codes for r in spark.read.format("delta").load(cfg.output.path).collect()}
-    assert report.n_inserted == 400 and np.array_equal(np.array([got[k] for k in keys]), model.encode(x))
+    expected = relocate_codes(model, x, keys=keys)  # the default strategy, with the RQ-VAE's latent residuals
+    assert report.n_inserted == 400 and np.array_equal(np.array([got[k] for k in keys]), expected.codes)
+    assert report.moved_share == expected.moved_share > 0
 
 
 def test_a_run_failing_on_executors_leaves_the_table_as_it_was(spark, tmp_path):

@@ -1,0 +1,181 @@
+"""Relocation on Spark (``uniqueness.strategy: relocate``): the rule of ``uniqueness.relocate``, distributed.
+
+Every step is a join, a window or a group over small rows (key, code key, one candidate code, one
+distance); no embedding crosses a shuffle (encode computed the candidates where it read the rows):
+
+1. Participants: the new items whose code key another new item has (a count per code) or a written
+   item holds (the table's codes, only for the new items' prefixes).
+2. Edges: each participant's candidates, exploded; the own code where no written item holds it,
+   any other candidate no item holds (an anti-join on the held code keys).
+3. Pruning: per code, the K nearest edges by (distance, key), in two windows: first per (code, key
+   salt), then per code over the survivors, so a code millions of items want spans many tasks.
+4. Per prefix, the assignment (``place_items``) in a grouped pandas function: after the pruning a
+   prefix holds at most K codes x K edges, whatever its number of items.
+5. Placed items and items that never collided get counter 0 (their code is theirs alone); the
+   items left without a code are ranked by key after the written counters (and after the group's
+   placed item), in ``ranking``'s window (a hot code's keys in ranges).
+
+Lazy throughout: the written codes are read when the MERGE runs, as the counters are.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from semid_spark.spark.columns import CANDIDATES, CODES, COUNTER, DISTANCES, RELOCATED
+from semid_spark.spark.incremental import broadcast_limit, next_counters
+from semid_spark.spark.ranking import CODE_KEY, assign_counters, with_code_key
+from semid_spark.uniqueness.relocate import place_items
+
+_PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
+_NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
+PRUNE_SALTS = 32  # first-stage tasks per code in the pruning
+PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment
+
+
+def is_packed(sizes: Sequence[int]) -> bool:
+    return int(np.prod([int(s) for s in sizes], dtype=object)) < 1 << 63
+
+
+def prefix_of(sizes: Sequence[int]) -> Column:
+    """The codes of levels < L as one value: code key div K (packed), else the codes array's head."""
+    if is_packed(sizes):
+        return F.expr(f"`{CODE_KEY}` div {int(sizes[-1])}")
+    return F.slice(F.col(CODES), 1, len(sizes) - 1)
+
+
+def full_code(prefix: Column, last: Column, sizes: Sequence[int]) -> Column:
+    """The code key of (prefix, last-level code)."""
+    if is_packed(sizes):
+        return prefix * F.lit(int(sizes[-1])) + last.cast("long")
+    return F.concat(prefix, F.array(last.cast("int")))
+
+
+def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
+                   n_new: int, hot: list, hot_code_rows: int) -> DataFrame:
+    """encoded (key, codes, code key, candidates, distances) [+ the written table] -> (key, codes, code
+    key, counter, relocated): the codes after relocation and each row's counter, every one unique.
+    *hot*: the codes of *encoded* over *hot_code_rows* rows (``code_stats``); the items left on one keep
+    it, so no other code can hold more of them than that."""
+    k = int(sizes[-1])
+    items = encoded.withColumn(_PREFIX, prefix_of(sizes))
+    held_written = _written_code_keys(written, items, sizes, n_new=n_new)
+    per_code = items.groupBy(CODE_KEY).agg(F.count(F.lit(1)).alias(_COUNT))
+    shared = per_code.where(F.col(_COUNT) > 1).select(CODE_KEY, F.lit(False).alias(_OWN_WRITTEN))
+    participant_codes = shared
+    if held_written is not None:
+        taken = per_code.select(CODE_KEY).join(held_written, CODE_KEY, "left_semi")
+        participant_codes = (shared.unionByName(taken.select(CODE_KEY, F.lit(True).alias(_OWN_WRITTEN)))
+                             .groupBy(CODE_KEY).agg(F.max(_OWN_WRITTEN).alias(_OWN_WRITTEN)))
+    # one shuffle of the new rows by code: the items that never collided leave here with counter 0
+    flagged = items.join(participant_codes, CODE_KEY, "left")
+    alone = flagged.where(F.col(_OWN_WRITTEN).isNull())
+    participants = flagged.where(F.col(_OWN_WRITTEN).isNotNull())
+
+    edges = participants.select(key_col, _PREFIX, _OWN_WRITTEN, F.posexplode(
+        F.arrays_zip(F.col(CANDIDATES).alias(_LAST), F.col(DISTANCES).alias(_DIST))).alias(_POS, "_edge"))
+    edges = edges.select(key_col, _PREFIX, _OWN_WRITTEN, _POS, F.col(f"_edge.{_LAST}").alias(_LAST),
+                         F.col(f"_edge.{_DIST}").alias(_DIST))
+    edges = edges.withColumn(_TARGET, full_code(F.col(_PREFIX), F.col(_LAST), sizes))
+    held = per_code.select(F.col(CODE_KEY).alias(_TARGET))
+    if held_written is not None:
+        held = held.unionByName(held_written.select(F.col(CODE_KEY).alias(_TARGET)))
+    own = edges.where((F.col(_POS) == 0) & ~F.col(_OWN_WRITTEN))
+    others = edges.where(F.col(_POS) > 0).join(held, _TARGET, "left_anti")
+    kept = _nearest_per_code(own.unionByName(others), key_col, k, salts=PRUNE_SALTS)
+
+    key_type = encoded.schema[key_col].dataType
+    # prefixes in hash buckets: one pandas call solves many small prefixes (a call per prefix cost more than
+    # its assignment); a prefix's edges are bounded by the pruning, so no bucket holds a large one alone
+    buckets = kept.select(F.pmod(F.xxhash64(_PREFIX), F.lit(PLACE_BUCKETS)).alias(_BUCKET), _PREFIX, key_col,
+                          _LAST, _DIST)
+    placements = buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col), T.StructType(
+        [T.StructField(key_col, key_type), T.StructField(_NEW, T.IntegerType())]))
+    columns = [c for c in encoded.columns if c not in (CANDIDATES, DISTANCES)]
+    decided = participants.select(*columns).join(placements, key_col, "left")  # _NEW null: no free code near
+    own_last = F.col(CODES).getItem(len(sizes) - 1)
+    moved = F.col(_NEW).isNotNull() & (F.col(_NEW) != own_last)
+    decided = (decided.withColumn(RELOCATED, F.coalesce(moved, F.lit(False)))
+               .withColumn(CODES, F.when(moved, F.concat(F.slice(F.col(CODES), 1, len(sizes) - 1),
+                                                         F.array(F.col(_NEW)))).otherwise(F.col(CODES)))
+               .withColumn(CODE_KEY, F.when(moved, full_code(prefix_of(sizes), F.col(_NEW), sizes))
+                           .otherwise(F.col(CODE_KEY))))
+    placed = decided.where(F.col(_NEW).isNotNull()).select(*columns, RELOCATED)
+    rest = decided.where(F.col(_NEW).isNull()).select(*columns, RELOCATED)
+    counters = None if written is None else next_counters(written, rest, sizes, n_new=n_new)
+    # the group's code is held by a written item (counters follow its) or kept by a placed item (counter 0)
+    ranked = assign_counters(rest, counters, key_col=key_col, hot_code_rows=hot_code_rows, hot=hot, start=1)
+    out = [*columns, RELOCATED, COUNTER]
+    return (alone.select(*columns, F.lit(False).alias(RELOCATED), F.lit(0).alias(COUNTER))
+            .unionByName(placed.withColumn(COUNTER, F.lit(0)).select(*out))
+            .unionByName(ranked.select(*out)))
+
+
+def _written_code_keys(written: DataFrame | None, items: DataFrame, sizes: Sequence[int], *, n_new: int
+                       ) -> DataFrame | None:
+    """(code key) of the written rows whose prefix is a new item's, distinct."""
+    if written is None:
+        return None
+    codes = with_code_key(written.select(CODES), sizes).withColumn(_PREFIX, prefix_of(sizes))
+    prefixes = items.select(_PREFIX).distinct()
+    if n_new <= broadcast_limit():
+        prefixes = F.broadcast(prefixes)
+    return codes.join(prefixes, _PREFIX, "left_semi").select(CODE_KEY).distinct()
+
+
+def _nearest_per_code(edges: DataFrame, key_col: str, k: int, *, salts: int) -> DataFrame:
+    """The *k* first edges of each target code by (distance, key): per (code, salt) first, then per code."""
+    order = [F.col(_DIST), F.col(key_col)]
+    salted = edges.withColumn(_SALT, F.pmod(F.xxhash64(F.col(key_col)), F.lit(salts)))
+    first = salted.withColumn(_RN, F.row_number().over(Window.partitionBy(_TARGET, _SALT).orderBy(*order)))
+    survivors = first.where(F.col(_RN) <= k).drop(_RN, _SALT)
+    second = survivors.withColumn(_RN, F.row_number().over(Window.partitionBy(_TARGET).orderBy(*order)))
+    return second.where(F.col(_RN) <= k).drop(_RN)
+
+
+def _placement_function(key_col: str):
+    def place(edges: pd.DataFrame) -> pd.DataFrame:
+        """Edges (bucket, prefix, key, last, dist) of some prefixes -> (key, new last code) of their placed items."""
+        prefixes = edges[_PREFIX]
+        if prefixes.dtype == object:  # codes arrays (codebooks too large to pack): a tuple per prefix
+            prefixes = prefixes.map(tuple)
+        group = pd.factorize(prefixes)[0]
+        keys_out, new_out = [], []
+        order = np.argsort(group, kind="stable")
+        starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1, len(order)]
+        key_values = edges[key_col].to_numpy()
+        last, dist = edges[_LAST].to_numpy(np.int64), edges[_DIST].to_numpy(np.float32)
+        for lo, hi in zip(starts[:-1], starts[1:]):
+            rows = order[lo:hi]
+            keys, item = np.unique(key_values[rows], return_inverse=True)  # the prefix's items in key order
+            given = place_items(len(keys), item.ravel(), last[rows], dist[rows])
+            placed = given >= 0
+            keys_out.append(keys[placed])
+            new_out.append(given[placed].astype(np.int32))
+        if not keys_out:
+            return pd.DataFrame({key_col: key_values[:0], _NEW: np.zeros(0, dtype=np.int32)})
+        return pd.DataFrame({key_col: np.concatenate(keys_out), _NEW: np.concatenate(new_out)})
+
+    return place
+
+
+def relocation_figures(inserted: DataFrame, encoded: DataFrame, *, key_col: str, n_levels: int) -> dict:
+    """The run's share moved, share with a counter and error ratio, from its inserted rows (key, codes,
+    counter, relocated) and its encoded rows (key, candidates, distances): one join of small rows."""
+    rows = inserted.select(key_col, CODES, COUNTER, RELOCATED).join(
+        encoded.select(key_col, CANDIDATES, DISTANCES), key_col)
+    at = F.array_position(F.col(CANDIDATES), F.col(CODES).getItem(n_levels - 1))
+    row = rows.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(RELOCATED).cast("long")).alias("moved"),
+                   F.sum((F.col(COUNTER) > 0).cast("long")).alias("counters"),
+                   F.sum(F.element_at(F.col(DISTANCES), 1).cast("double")).alias("nearest"),
+                   F.sum(F.element_at(F.col(DISTANCES), at.cast("int")).cast("double")).alias("assigned")).first()
+    n = int(row["n"] or 0)
+    nearest, assigned = float(row["nearest"] or 0.0), float(row["assigned"] or 0.0)
+    return {"moved_share": (row["moved"] or 0) / max(n, 1), "counter_share": (row["counters"] or 0) / max(n, 1),
+            "error_ratio": assigned / nearest if nearest > 0 else 1.0}

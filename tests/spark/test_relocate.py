@@ -1,0 +1,132 @@
+"""uniqueness.strategy in the job: relocate (the default) against suffix, the Python rule, increments, old tables."""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.exceptions import QualityGateError
+from semid_spark.spark import pipeline
+from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+from semid_spark.uniqueness.relocate import relocate_codes
+from tests.spark.test_pipeline import catalog, config, frame, write_input
+
+
+def table_rows(spark, cfg):
+    return {r.item_id: r for r in spark.read.format("delta").load(cfg.output.path).collect()}
+
+
+@pytest.fixture(scope="module")
+def relocated_run(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("relocate")
+    keys, x = catalog(1500, seed=5)
+    model = RQKMeans(3, [4, 4, 16], random_state=0).fit(x)
+    model.save(str(tmp / "model"))
+    write_input(spark, frame(spark, keys[:1200], x[:1200]), f"{tmp}/in")
+    cfg = config(tmp, model={"path": str(tmp / "model")})
+    report = pipeline.run(spark, cfg)
+    return tmp, cfg, report, keys, x, model
+
+
+def test_relocated_codes_are_the_python_rules_and_keep_the_prefix(spark, relocated_run):
+    tmp, cfg, report, keys, x, model = relocated_run
+    rows = table_rows(spark, cfg)
+    expected = relocate_codes(model, x[:1200], keys=keys[:1200])
+    nearest = model.encode(x[:1200])
+    assert len({r.semantic_id for r in rows.values()}) == len(rows) == 1200
+    for i, key in enumerate(keys[:1200]):
+        assert list(rows[key].codes) == expected.codes[i].tolist()
+        assert rows[key].relocated == bool(expected.relocated[i])
+        assert list(rows[key].codes[:2]) == nearest[i, :2].tolist()  # the prefix is the nearest codes'
+        assert (rows[key].counter > 0) == bool(expected.unplaced[i])
+    assert 0 < report.moved_share == pytest.approx(expected.moved_share)
+    assert report.counter_share == pytest.approx(expected.unplaced.mean())
+    assert report.error_ratio == pytest.approx(expected.error_ratio, rel=1e-5) and report.error_ratio >= 1.0
+
+
+def test_the_placed_item_keeps_the_bare_code_and_the_rest_count_on_by_key(spark, relocated_run):
+    tmp, cfg, report, keys, x, model = relocated_run
+    by_code = defaultdict(list)
+    for r in table_rows(spark, cfg).values():
+        by_code[tuple(r.codes)].append(r)
+    for members in by_code.values():
+        counters = sorted(r.counter for r in members)
+        assert counters == list(range(len(members)))
+        left_over = sorted((r for r in members if r.counter > 0), key=lambda r: r.counter)
+        assert [r.item_id for r in left_over] == sorted(r.item_id for r in left_over)
+
+
+def test_relocation_fewer_counters_than_suffix_on_the_same_input(spark, relocated_run, tmp_path):
+    tmp, cfg, report, keys, x, model = relocated_run
+    suffix = config(tmp_path, model={"path": cfg.model.path}, uniqueness={"strategy": "suffix"},
+                    quality={"max_counter_share": 1.0})
+    write_input(spark, frame(spark, keys[:1200], x[:1200]), suffix.input.path)
+    suffix_report = pipeline.run(spark, suffix)
+    rows = table_rows(spark, suffix)
+    assert not any(r.relocated for r in rows.values())
+    assert report.counter_share < suffix_report.counter_share
+    assert suffix_report.moved_share is None
+
+
+def test_an_increment_never_moves_a_written_item_and_relocates_around_written_codes(spark, relocated_run):
+    tmp, cfg, report, keys, x, model = relocated_run
+    before = table_rows(spark, cfg)
+    write_input(spark, frame(spark, keys[1200:], x[1200:]), cfg.input.path, mode="append")
+    pipeline.run(spark, cfg)
+    after = table_rows(spark, cfg)
+    assert all(after[k] == before[k] for k in before)
+    assert len(after) == 1500 and len({r.semantic_id for r in after.values()}) == 1500
+    held = np.array([list(r.codes) for r in before.values()])
+    expected = relocate_codes(model, x[1200:], keys=keys[1200:], held=held)
+    assert [list(after[k].codes) for k in keys[1200:]] == expected.codes.tolist()
+    written_codes = {tuple(r.codes) for r in before.values()}
+    for i, key in enumerate(keys[1200:]):
+        if tuple(after[key].codes) in written_codes:  # a written code: a counter after the written ones
+            assert after[key].counter > 0 and expected.unplaced[i]
+
+
+def test_a_table_written_before_relocation_gains_the_column(spark, tmp_path):
+    keys, x = catalog(600, seed=2)
+    cfg = config(tmp_path, uniqueness={"strategy": "suffix"})
+    write_input(spark, frame(spark, keys[:500], x[:500]), cfg.input.path)
+    pipeline.run(spark, cfg)
+    old = spark.read.format("delta").load(cfg.output.path).drop("relocated")  # as an earlier version wrote it
+    old.localCheckpoint().write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(cfg.output.path)
+    write_input(spark, frame(spark, keys[500:], x[500:]), cfg.input.path, mode="append")
+    relocate = config(tmp_path)
+    pipeline.run(spark, relocate)
+    table = spark.read.format("delta").load(cfg.output.path)
+    assert table.where(F.col("relocated").isNull()).count() == 500  # the old rows, untouched
+    assert table.where(F.col("relocated").isNotNull()).count() == 100
+    assert table.select("semantic_id").distinct().count() == 600
+
+
+def test_the_counter_gate_judges_the_relocated_ids(spark, relocated_run, tmp_path):
+    tmp, cfg, report, keys, x, model = relocated_run
+    between = (report.counter_share + report.collision_share) / 2  # over relocate's share, under suffix's
+    gated = config(tmp_path, model={"path": cfg.model.path}, quality={"max_counter_share": between})
+    write_input(spark, frame(spark, keys[:1200], x[:1200]), gated.input.path)
+    passed = pipeline.run(spark, gated)
+    assert passed.counter_share == pytest.approx(report.counter_share)
+    suffix = config(tmp_path / "suffix", model={"path": cfg.model.path}, uniqueness={"strategy": "suffix"},
+                    quality={"max_counter_share": between})
+    write_input(spark, frame(spark, keys[:1200], x[:1200]), suffix.input.path)
+    with pytest.raises(QualityGateError, match="max_counter_share"):
+        pipeline.run(spark, suffix)
+
+
+def test_evaluate_reports_the_moved_and_counter_shares_of_the_table(spark, tmp_path):
+    keys, x = catalog(800, seed=7)
+    model = RQKMeans(3, [4, 4, 16], random_state=0).fit(x)
+    model.save(str(tmp_path / "model"))
+    cfg = config(tmp_path, model={"path": str(tmp_path / "model")})
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    report = pipeline.run(spark, cfg)
+    quality, _ = evaluate_job(spark, cfg, EvaluateOptions(out_dir=str(tmp_path / "eval"), sample_size=800, k=5,
+                                                          n_queries=100))
+    assert quality.uniqueness["moved_share"] == pytest.approx(report.moved_share)
+    assert quality.uniqueness["counter_share"] == pytest.approx(report.counter_share)
+    assert quality.uniqueness["error_ratio"] == pytest.approx(report.error_ratio, rel=1e-4)
+    assert "moved to a free last-level code" in open(tmp_path / "eval" / "report.md", encoding="utf-8").read()
