@@ -2,11 +2,13 @@
 
 The code contract, shared with the torch kernels in ``_torch_ops``:
 
-* scores are the float32 formula ``||c||^2 - 2 r.c`` (``||r||^2`` is constant per row);
+* scores are the float32 formula ``||c||^2 + p_c - 2 r.c`` (``||r||^2`` is constant per row); ``p``
+  is a balanced model's per-centroid offset (0 without one), folded into the norms once
+  (``level_norms``), so every backend adds the same float32 values;
 * a row whose best score is within ``margin`` of another centroid's is *ambiguous*: float32
   rounding (which differs between BLAS libraries, CPUs and GPUs) could decide it. Those rows,
-  and only those, are decided again by the float64 squared distance over the near candidates,
-  ties to the lowest index. ``margin`` bounds the float32 error of the formula (Higham's
+  and only those, are decided again by the float64 squared distance plus offset over the near
+  candidates, ties to the lowest index. ``margin`` bounds the float32 error of the formula (Higham's
   gamma_d bound for a length-d dot product), so the exact winner is always among the
   candidates and every backend returns the same code.
 
@@ -26,21 +28,31 @@ def sq_norms(codebook: np.ndarray) -> np.ndarray:  # (k, d) -> (k,) float32, sum
     return np.einsum("kd,kd->k", c, c).astype(np.float32)
 
 
+def level_norms(codebook: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """(k, d), optional (k,) float32 offsets -> (k,) float32 scores' constant part: ||c||^2 + p."""
+    if offsets is None:
+        return sq_norms(codebook)
+    c = codebook.astype(np.float64)
+    return (np.einsum("kd,kd->k", c, c) + offsets.astype(np.float64)).astype(np.float32)
+
+
 def tie_margin(dim: int, row_sq_norm: np.ndarray, max_code_sq_norm: float) -> np.ndarray:
     """Bound on |float32 score difference - exact difference| for rows with the given norms."""
     return (dim + 8) * F32_EPS * (row_sq_norm + np.float32(max_code_sq_norm))
 
 
 def exact_nearest(
-    residual: np.ndarray, codebook: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    residual: np.ndarray, codebook: np.ndarray, rows: np.ndarray, cols: np.ndarray, offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Float64 nearest among candidate (row, col) pairs, ties to the lowest col.
+    """Float64 nearest (squared distance plus offset) among candidate (row, col) pairs, ties to the lowest col.
 
     ``rows`` must be sorted ascending (as ``np.nonzero`` returns them); returns one code per
     distinct row, in row order.
     """
     diff = residual[rows].astype(np.float64) - codebook[cols].astype(np.float64)
     dist = np.einsum("nd,nd->n", diff, diff)
+    if offsets is not None:
+        dist += offsets[cols].astype(np.float64)
     order = np.lexsort((cols, dist, rows))
     first = np.ones(len(order), dtype=bool)
     first[1:] = rows[order][1:] != rows[order][:-1]
@@ -53,8 +65,10 @@ def scaled_transpose(codebook: np.ndarray) -> np.ndarray:  # (k, d) -> (d, k) fl
 
 def nearest_codes(
     residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray, minus_2_codebook_t: np.ndarray | None = None,
-) -> np.ndarray:  # (n, d), (k, d), (k,), optional (d, k) -> (n,) int64
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:  # (n, d), (k, d), (k,), optional (d, k), optional (k,) -> (n,) int64
     """Index of the nearest centroid for each row, by the contract in the module docstring.
+    With *offsets*, ``code_sq_norms`` must be ``level_norms(codebook, offsets)``.
 
     ``minus_2_codebook_t`` is ``scaled_transpose(codebook)``, computed here unless the caller
     precomputed it once per model; scaling by a power of two is exact, so the scores are those
@@ -70,30 +84,77 @@ def nearest_codes(
     scores[all_rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
     runner_up = scores[all_rows, scores.argmin(axis=1)]  # = min(axis=1); numpy's row argmin is ~2x faster
     row_sq = np.einsum("nd,nd->n", residual, residual)
-    limit = best + tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))
+    limit = best + tie_margin(residual.shape[1], row_sq, float(np.abs(code_sq_norms).max()))
     ambiguous = np.flatnonzero(runner_up <= limit)
     if len(ambiguous):
         scores[ambiguous, codes[ambiguous]] = best[ambiguous]
         rows, cols = np.nonzero(scores[ambiguous] <= limit[ambiguous, None])
-        codes[ambiguous] = exact_nearest(residual[ambiguous], codebook, rows, cols)
+        codes[ambiguous] = exact_nearest(residual[ambiguous], codebook, rows, cols, offsets)
     return codes
 
 
 def encode_residual(
-    x: np.ndarray, codebooks: list[np.ndarray], *, chunk: int = ENCODE_CHUNK
-) -> np.ndarray:  # (n, d), L x (k_l, d) -> (n, L) int32
-    """Greedy residual encoding: at each level the nearest centroid, then subtract it."""
+    x: np.ndarray, codebooks: list[np.ndarray], *, chunk: int = ENCODE_CHUNK, offsets: list | None = None,
+) -> np.ndarray:  # (n, d), L x (k_l, d), optional L x (k_l,) -> (n, L) int32
+    """Greedy residual encoding: at each level the nearest centroid (less its offset), then subtract it."""
     n_levels = len(codebooks)
-    norms = [sq_norms(c) for c in codebooks]
+    offsets = offsets or [None] * n_levels
+    norms = [level_norms(c, o) for c, o in zip(codebooks, offsets)]
     scaled = [scaled_transpose(c) for c in codebooks]
     codes = np.empty((len(x), n_levels), dtype=np.int32)
     for start in range(0, len(x), chunk):
         residual = x[start : start + chunk].copy()
         for level, codebook in enumerate(codebooks):
-            level_codes = nearest_codes(residual, codebook, norms[level], scaled[level])
+            level_codes = nearest_codes(residual, codebook, norms[level], scaled[level], offsets[level])
             codes[start : start + chunk, level] = level_codes
             residual -= codebook[level_codes]
     return codes
+
+
+def balancing_offsets(dist: np.ndarray, *, final_eps: float = 1e-3, phases: int = 3) -> np.ndarray:
+    """(n, k) squared distances -> (k,) float32 offsets p >= 0 such that ``argmin(dist + p)`` puts
+    n//k or n//k+1 rows in every column (up to rows tied within the last phase's epsilon).
+
+    An auction (Bertsekas' for assignment with capacities, all unassigned rows bidding at once):
+    each row bids for its cheapest column at a price raised by its margin over its second choice
+    plus epsilon; a column keeps its highest bids up to its capacity, and its price is then its
+    lowest kept bid. Epsilon shrinks over *phases* from a tenth of the median margin to *final_eps*
+    of it, each phase starting from the last one's prices. Deterministic (ties by row, then column).
+    """
+    n, k = dist.shape
+    base, extra = divmod(n, k)
+    capacity = np.full(k, base, dtype=np.int64)
+    capacity[:extra] += 1
+    two = np.partition(dist, 1, axis=1)
+    scale = float(np.median(two[:, 1] - two[:, 0])) or 1e-12
+    prices = np.zeros(k)
+    columns = np.arange(k)
+    for eps in np.geomspace(0.1 * scale, final_eps * scale, phases):
+        label = np.full(n, -1, dtype=np.int64)
+        bid = np.zeros(n)
+        waiting = np.arange(n)
+        while len(waiting):
+            scores = dist[waiting] + prices
+            best = scores.argmin(axis=1)
+            first = scores[np.arange(len(waiting)), best]
+            scores[np.arange(len(waiting)), best] = np.inf
+            margin = scores.min(axis=1) - first if k > 1 else np.zeros(len(waiting))
+            label[waiting], bid[waiting] = best, prices[best] + margin + eps
+            bidden = np.zeros(k, dtype=bool)
+            bidden[best] = True
+            rows = np.flatnonzero(bidden[np.maximum(label, 0)] & (label >= 0))
+            rows = rows[np.lexsort((rows, -bid[rows], label[rows]))]  # per column, highest bid first
+            held = label[rows]
+            starts = np.r_[0, np.flatnonzero(np.diff(held)) + 1]
+            rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+            keep = rank < capacity[held]
+            waiting = rows[~keep]
+            label[waiting] = -1
+            lowest = np.full(k, np.inf)
+            np.minimum.at(lowest, held[keep], bid[rows[keep]])
+            full = bidden & (np.bincount(held[keep], minlength=k) >= capacity)
+            prices[columns[full]] = lowest[full]
+    return prices.astype(np.float32)
 
 
 def decode_codes(codes: np.ndarray, codebooks: list[np.ndarray], dim: int) -> np.ndarray:

@@ -39,8 +39,13 @@ def sq_norms(codebook: torch.Tensor) -> torch.Tensor:  # (k, d) -> (k,) float32
     return torch.from_numpy(_ops.sq_norms(codebook.cpu().numpy())).to(codebook.device)
 
 
+def level_norms(codebook: torch.Tensor, offsets: np.ndarray | None) -> torch.Tensor:  # (k, d), (k,) -> (k,)
+    """``_ops.level_norms`` (computed by numpy, so both backends add identical float32 values)."""
+    return torch.from_numpy(_ops.level_norms(codebook.cpu().numpy(), offsets)).to(codebook.device)
+
+
 def nearest_codes(
-    residual: torch.Tensor, codebook: torch.Tensor, code_sq_norms: torch.Tensor
+    residual: torch.Tensor, codebook: torch.Tensor, code_sq_norms: torch.Tensor, offsets: np.ndarray | None = None,
 ) -> torch.Tensor:  # (n, d), (k, d), (k,) -> (n,) int64, identical to _ops.nearest_codes
     scores = torch.addmm(code_sq_norms, residual, codebook.T, alpha=-2.0)  # (n, k)
     all_rows = torch.arange(len(scores), device=scores.device)
@@ -48,30 +53,32 @@ def nearest_codes(
     scores[all_rows, codes] = torch.inf  # the runner-up decides whether the row is ambiguous
     runner_up = scores.min(dim=1).values
     row_sq = (residual * residual).sum(dim=1)
-    limit = best + _ops.tie_margin(residual.shape[1], row_sq, float(code_sq_norms.max()))
+    limit = best + _ops.tie_margin(residual.shape[1], row_sq, float(code_sq_norms.abs().max()))
     ambiguous = torch.nonzero(runner_up <= limit).flatten()
     if len(ambiguous):
         scores[ambiguous, codes[ambiguous]] = best[ambiguous]
         near = scores[ambiguous] <= limit[ambiguous, None]
         rows, cols = np.nonzero(near.cpu().numpy())
         exact = _ops.exact_nearest(
-            residual[ambiguous].cpu().numpy(), codebook.cpu().numpy(), rows, cols
+            residual[ambiguous].cpu().numpy(), codebook.cpu().numpy(), rows, cols, offsets
         )
         codes[ambiguous] = torch.from_numpy(exact).to(codes.device)
     return codes
 
 
 def encode_residual(
-    x: np.ndarray, codebooks: list[np.ndarray], device: torch.device, *, chunk: int = 65536
-) -> np.ndarray:  # (n, d), L x (k_l, d) -> (n, L) int32
+    x: np.ndarray, codebooks: list[np.ndarray], device: torch.device, *, chunk: int = 65536,
+    offsets: list | None = None,
+) -> np.ndarray:  # (n, d), L x (k_l, d), optional L x (k_l,) -> (n, L) int32
     books = [torch.from_numpy(c).to(device) for c in codebooks]
-    norms = [sq_norms(c) for c in books]
+    offsets = offsets or [None] * len(books)
+    norms = [level_norms(c, o) for c, o in zip(books, offsets)]
     codes = np.empty((len(x), len(books)), dtype=np.int32)
     with full_fp32_matmul(), torch.no_grad():
         for start in range(0, len(x), chunk):
             residual = torch.from_numpy(x[start : start + chunk]).to(device)
             for level, codebook in enumerate(books):
-                level_codes = nearest_codes(residual, codebook, norms[level])
+                level_codes = nearest_codes(residual, codebook, norms[level], offsets[level])
                 codes[start : start + chunk, level] = level_codes.cpu().numpy()
                 residual = residual - codebook[level_codes]
     return codes

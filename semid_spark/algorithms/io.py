@@ -20,7 +20,7 @@ from semid_spark.exceptions import ModelFormatError
 
 METADATA_FILE = "metadata.json"
 ARRAYS_FILE = "codebooks.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RQ-KMeans may hold per-centroid offsets (offsets_<level>); 1 still loads
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:

@@ -56,8 +56,9 @@ class RQKMeans(BaseSemanticEncoder):
     metric : ``"l2"`` only; ``"cosine"`` raises ``NotImplementedError`` (normalise the
         embeddings first: on unit vectors l2 and cosine rank neighbours alike)
     implementation : ``"kmeans"`` or ``"constrained"`` (balanced: at fit time every cluster
-        holds exactly N//K or N//K+1 of the level's points). ``encode`` afterwards is plain
-        nearest-centroid, so on new data the sizes are only as balanced as the data allows.
+        holds exactly N//K or N//K+1 of the level's points, and each level learns per-centroid
+        offsets ``offsets_`` that ``encode`` adds to the squared distances, so that encoding
+        stays balanced: still a per-row rule, the same codes on every device)
     max_iter, tol : Lloyd stops after max_iter iterations or when the summed squared center
         shift is <= tol * mean feature variance of the level's input (scikit-learn's rule)
     random_state : int or None; the same seed gives the same codebooks bit for bit on the
@@ -76,6 +77,8 @@ class RQKMeans(BaseSemanticEncoder):
     Attributes (after ``fit`` or ``load`` only)
     ----------
     codebooks_ : list of L float32 arrays of shape (K_l, D)
+    offsets_ : None, or (``implementation="constrained"``) a list of L float32 arrays (K_l,): a
+        row's code at a level is the centroid of least squared distance plus offset
     D_, n_features_in_ : int, embedding dimension
     level_stats_ : list of LevelStats (``fit`` only)
     """
@@ -151,7 +154,7 @@ class RQKMeans(BaseSemanticEncoder):
         from semid_spark.algorithms import _torch_ops
 
         seeds = np.random.SeedSequence(self.random_state).spawn(len(sizes))
-        codebooks, stats = [], []
+        codebooks, stats, offsets = [], [], []
         with _torch_ops.full_fp32_matmul(), torch.no_grad():
             residual = torch.from_numpy(x).to(torch_device)
             levels = progress(enumerate(sizes), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=len(sizes),
@@ -160,7 +163,13 @@ class RQKMeans(BaseSemanticEncoder):
                 rng = np.random.default_rng(seeds[level])
                 centers, n_iter = self._fit_level(residual, k, rng, _torch_ops)
                 codebook = centers.float().cpu().numpy()
-                codes = _torch_ops.nearest_codes(residual, centers, _torch_ops.sq_norms(centers))
+                level_offsets = None
+                if self.implementation == "constrained":  # encode as balanced as the fit: offsets
+                    dist = torch.addmm(_torch_ops.sq_norms(centers), residual, centers.T, alpha=-2.0)
+                    level_offsets = _ops.balancing_offsets(dist.cpu().numpy())
+                offsets.append(level_offsets)
+                codes = _torch_ops.nearest_codes(residual, centers, _torch_ops.level_norms(centers, level_offsets),
+                                                 level_offsets)
                 residual = residual - centers[codes]
                 inertia = float((residual * residual).sum(dim=1).mean())
                 n_empty = int((torch.bincount(codes, minlength=k) == 0).sum())
@@ -170,12 +179,13 @@ class RQKMeans(BaseSemanticEncoder):
                 codebooks.append(np.ascontiguousarray(codebook, dtype=np.float32))
                 levels.set_postfix(mse=f"{inertia:.4g}", iters=n_iter)
                 log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, len(sizes), k, n_iter, inertia, n_empty)
-        self._set_codebooks(codebooks)
+        self._set_codebooks(codebooks, offsets if self.implementation == "constrained" else None)
         self.level_stats_ = stats
         return self
 
-    def _set_codebooks(self, codebooks: list[np.ndarray]) -> None:
+    def _set_codebooks(self, codebooks: list[np.ndarray], offsets: list[np.ndarray] | None = None) -> None:
         self.codebooks_ = codebooks
+        self.offsets_ = offsets
         self.D_ = self.n_features_in_ = int(codebooks[0].shape[1])
 
     def _fit_level(self, x, k: int, rng: np.random.Generator, ops):
@@ -221,11 +231,13 @@ class RQKMeans(BaseSemanticEncoder):
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}; expected >= 1 or None")
         if device == "cpu":
-            return _ops.encode_residual(x, self.codebooks_, chunk=min(batch_size or _ops.ENCODE_CHUNK, _ops.ENCODE_CHUNK))
+            return _ops.encode_residual(x, self.codebooks_, chunk=min(batch_size or _ops.ENCODE_CHUNK, _ops.ENCODE_CHUNK),
+                                        offsets=getattr(self, "offsets_", None))
         torch_device = _torch_device(device)
         from semid_spark.algorithms import _torch_ops
 
-        return _torch_ops.encode_residual(x, self.codebooks_, torch_device, chunk=batch_size or 65536)
+        return _torch_ops.encode_residual(x, self.codebooks_, torch_device, chunk=batch_size or 65536,
+                                          offsets=getattr(self, "offsets_", None))
 
     def decode(self, codes: ArrayLike) -> np.ndarray:
         """Sum of the chosen centroids: (N, L') codes, L' <= L, -> (N, D) float32."""
@@ -248,7 +260,10 @@ class RQKMeans(BaseSemanticEncoder):
         return io.arrays_sha256(self._arrays())
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {f"codebook_{i}": cb for i, cb in enumerate(self.codebooks_)}
+        arrays = {f"codebook_{i}": cb for i, cb in enumerate(self.codebooks_)}
+        for i, level_offsets in enumerate(getattr(self, "offsets_", None) or []):  # format version 2
+            arrays[f"offsets_{i}"] = level_offsets
+        return arrays
 
     def _metadata(self) -> dict:
         return {
@@ -291,5 +306,12 @@ class RQKMeans(BaseSemanticEncoder):
         for i, (book, k) in enumerate(zip(books, sizes)):
             if book.shape != (k, dim):
                 raise ModelFormatError(f"{path!r}: codebook_{i} has shape {book.shape}, expected {(k, dim)}")
-        model._set_codebooks(books)
+        offsets = None
+        if "offsets_0" in arrays:  # a balanced model (format version 2); older files have none
+            offsets = [np.ascontiguousarray(arrays.get(f"offsets_{i}", np.empty(0)), dtype=np.float32)
+                       for i in range(len(sizes))]
+            for i, (level_offsets, k) in enumerate(zip(offsets, sizes)):
+                if level_offsets.shape != (k,):
+                    raise ModelFormatError(f"{path!r}: offsets_{i} has shape {level_offsets.shape}, expected {(k,)}")
+        model._set_codebooks(books, offsets)
         return model

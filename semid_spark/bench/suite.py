@@ -186,7 +186,7 @@ def constrained_rows(n: int, k: int, timeout_s: int = 300) -> list[Row]:
     start = time.perf_counter()
     ours = RQKMeans(1, k, implementation="constrained", random_state=0).fit(x)
     ours_s = time.perf_counter() - start
-    sizes = np.bincount(ours.encode(x)[:, 0], minlength=k)  # encode is nearest-centroid; fit sizes are exact
+    sizes = np.bincount(ours.encode(x)[:, 0], minlength=k)  # encode adds the learnt offsets: balanced too
     try:
         import k_means_constrained  # noqa: F401
     except ImportError:

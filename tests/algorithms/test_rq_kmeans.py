@@ -125,7 +125,7 @@ def test_save_load_digest_and_damage(fitted, X, tmp_path):
     path = str(tmp_path / "m")
     fitted.save(path)
     meta = json.load(open(os.path.join(path, "metadata.json")))
-    assert meta["sha256"] == fitted.sha256 and meta["format_version"] == 1
+    assert meta["sha256"] == fitted.sha256 and meta["format_version"] == 2
     loaded = RQKMeans.load(path)
     assert np.array_equal(loaded.encode(X), fitted.encode(X)) and loaded.sha256 == fitted.sha256
     books = {f"codebook_{i}": cb.copy() for i, cb in enumerate(fitted.codebooks_)}
