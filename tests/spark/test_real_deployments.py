@@ -21,6 +21,7 @@ from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.config import JobConfig
 from semid_spark.spark import pipeline
 from semid_spark.spark.session import is_connect_safe
+from semid_spark.uniqueness.relocate import relocate_codes
 from tests.clusters import connect_server, standalone_cluster
 from tests.s3server import new_bucket, s3_server
 from tests.spark.test_connect_safe import NOTEBOOK, notebook_cells
@@ -77,7 +78,10 @@ def test_pipeline_runs_on_a_connect_server(remote, tmp_path):
     assert len(table) == 800 == len({r.semantic_id for r in table})
     model = RQKMeans.load(cfg.model.path)
     got = {r.item_id: list(r.codes) for r in table}
-    assert [got[k] for k in keys] == model.encode(x).tolist()  # the server's executors encoded as the driver does
+    # the server's executors encoded (and relocated, around the first run's codes) as the driver does
+    before = relocate_codes(model, x[:700], keys=keys[:700]).codes
+    after = relocate_codes(model, x[700:], keys=keys[700:], held=before).codes
+    assert [got[k] for k in keys] == before.tolist() + after.tolist()
 
 
 def test_databricks_notebook_runs_on_a_connect_server(remote, tmp_path):
