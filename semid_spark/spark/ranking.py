@@ -33,10 +33,15 @@ _BUCKET, _RN, _BEFORE = "_bucket", "_rank_in_bucket", "_rows_before"
 BOUNDARY_SAMPLE = 64  # sampled keys per range when choosing range boundaries of a hot code
 
 
+def is_packed(sizes: Sequence[int]) -> bool:
+    """Whether the code key is the codes packed in a long (prod(sizes) < 2^63) rather than the array."""
+    return math.prod(int(s) for s in sizes) < 1 << 63
+
+
 def code_key(sizes: Sequence[int]) -> Column:
     """One value per code tuple, ordered as the tuples are: sum of codes[i] x prod(sizes[i+1:]) as a
     long when prod(sizes) < 2^63 (3 x 256 is 2^24), else the codes array itself."""
-    if math.prod(sizes) >= 1 << 63:
+    if not is_packed(sizes):
         return F.col(CODES)
     packed = F.lit(0).cast("long")
     for level, size in enumerate(sizes):

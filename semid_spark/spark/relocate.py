@@ -30,17 +30,13 @@ from pyspark.sql import types as T
 
 from semid_spark.spark.columns import CANDIDATES, CODES, COUNTER, DISTANCES, RELOCATED
 from semid_spark.spark.incremental import broadcast_limit, next_counters
-from semid_spark.spark.ranking import CODE_KEY, assign_counters, with_code_key
+from semid_spark.spark.ranking import CODE_KEY, assign_counters, is_packed, with_code_key
 from semid_spark.uniqueness.relocate import place_items
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
 PRUNE_SALTS = 32  # first-stage tasks per code in the pruning
 PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment
-
-
-def is_packed(sizes: Sequence[int]) -> bool:
-    return int(np.prod([int(s) for s in sizes], dtype=object)) < 1 << 63
 
 
 def prefix_of(sizes: Sequence[int]) -> Column:

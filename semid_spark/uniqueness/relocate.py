@@ -153,7 +153,7 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
     if codes.shape[0] != len(x):
         raise InvalidInputError(f"{len(codes)} code rows for {len(x)} embeddings; expected one each")
     cand, dist = last_level_candidates(model, x, codes, n_candidates)
-    key_rank = _key_ranks(keys, len(x))
+    key_rank = key_ranks(keys, len(x))
     held = np.empty((0, codes.shape[1]), dtype=np.int64) if held is None else np.asarray(held, dtype=np.int64)
     if held.ndim != 2 or held.shape[1] != codes.shape[1]:
         raise InvalidInputError(f"held has shape {held.shape}; expected (M, {codes.shape[1]}) codes")
@@ -202,7 +202,8 @@ def _assign(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key_rank: np.
     return new_last, participant & ~placed
 
 
-def _key_ranks(keys: Sequence[Hashable] | None, n: int) -> np.ndarray:
+def key_ranks(keys: Sequence[Hashable] | None, n: int) -> np.ndarray:
+    """Each item's position in key order (row order without keys); duplicate keys are an error."""
     if keys is None:
         return np.arange(n)
     keys = np.asarray(list(keys))

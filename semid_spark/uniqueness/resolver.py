@@ -237,7 +237,7 @@ class RelocatingResolver(BaseResolver):
                fmt: Literal["plain", "token"] = "plain", formatter: Any = None,
                item_ids: Sequence[Hashable] | None = None, model_sha256: str | None = None) -> list[str]:
         """One unique ID per item, in input order (see the class docstring)."""
-        from semid_spark.uniqueness.relocate import relocate_codes
+        from semid_spark.uniqueness.relocate import key_ranks, relocate_codes
 
         encoder = _fitted_encoder(encoder if encoder is not None else model)
         if embeddings is None or encoder is None:
@@ -251,11 +251,12 @@ class RelocatingResolver(BaseResolver):
         self.last_relocation = relocation
         bases = encoder.semantic_id(relocation.codes, sep=sep, fmt=fmt, formatter=formatter)
         # the counters go to the items left without a free code, after the group's placed item, by key
-        rank = np.arange(n) if keys is None else np.unique(np.asarray(list(keys)), return_inverse=True)[1].ravel()
-        order = np.lexsort((rank, relocation.unplaced))
+        keys = None if keys is None else list(keys)
+        item_ids = None if item_ids is None else list(item_ids)
+        order = np.lexsort((key_ranks(keys, n), relocation.unplaced))
         ids = self.counters.assign(
-            [bases[i] for i in order], keys=None if keys is None else [list(keys)[i] for i in order],
-            item_ids=None if item_ids is None else [list(item_ids)[i] for i in order], sep=sep, fmt=fmt,
+            [bases[i] for i in order], keys=None if keys is None else [keys[i] for i in order],
+            item_ids=None if item_ids is None else [item_ids[i] for i in order], sep=sep, fmt=fmt,
             model_sha256=model_sha256)
         out = [""] * n
         for position, i in enumerate(order):
