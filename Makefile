@@ -42,7 +42,9 @@ airflow-check:
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) build dist *.egg-info .pytest_cache .hypothesis
 
+# RQ-KMeans fit on real text: time vs faiss greedy RQ, error vs converged scikit-learn, balanced fit
 bench-fit: $(STAMP)
+	$(PY) -m pip install -q -e ".[example,compare]"
 	$(PY) -m semid_spark.bench.fit_compare
 
 # IDs on real text (docstring sentences, WordLlama): suffix vs relocate vs faiss RQ, and the job with each

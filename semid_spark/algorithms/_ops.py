@@ -111,52 +111,6 @@ def encode_residual(
     return codes
 
 
-def balancing_offsets(dist: np.ndarray, *, final_eps: float = 1e-3, phases: int = 3) -> np.ndarray:
-    """(n, k) squared distances -> (k,) float32 offsets p >= 0 such that ``argmin(dist + p)`` puts
-    n//k or n//k+1 rows in every column (up to rows tied within the last phase's epsilon).
-
-    An auction (Bertsekas' for assignment with capacities, all unassigned rows bidding at once):
-    each row bids for its cheapest column at a price raised by its margin over its second choice
-    plus epsilon; a column keeps its highest bids up to its capacity, and its price is then its
-    lowest kept bid. Epsilon shrinks over *phases* from a tenth of the median margin to *final_eps*
-    of it, each phase starting from the last one's prices. Deterministic (ties by row, then column).
-    """
-    n, k = dist.shape
-    base, extra = divmod(n, k)
-    capacity = np.full(k, base, dtype=np.int64)
-    capacity[:extra] += 1
-    two = np.partition(dist, 1, axis=1)
-    scale = float(np.median(two[:, 1] - two[:, 0])) or 1e-12
-    prices = np.zeros(k)
-    columns = np.arange(k)
-    for eps in np.geomspace(0.1 * scale, final_eps * scale, phases):
-        label = np.full(n, -1, dtype=np.int64)
-        bid = np.zeros(n)
-        waiting = np.arange(n)
-        while len(waiting):
-            scores = dist[waiting] + prices
-            best = scores.argmin(axis=1)
-            first = scores[np.arange(len(waiting)), best]
-            scores[np.arange(len(waiting)), best] = np.inf
-            margin = scores.min(axis=1) - first if k > 1 else np.zeros(len(waiting))
-            label[waiting], bid[waiting] = best, prices[best] + margin + eps
-            bidden = np.zeros(k, dtype=bool)
-            bidden[best] = True
-            rows = np.flatnonzero(bidden[np.maximum(label, 0)] & (label >= 0))
-            rows = rows[np.lexsort((rows, -bid[rows], label[rows]))]  # per column, highest bid first
-            held = label[rows]
-            starts = np.r_[0, np.flatnonzero(np.diff(held)) + 1]
-            rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
-            keep = rank < capacity[held]
-            waiting = rows[~keep]
-            label[waiting] = -1
-            lowest = np.full(k, np.inf)
-            np.minimum.at(lowest, held[keep], bid[rows[keep]])
-            full = bidden & (np.bincount(held[keep], minlength=k) >= capacity)
-            prices[columns[full]] = lowest[full]
-    return prices.astype(np.float32)
-
-
 def decode_codes(codes: np.ndarray, codebooks: list[np.ndarray], dim: int) -> np.ndarray:
     """Sum of the chosen centroids: (n, L') codes with L' <= L -> (n, dim) float32."""
     out = np.zeros((len(codes), dim), dtype=np.float32)

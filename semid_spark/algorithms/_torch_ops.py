@@ -121,16 +121,20 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch
     x_sq = (x * x).sum(dim=1)
     first = int(rng.integers(n))
     chosen = [first]
-    closest = (x_sq - 2 * x @ x[first] + x_sq[first]).clamp_(min=0.0).double()
+    closest = (x_sq - 2 * x @ x[first] + x_sq[first]).clamp_(min=0.0)
     for _ in range(1, k):
-        cumulative = torch.cumsum(closest, dim=0)
+        cumulative = torch.cumsum(closest, dim=0, dtype=torch.float64)
         targets = torch.from_numpy(rng.random(n_trials) * float(cumulative[-1])).to(x.device)
         candidates = torch.searchsorted(cumulative, targets).clamp_(max=n - 1)
-        cand_dist = (x_sq[None, :] - 2 * x[candidates] @ x.T + x_sq[candidates][:, None]).clamp_(min=0.0)
-        merged = torch.minimum(closest[None, :], cand_dist.double())  # (n_trials, n)
-        best = int(merged.sum(dim=1).argmin())
+        # (n, n_trials): each point's squared distance to each candidate, or its current one where
+        # that is smaller; one GEMM with the points as the long left operand (twice as fast on cpu
+        # as the transpose), float32 in place; a sum over the points in float64 decides
+        merged = torch.addmm(x_sq[candidates], x, x[candidates].T, alpha=-2.0)
+        merged.add_(x_sq[:, None]).clamp_(min=0.0)
+        torch.minimum(merged, closest[:, None], out=merged)
+        best = int(merged.sum(dim=0, dtype=torch.float64).argmin())
         chosen.append(int(candidates[best]))
-        closest = merged[best]
+        closest = merged[:, best].contiguous()
     return x[torch.tensor(chosen, device=x.device)].clone()
 
 
@@ -152,170 +156,165 @@ def lloyd(
     *,
     max_iter: int,
     tol: float,
-    balanced: bool,
+    inertia_tol: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
     """Lloyd iterations from *centers*; returns the final centers and the iterations run.
 
-    Stops when the summed squared center shift falls to *tol* (absolute). With *balanced*,
-    the assignment step is :func:`balanced_assign`, so every cluster holds N//K or N//K+1 points.
+    Stops when the summed squared center shift falls to *tol* (absolute), or when an assignment
+    lowers the inertia by less than the fraction *inertia_tol* of the one before (the centers of
+    that assignment are still updated: the update never raises the inertia).
     """
     k = len(centers)
     n_iter = 0
+    previous = math.inf
     for n_iter in range(1, max_iter + 1):
-        if balanced:
-            labels = balanced_assign(x, centers)
-            dists = None
-        else:
-            labels, dists = assign(x, centers)
+        labels, dists = assign(x, centers)
+        inertia = float(dists.double().sum())
+        if inertia > (1.0 - inertia_tol) * previous:  # too little gain: one last update, then stop
+            max_iter = n_iter
+        previous = inertia
         sums, counts = center_sums(x, labels, k)
         new_centers = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
         keep = counts == 0
         new_centers[keep] = centers[keep]
-        if dists is not None:
-            reseed_empty(new_centers, counts, x, dists)
+        reseed_empty(new_centers, counts, x, dists)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
-        if shift <= tol:
+        if shift <= tol or n_iter >= max_iter:
             break
     return centers, n_iter
 
 
-# ---------------------------------------------------------------------- balanced assignment
+def residual_pass(
+    x: torch.Tensor, codebooks: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) and its
+    summed squared norm.
 
-N_CANDIDATES = 8  # nearest centers kept per point for the balanced assignment
-MAX_SWAP_PASSES = 20
-
-
-def _top_candidates(x: torch.Tensor, centers: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The m nearest centers of each point: costs (n, m) float32 (squared distance), ids (n, m)."""
-    c_norms = (centers * centers).sum(dim=1)
-    costs = torch.empty(len(x), m, dtype=torch.float32, device=x.device)
-    ids = torch.empty(len(x), m, dtype=torch.int64, device=x.device)
+    Blocks of FIT_CHUNK rows go through every level while they are in cache. Plain float32
+    argmin, not the exact rule of ``nearest_codes``: a near tie costs the fit nothing.
+    """
+    norms = [(c * c).sum(dim=1) for c in codebooks]
+    codes = torch.empty(len(codebooks), len(x), dtype=torch.int64, device=x.device)
+    residual = torch.empty_like(x)
+    error = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, len(x), FIT_CHUNK):
-        block = x[start : start + FIT_CHUNK]
-        scores = torch.addmm(c_norms, block, centers.T, alpha=-2.0)
-        top = torch.topk(scores, m, dim=1, largest=False, sorted=True)
-        costs[start : start + FIT_CHUNK] = top.values + (block * block).sum(dim=1, keepdim=True)
-        ids[start : start + FIT_CHUNK] = top.indices
-    return costs, ids
+        block = residual[start : start + FIT_CHUNK]
+        block.copy_(x[start : start + FIT_CHUNK])
+        for level, (codebook, norm) in enumerate(zip(codebooks, norms)):
+            labels = torch.addmm(norm, block, codebook.T, alpha=-2.0).argmin(dim=1)
+            codes[level, start : start + FIT_CHUNK] = labels
+            block -= codebook[labels]
+        error += (block * block).sum(dim=1).sum(dtype=torch.float64)
+    return codes, residual, float(error)
 
 
-def _deferred_acceptance(
-    cost: torch.Tensor,
-    ids: torch.Tensor,
-    labels: torch.Tensor,
-    size: torch.Tensor,
-    has_extra: torch.Tensor,
-    base: int,
-    extras_left: int,
-) -> int:
-    """Rounds of proposals along each unlabelled point's preference list (ids, best first).
+def refine_codebooks(
+    x: torch.Tensor, codebooks: list[torch.Tensor], *, max_passes: int, tol: float,
+) -> tuple[list[torch.Tensor], int, torch.Tensor]:
+    """Lower the full reconstruction error of greedy residual codebooks by joint passes.
 
-    Each cluster holds ``base`` points, or ``base + 1`` if it takes one of the ``extras_left``
-    shared extra slots. Per round, every pending point proposes to its next cluster that is
-    still open; a cluster accepts the cheapest proposals up to its room, and the cheapest
-    proposal just past its room competes for an extra slot. Updates ``labels``, ``size`` and
-    ``has_extra`` in place; returns the extra slots left.
+    A pass encodes every row, then, level after level, moves each codeword by the mean residual
+    of the rows that use it: with the codes fixed that is the least-squares codeword given the
+    other levels, so the error can only fall (block coordinate descent on the whole model, where
+    the greedy fit optimised each level for the levels above it only). Stops after *max_passes*,
+    or when a pass lowers the error by less than the fraction *tol*; a pass that raises it (the
+    greedy encoding may pick other codes) is undone. Returns the codebooks, the passes kept and
+    the greedy codes (L, n) of those codebooks.
     """
-    n, m = ids.shape
-    pointer = torch.zeros(n, dtype=torch.int64, device=ids.device)
-    pending = torch.nonzero(labels < 0).flatten()
-    while len(pending):
-        pending = pending[pointer[pending] < m]
-        if not len(pending):
+    books = [c.clone() for c in codebooks]
+    error, kept, kept_books, kept_codes = math.inf, 0, books, None
+    for n_pass in range(max_passes + 1):
+        codes, residual, new_error = residual_pass(x, books)
+        if new_error >= error:  # the last update made things worse: keep the codebooks before it
             break
-        target = ids[pending, pointer[pending]]
-        closed = torch.where(has_extra, size >= base + 1, (size >= base) & (extras_left == 0))
-        skip = closed[target]
-        skipped = pending[skip]
-        pointer[skipped] += 1
-        pending, target = pending[~skip], target[~skip]
-        here = pointer[pending]
-        # regret: what moving on to the next choice would cost; the largest regrets go first
-        after = cost[pending, (here + 1).clamp(max=m - 1)]
-        c = torch.where(here + 1 < m, cost[pending, here] - after, cost[pending, here] - 1e30)
-        order = torch.argsort(c, stable=True)
-        order = order[torch.argsort(target[order], stable=True)]  # by cluster, then by cost
-        pending, target, c = pending[order], target[order], c[order]
-        rank = torch.arange(len(target), device=ids.device) - torch.searchsorted(target, target)
-        room = (base - size[target]).clamp(min=0)
-        accept = rank < room
-        extra = torch.nonzero((rank == room) & ~has_extra[target]).flatten()
-        if len(extra) and extras_left > 0:
-            extra = extra[torch.argsort(c[extra], stable=True)][:extras_left]
-            accept[extra] = True
-            has_extra[target[extra]] = True
-            extras_left -= len(extra)
-        labels[pending[accept]] = target[accept]
-        size += torch.bincount(target[accept], minlength=len(size))
-        pointer[pending[~accept]] += 1
-        pending = torch.sort(torch.cat([skipped, pending[~accept]])).values
-    return extras_left
-
-
-def _improve_by_swaps(
-    x: torch.Tensor, centers: torch.Tensor, costs: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor
-) -> int:
-    """Exchange pairs of points between clusters while that lowers the total cost.
-
-    Each point names its best other candidate cluster; points of A that want B are paired,
-    most eager first, with points of B that want A, and each pair whose exchange lowers the
-    summed squared distance swaps. Cluster sizes never change. Returns the swaps made.
-    """
-    n, k = len(labels), len(centers)
-    total = 0
-    for _ in range(MAX_SWAP_PASSES):
-        current = ((x - centers[labels]) ** 2).sum(dim=1)  # (n,)
-        delta = torch.where(ids == labels[:, None], torch.inf, costs - current[:, None])
-        gain, col = delta.min(dim=1)  # cost of moving each point to its best other candidate
-        movable = torch.nonzero(torch.isfinite(gain)).flatten()
-        src, dst, gain = labels[movable], ids[movable, col[movable]], gain[movable]
-        group = src * k + dst
-        order = torch.argsort(gain, stable=True)
-        order = order[torch.argsort(group[order], stable=True)]  # by (src, dst), then eagerness
-        movable, src, dst, gain, group = movable[order], src[order], dst[order], gain[order], group[order]
-        rank = torch.arange(len(group), device=x.device) - torch.searchsorted(group, group)
-        lo, hi = torch.minimum(src, dst), torch.maximum(src, dst)
-        key = (lo * k + hi) * n + rank
-        order = torch.argsort((key * 2 + (src > dst).long()), stable=True)
-        key, movable, dst, gain = key[order], movable[order], dst[order], gain[order]
-        paired = torch.nonzero((key[1:] == key[:-1]) & (gain[1:] + gain[:-1] < 0)).flatten()
-        if not len(paired):
+        kept, kept_books, kept_codes = n_pass, [c.clone() for c in books], codes
+        if new_error > (1.0 - tol) * error or n_pass == max_passes:
             break
-        labels[movable[paired]] = dst[paired]
-        labels[movable[paired + 1]] = dst[paired + 1]
-        total += len(paired)
-    return total
+        error = new_error
+        for level, book in enumerate(books):
+            sums, counts = center_sums(residual, codes[level], len(book))
+            shift = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
+            book += shift
+            residual -= shift[codes[level]]
+    return kept_books, kept, kept_codes
 
 
-def balanced_assign(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """Assign n points to k centers so that every cluster holds exactly n//k or n//k+1 points.
+# ---------------------------------------------------------------------- balanced clusters
 
-    A deferred-acceptance pass over each point's 8 nearest centers fills the clusters, those
-    with most to lose from their next choice first; points whose lists run out choose among all
-    clusters that still have room; then pairwise swaps lower the cost at fixed sizes.
-    Returns labels (n,).
+BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
+PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
+
+
+def balancing_prices(
+    dist: torch.Tensor, prices: torch.Tensor | None = None, *, tol: float = BALANCE_TOL, max_iter: int = 300,
+) -> tuple[torch.Tensor, float]:
+    """Per-column prices that balance ``argmin(dist + prices)``: (n, k) -> prices (k,) >= 0, spread.
+
+    Every column should receive n/k rows, within the fraction *tol*. Each step raises the price of
+    an over-full column and lowers an under-full one's, by its own step times the log of its size
+    over n/k; a column's step grows while its excess keeps its sign and halves when it flips (so a
+    price homes in on its boundary without a global step size). Starts from *prices* (a warm
+    start) or zeros. Returns the prices (minimum 0) and the largest |size / (n/k) - 1| they give
+    (<= tol unless max_iter ran out).
     """
-    n, k = len(x), len(centers)
-    base, n_extra = divmod(n, k)
-    costs, ids = _top_candidates(x, centers, min(N_CANDIDATES, k))
-    costs64 = costs.double()
-    labels = torch.full((n,), -1, dtype=torch.int64, device=x.device)
-    size = torch.zeros(k, dtype=torch.int64, device=x.device)
-    has_extra = torch.zeros(k, dtype=torch.bool, device=x.device)
-    extras_left = _deferred_acceptance(costs64, ids, labels, size, has_extra, base, n_extra)
-    left = torch.nonzero(labels < 0).flatten()
-    if len(left):  # preference lists exhausted: rank every cluster for the few points left
-        c_norms = (centers * centers).sum(dim=1)
-        full_cost = torch.addmm(c_norms, x[left], centers.T, alpha=-2.0).double()
-        full_ids = torch.argsort(full_cost, dim=1, stable=True)
-        sub_labels = torch.full((len(left),), -1, dtype=torch.int64, device=x.device)
-        _deferred_acceptance(
-            full_cost.gather(1, full_ids), full_ids, sub_labels, size, has_extra, base, extras_left
-        )
-        labels[left] = sub_labels
-    _improve_by_swaps(x, centers, costs, ids, labels)
-    return labels
+    n, k = dist.shape
+    target = n / k
+    prices = torch.zeros(k, dtype=dist.dtype, device=dist.device) if prices is None else prices - prices.min()
+    rows = dist[:: max(1, n // 4096)]
+    two = torch.topk(rows, min(2, k), dim=1, largest=False).values
+    scale = float((two[:, -1] - two[:, 0]).median()) or 1e-6  # a typical margin between choices
+    step = torch.full((k,), 0.5 * scale, dtype=dist.dtype, device=dist.device)
+    last = torch.zeros(k, dtype=dist.dtype, device=dist.device)
+    scores = torch.empty_like(dist)
+    spread = math.inf
+    for n_iter in range(max_iter + 1):
+        counts = torch.bincount(torch.add(dist, prices, out=scores).argmin(dim=1), minlength=k).to(dist.dtype)
+        spread = float(((counts - target).abs() / target).max())
+        if spread <= tol or n_iter == max_iter:
+            break
+        excess = torch.log(counts.clamp(min=0.5) / target)
+        sign = torch.sign(excess)
+        step = torch.where(sign * last < 0, step * 0.5, torch.clamp(step * 1.1, max=50 * scale))
+        prices += step * excess.clamp(-3.0, 3.0)
+        prices -= prices.min()  # only differences matter; the rows are scored with the prices returned
+        last = sign
+    return prices, spread
+
+
+def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:  # (n, d), (k, d) -> (n, k)
+    dist = torch.addmm((centers * centers).sum(dim=1), x, centers.T, alpha=-2.0)
+    return dist.add_((x * x).sum(dim=1, keepdim=True)).clamp_(min=0.0)
+
+
+def balanced_lloyd(
+    x: torch.Tensor, centers: torch.Tensor, *, max_iter: int, tol: float, inertia_tol: float,
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Lloyd with balanced assignments: each step assigns a row to the center of least squared
+    distance plus that center's price, with prices (warm-started from the step before) that give
+    every cluster n/k rows within 5%; then moves each center to the mean of its rows.
+
+    Stops after *max_iter* steps, when the centers move less than *tol* (summed squared shift), or
+    when a step lowers the inertia by less than the fraction *inertia_tol*. Memory O(n x k).
+    Returns the centers, the steps run and the last prices.
+    """
+    k = len(centers)
+    prices, previous, n_iter = None, math.inf, 0
+    for n_iter in range(1, max_iter + 1):
+        dist = squared_distances(x, centers)
+        prices, _ = balancing_prices(dist, prices, tol=max(BALANCE_TOL, 0.05))
+        labels = torch.add(dist, prices).argmin(dim=1)
+        inertia = float(dist.gather(1, labels[:, None]).double().sum())
+        sums, counts = center_sums(x, labels, k)
+        new_centers = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
+        keep = counts == 0
+        new_centers[keep] = centers[keep]
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        if shift <= tol or inertia > (1.0 - inertia_tol) * previous:
+            break
+        previous = inertia
+    return centers, n_iter, prices
 
 
 # ---------------------------------------------------------------------------- RQ-VAE encode

@@ -19,6 +19,9 @@ from semid_spark.utils.progress import progress
 log = logging.getLogger(__name__)
 
 SEED_SAMPLE_PER_CLUSTER = 64  # k-means++ seeds on at most this many points per cluster
+WARMUP_PER_CLUSTER = 256  # Lloyd starts on a subsample of this many points per cluster (faiss's cap)...
+WARMUP_INERTIA_TOL = 3e-3  # ...until an iteration gains less than this fraction, then goes on with all
+REFINE_MIN_ROWS_PER_CODE = 64  # joint passes only when the fit has this many rows per codeword (else they overfit)
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,22 @@ class RQKMeans(BaseSemanticEncoder):
         fitted sizes are ``[len(c) for c in codebooks_]``)
     metric : ``"l2"`` only; ``"cosine"`` raises ``NotImplementedError`` (normalise the
         embeddings first: on unit vectors l2 and cosine rank neighbours alike)
-    implementation : ``"kmeans"`` or ``"constrained"`` (balanced: at fit time every cluster
-        holds exactly N//K or N//K+1 of the level's points, and each level learns per-centroid
-        offsets ``offsets_`` that ``encode`` adds to the squared distances, so that encoding
-        stays balanced: still a per-row rule, the same codes on every device)
+    implementation : ``"kmeans"`` or ``"constrained"`` (balanced: Lloyd with priced assignments,
+        and each level learns per-centroid offsets ``offsets_`` that ``encode`` adds to the
+        squared distances, so that encoding the training data puts N/K rows within 2% in every
+        cluster: still a per-row rule, the same codes on every device)
     max_iter, tol : Lloyd stops after max_iter iterations or when the summed squared center
         shift is <= tol * mean feature variance of the level's input (scikit-learn's rule)
+    inertia_tol : Lloyd also stops when an iteration lowers the level's inertia by less than this
+        fraction (0: never). Lloyd's tail creeps (on 169k real sentence embeddings a level gains
+        under 0.1% per iteration after ~10 and runs 100+ to converge); the joint passes below
+        buy more error per pass over the data than those iterations do
+    refine_passes : after the greedy levels, at most this many joint passes (0: none, the plain
+        residual k-means of semantic-id): encode every row, then move each level's codewords by
+        the mean residual of their rows, level after level (the least-squares codewords given the
+        codes). Greedy fitting tunes each level for the levels above it only; the passes lower the
+        error of the whole code, and stop when one gains less than ``inertia_tol``. Not with
+        ``implementation="constrained"`` (the balanced sizes are the point there)
     random_state : int or None; the same seed gives the same codebooks bit for bit on the
         same device; no global random state is read or changed
     n_init : restarts per level keeping the lowest inertia; None means 1 (k-means++ seeding
@@ -80,7 +93,8 @@ class RQKMeans(BaseSemanticEncoder):
     offsets_ : None, or (``implementation="constrained"``) a list of L float32 arrays (K_l,): a
         row's code at a level is the centroid of least squared distance plus offset
     D_, n_features_in_ : int, embedding dimension
-    level_stats_ : list of LevelStats (``fit`` only)
+    level_stats_ : list of LevelStats (``fit`` only), from the final codebooks
+    refine_passes_ : joint passes kept (``fit`` only)
     """
 
     def __init__(
@@ -96,6 +110,8 @@ class RQKMeans(BaseSemanticEncoder):
         n_init: int | None = None,
         max_samples_per_cluster: int | None = None,
         device: str = "cpu",
+        inertia_tol: float = 1e-3,
+        refine_passes: int = 8,
     ):
         # scikit-learn's contract: store the arguments as given; fit checks them (_level_sizes)
         self.n_levels = n_levels
@@ -109,6 +125,8 @@ class RQKMeans(BaseSemanticEncoder):
         self.n_init = n_init
         self.max_samples_per_cluster = max_samples_per_cluster
         self.device = device
+        self.inertia_tol = inertia_tol
+        self.refine_passes = refine_passes
 
     def _level_sizes(self) -> list[int]:
         """Check the parameters; the codebook size of each level (``n_clusters`` as a list)."""
@@ -133,6 +151,9 @@ class RQKMeans(BaseSemanticEncoder):
         if self.max_iter < 1 or self.tol < 0 or (self.n_init is not None and self.n_init < 1):
             raise ConfigError(f"max_iter={self.max_iter}, tol={self.tol}, n_init={self.n_init}; "
                               "expected >= 1, >= 0, >= 1")
+        if not 0 <= self.inertia_tol < 1 or self.refine_passes < 0:
+            raise ConfigError(f"inertia_tol={self.inertia_tol}, refine_passes={self.refine_passes}; "
+                              "expected 0 <= inertia_tol < 1 and refine_passes >= 0")
         if self.max_samples_per_cluster is not None and self.max_samples_per_cluster < 1:
             raise ConfigError(f"max_samples_per_cluster={self.max_samples_per_cluster}; expected >= 1 or None")
         return sizes
@@ -154,32 +175,56 @@ class RQKMeans(BaseSemanticEncoder):
         from semid_spark.algorithms import _torch_ops
 
         seeds = np.random.SeedSequence(self.random_state).spawn(len(sizes))
-        codebooks, stats, offsets = [], [], []
+        centers, offsets, n_iters = [], [], []
+        balanced = self.implementation == "constrained"
         with _torch_ops.full_fp32_matmul(), torch.no_grad():
-            residual = torch.from_numpy(x).to(torch_device)
+            data = torch.from_numpy(x).to(torch_device)
+            residual = data
             levels = progress(enumerate(sizes), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=len(sizes),
                               unit="level")
             for level, k in levels:
                 rng = np.random.default_rng(seeds[level])
-                centers, n_iter = self._fit_level(residual, k, rng, _torch_ops)
-                codebook = centers.float().cpu().numpy()
+                level_centers, n_iter, prices = self._fit_level(residual, k, rng, _torch_ops)
                 level_offsets = None
-                if self.implementation == "constrained":  # encode as balanced as the fit: offsets
-                    dist = torch.addmm(_torch_ops.sq_norms(centers), residual, centers.T, alpha=-2.0)
-                    level_offsets = _ops.balancing_offsets(dist.cpu().numpy())
+                if balanced:  # encode as balanced as the fit: the prices of the final centers are the offsets
+                    rows = residual
+                    if len(rows) > _torch_ops.PRICE_ROWS_PER_CLUSTER * k:
+                        pick = np.sort(rng.choice(len(rows), _torch_ops.PRICE_ROWS_PER_CLUSTER * k, replace=False))
+                        rows = rows[torch.from_numpy(pick).to(rows.device)]
+                    prices, _ = _torch_ops.balancing_prices(_torch_ops.squared_distances(rows, level_centers), prices)
+                    level_offsets = prices.float().cpu().numpy()
+                    codes = _torch_ops.nearest_codes(
+                        residual, level_centers, _torch_ops.level_norms(level_centers, level_offsets), level_offsets)
+                else:
+                    codes = _torch_ops.assign(residual, level_centers)[0]
+                residual = residual - level_centers[codes]
+                centers.append(level_centers)
                 offsets.append(level_offsets)
-                codes = _torch_ops.nearest_codes(residual, centers, _torch_ops.level_norms(centers, level_offsets),
-                                                 level_offsets)
-                residual = residual - centers[codes]
+                n_iters.append(n_iter)
+                levels.set_postfix(mse=f"{float((residual * residual).sum(dim=1).mean()):.4g}", iters=n_iter)
+            self.refine_passes_ = 0
+            if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
+                centers, self.refine_passes_, codes = _torch_ops.refine_codebooks(
+                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol)
+            elif not balanced:
+                codes = _torch_ops.residual_pass(data, centers)[0]
+            stats, residual = [], data
+            for level, (level_centers, k) in enumerate(zip(centers, sizes)):
+                if balanced:
+                    level_codes = _torch_ops.nearest_codes(
+                        residual, level_centers, _torch_ops.level_norms(level_centers, offsets[level]), offsets[level])
+                else:
+                    level_codes = codes[level]
+                residual = residual - level_centers[level_codes]
                 inertia = float((residual * residual).sum(dim=1).mean())
-                n_empty = int((torch.bincount(codes, minlength=k) == 0).sum())
+                n_empty = int((torch.bincount(level_codes, minlength=k) == 0).sum())
                 if n_empty:
                     warnings.warn(f"level {level}: {n_empty} of {k} clusters are empty", EmptyClusterWarning)
-                stats.append(LevelStats(level, k, n_iter, inertia, n_empty))
-                codebooks.append(np.ascontiguousarray(codebook, dtype=np.float32))
-                levels.set_postfix(mse=f"{inertia:.4g}", iters=n_iter)
-                log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, len(sizes), k, n_iter, inertia, n_empty)
-        self._set_codebooks(codebooks, offsets if self.implementation == "constrained" else None)
+                stats.append(LevelStats(level, k, n_iters[level], inertia, n_empty))
+                log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, len(sizes), k, n_iters[level],
+                         inertia, n_empty)
+        codebooks = [np.ascontiguousarray(c.float().cpu().numpy(), dtype=np.float32) for c in centers]
+        self._set_codebooks(codebooks, offsets if balanced else None)
         self.level_stats_ = stats
         return self
 
@@ -189,29 +234,49 @@ class RQKMeans(BaseSemanticEncoder):
         self.D_ = self.n_features_in_ = int(codebooks[0].shape[1])
 
     def _fit_level(self, x, k: int, rng: np.random.Generator, ops):
-        """Best of n_init runs of k-means++ then Lloyd on x (n, d): returns (centers, n_iter)."""
+        """Best of n_init runs of k-means++ then Lloyd on x (n, d): (centers, n_iter, prices).
+
+        Balanced (constrained): Lloyd with priced assignments, on the warm-up subsample; its
+        prices (k,) are returned to warm-start the level's offsets. Otherwise prices is None.
+        """
         import torch
 
         n = len(x)
+        balanced = self.implementation == "constrained"
         cap = self.max_samples_per_cluster
-        if cap is not None and n > cap * k and self.implementation == "kmeans":
+        if cap is not None and n > cap * k:
             # Lloyd on a subsample, as faiss does (its default is 256 per centroid); every
             # point is still encoded with the result, and its residual passed on
             keep = np.sort(rng.choice(n, cap * k, replace=False))
             x, n = x[torch.from_numpy(keep).to(x.device)], cap * k
-        tol_abs = self.tol * float(x.var(dim=0).mean())
+        # scikit-learn's tolerance: tol x the mean per-feature variance (one pass, no (n, d) temporary)
+        mean_variance = float((x * x).sum(dim=1).mean() - (x.mean(dim=0) ** 2).sum()) / x.shape[1]
+        tol_abs = self.tol * mean_variance
         best = None
         for _ in range(self.n_init or 1):
             n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
             sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
             init = ops.kmeans_plus_plus(x[torch.from_numpy(sample).to(x.device)], k, rng)
-            centers, n_iter = ops.lloyd(
-                x, init, max_iter=self.max_iter, tol=tol_abs, balanced=self.implementation == "constrained"
-            )
+            rows = x
+            if n > WARMUP_PER_CLUSTER * k:
+                # the first iterations move the centers far and need no precision: a subsample
+                # does them at a fraction of the cost, the full data then converges from there
+                warm = torch.from_numpy(np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False))).to(x.device)
+                rows = x[warm]
+                init, _ = ops.lloyd(rows, init, max_iter=self.max_iter, tol=0.0,
+                                    inertia_tol=max(self.inertia_tol, WARMUP_INERTIA_TOL))
+            if balanced:  # balanced Lloyd on the subsample (memory O(rows x k)); offsets come after
+                centers, n_iter, prices = ops.balanced_lloyd(rows, init, max_iter=self.max_iter, tol=tol_abs,
+                                                             inertia_tol=self.inertia_tol)
+            else:
+                prices = None
+                centers, n_iter = ops.lloyd(x, init, max_iter=self.max_iter, tol=tol_abs, inertia_tol=self.inertia_tol)
+            if (self.n_init or 1) == 1:
+                return centers, n_iter, prices
             inertia = float(ops.assign(x, centers)[1].double().sum())
             if best is None or inertia < best[0]:
-                best = (inertia, centers, n_iter)
-        return best[1], best[2]
+                best = (inertia, centers, n_iter, prices)
+        return best[1], best[2], best[3]
 
     # ------------------------------------------------------------------ using a model
     def _check_fitted(self) -> None:
@@ -270,7 +335,8 @@ class RQKMeans(BaseSemanticEncoder):
             "type": "RQKMeans", "n_levels": len(self.codebooks_), "n_clusters": [len(c) for c in self.codebooks_],
             "metric": self.metric, "implementation": self.implementation, "max_iter": self.max_iter,
             "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
-            "max_samples_per_cluster": self.max_samples_per_cluster,
+            "max_samples_per_cluster": self.max_samples_per_cluster, "inertia_tol": self.inertia_tol,
+            "refine_passes": self.refine_passes,
         }
 
     def save(self, path: str) -> None:
@@ -297,6 +363,7 @@ class RQKMeans(BaseSemanticEncoder):
                 implementation=meta.get("implementation", "kmeans"), max_iter=meta.get("max_iter", 100),
                 tol=meta.get("tol", 1e-4), random_state=meta.get("random_state"), n_init=meta.get("n_init"),
                 max_samples_per_cluster=meta.get("max_samples_per_cluster"),
+                inertia_tol=meta.get("inertia_tol", 0.0), refine_passes=meta.get("refine_passes", 0),
             )
             sizes = model._level_sizes()
             books = [np.ascontiguousarray(arrays[f"codebook_{i}"], dtype=np.float32) for i in range(len(sizes))]

@@ -80,6 +80,22 @@ def docstring_sentences(limit: int) -> list[str]:
     return out
 
 
+def real_text(corpus: str, limit: int, out: str) -> tuple[list[str], np.ndarray, str]:
+    """(texts, their WordLlama embeddings, sha256 of the texts): embedded once, then read from
+    ``<out>/quality_cache/<sha256>.npy`` (embedding 170k sentences takes two minutes on 2 cores)."""
+    from semid_spark.examples.emoji_ids import embed
+
+    text = docstring_sentences(limit) if corpus == "sentences" else words(limit)
+    digest = hashlib.sha256("\n".join(text).encode()).hexdigest()
+    cache = os.path.join(out, "quality_cache")
+    path = os.path.join(cache, f"{digest}.npy")
+    if os.path.exists(path):
+        return text, np.load(path), digest
+    x = embed(text, cache)
+    np.save(path, x)
+    return text, x, digest
+
+
 def counter_share(codes: np.ndarray) -> tuple[float, int]:
     """(share of items whose ID needs a counter, largest number of items on one code)."""
     _, counts = np.unique(codes, axis=0, return_counts=True)
@@ -100,15 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from semid_spark.algorithms.rq_kmeans import RQKMeans
-    from semid_spark.examples.emoji_ids import embed
     from semid_spark.utils.metrics import recall_at_k
     from semid_spark.uniqueness.relocate import relocate_codes
 
-    cache = os.path.join(args.out, "quality_cache")
     start = time.perf_counter()
-    text = docstring_sentences(args.items) if args.corpus == "sentences" else words(args.items)
-    digest = hashlib.sha256("\n".join(text).encode()).hexdigest()
-    x = embed(text, cache)
+    text, x, digest = real_text(args.corpus, args.items, args.out)
     print(f"{len(text):,} {args.corpus} (sha256 {digest[:12]}) embedded by WordLlama {x.shape} in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     rows: list[Row] = []

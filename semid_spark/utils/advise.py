@@ -88,8 +88,10 @@ def sample_collision_share(codes: np.ndarray) -> float:
 
 def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], *, random_state: int = 0
            ) -> list[Prediction]:
-    """One ``Prediction`` per (levels, codes) choice, from RQ-KMeans fitted on the sample *x* (Lloyd on at
-    most 256 rows a centroid, as faiss trains)."""
+    """One ``Prediction`` per (levels, codes) choice, from RQ-KMeans fitted on the sample *x* (Lloyd to
+    convergence on at most 256 rows a centroid, as faiss trains; greedy, no joint passes: the
+    predictions were calibrated on that fit, and on a sample of a few dozen rows a code the passes
+    would spread the sample's codes more than the catalog's)."""
     from semid_spark.algorithms.rq_kmeans import RQKMeans
 
     if target_rows < 1:
@@ -97,7 +99,8 @@ def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], 
     out = []
     for levels, clusters in choices:
         started = time.perf_counter()
-        model = RQKMeans(levels, clusters, random_state=random_state, max_samples_per_cluster=256).fit(x)
+        model = RQKMeans(levels, clusters, random_state=random_state, max_samples_per_cluster=256,
+                         inertia_tol=0.0, refine_passes=0).fit(x)
         fit_s = time.perf_counter() - started
         codes = model.encode(x)
         _, counts = np.unique(codes, axis=0, return_counts=True)

@@ -38,7 +38,7 @@ def test_encoding_the_training_data_is_balanced_and_new_data_nearly(balanced):
     assert spread(plain.encode(x), 0, SIZES[0]) > 0.5  # the data is skewed
     codes = model.encode(x)
     for level, k in enumerate(SIZES):
-        assert spread(codes, level, k) <= 0.10
+        assert spread(codes, level, k) <= 0.03  # the fit balances to 2%; the goal is 10%
     fresh = model.encode(skewed(24_000, seed=2))
     for level, k in enumerate(SIZES):
         assert spread(fresh, level, k) <= 0.20

@@ -105,20 +105,36 @@ def test_per_level_cluster_sizes_and_list_storage():
 def test_constrained_sizes_within_bounds():
     x = make_catalog(1003, n_topics=5)
     model = RQKMeans(n_levels=2, n_clusters=10, implementation="constrained", random_state=0).fit(x)
-    from semid_spark.algorithms._torch_ops import balanced_assign
-    labels = balanced_assign(torch.from_numpy(x), torch.from_numpy(model.codebooks_[0])).numpy()
-    sizes = np.bincount(labels, minlength=10)
-    assert sizes.sum() == 1003 and sizes.min() >= 100 and sizes.max() <= 101
+    codes = model.encode(x)
+    for level in range(2):
+        sizes = np.bincount(codes[:, level], minlength=10)
+        assert sizes.sum() == 1003 and np.abs(sizes - 100.3).max() <= 0.03 * 100.3  # 5 topics, 10 even clusters
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.integers(20, 300), st.integers(2, 12), st.integers(0, 10_000))
-def test_balanced_assignment_sizes_property(n, k, seed):
+@settings(max_examples=30, deadline=None)
+@given(st.integers(20, 400), st.integers(2, 12), st.integers(0, 10_000))
+def test_balancing_prices_property(n, k, seed):
+    """Prices put n/k rows in every column: within 2% where that is a row or more, else within 5 rows."""
     rng = np.random.default_rng(seed)
     x = torch.from_numpy((rng.standard_normal((n, 4)) * rng.uniform(0.1, 5, (n, 1))).astype(np.float32))
     centers = x[torch.from_numpy(rng.choice(n, k, replace=False))]
-    sizes = np.bincount(_torch_ops.balanced_assign(x, centers).numpy(), minlength=k)
-    assert sizes.sum() == n and sizes.min() >= n // k and sizes.max() <= n // k + 1
+    dist = _torch_ops.squared_distances(x, centers)
+    prices, spread = _torch_ops.balancing_prices(dist)
+    sizes = np.bincount((dist + prices).argmin(dim=1).numpy(), minlength=k)
+    assert float(prices.min()) == 0.0 and spread == pytest.approx(float(np.abs(sizes / (n / k) - 1).max()), abs=1e-6)
+    assert np.abs(sizes - n / k).max() <= max(_torch_ops.BALANCE_TOL * n / k, 5)
+
+
+def test_balanced_lloyd_moves_centers_to_balanced_means():
+    x = torch.from_numpy(make_catalog(2000, dim=8, n_topics=3, seed=4))  # 3 topics, 8 clusters
+    init = x[:8].clone()
+    centers, n_iter, prices = _torch_ops.balanced_lloyd(x, init, max_iter=50, tol=0.0, inertia_tol=1e-4)
+    dist = _torch_ops.squared_distances(x, centers)
+    prices, spread = _torch_ops.balancing_prices(dist, prices)  # the final centers' prices, as fit does
+    sizes = torch.bincount((dist + prices).argmin(dim=1), minlength=8)
+    assert 1 < n_iter <= 50 and spread <= _torch_ops.BALANCE_TOL and int((sizes - 250).abs().max()) <= 5
+    plain, _ = _torch_ops.lloyd(x, init, max_iter=50, tol=0.0)
+    assert int(torch.bincount(_torch_ops.assign(x, plain)[0], minlength=8).max()) > 1.1 * 250  # unbalanced data
 
 
 def test_save_load_digest_and_damage(fitted, X, tmp_path):
@@ -211,3 +227,71 @@ def test_lloyd_on_a_capped_sample_per_cluster(X, tmp_path):
     assert RQKMeans.load(str(tmp_path / "m")).max_samples_per_cluster == 30
     with pytest.raises(ConfigError, match="max_samples_per_cluster=0"):
         RQKMeans(max_samples_per_cluster=0).fit(X)
+
+
+def _mse(model, x):
+    return float(((x - model.decode(model.encode(x))) ** 2).sum(1).mean())
+
+
+def test_joint_passes_lower_the_error_of_the_greedy_fit():
+    x = make_catalog(n=3000, dim=24, n_topics=60, seed=3)
+    greedy = RQKMeans(n_levels=3, n_clusters=16, random_state=0, refine_passes=0).fit(x)
+    refined = RQKMeans(n_levels=3, n_clusters=16, random_state=0).fit(x)
+    assert greedy.refine_passes_ == 0 and refined.refine_passes_ >= 1
+    assert _mse(refined, x) < 0.99 * _mse(greedy, x)
+    # the stats describe the final codebooks: the last level's inertia is the model's error
+    assert refined.level_stats_[-1].inertia == pytest.approx(_mse(refined, x), rel=1e-4)
+
+
+def test_refine_codebooks_never_raises_the_error_and_returns_its_codes():
+    x = torch.from_numpy(make_catalog(n=2000, dim=12, n_topics=30, seed=5))
+    rng = np.random.default_rng(0)
+    books = [x[torch.from_numpy(rng.choice(len(x), 8, replace=False))].clone() for _ in range(3)]
+    originals = [c.clone() for c in books]
+    _, _, before = _torch_ops.residual_pass(x, books)
+    errors = [before]
+    for passes in range(1, 5):
+        refined, kept, codes = _torch_ops.refine_codebooks(x, books, max_passes=passes, tol=0.0)
+        again, _, error = _torch_ops.residual_pass(x, refined)
+        assert kept <= passes and torch.equal(codes, again)
+        errors.append(error)
+    assert all(b <= a for a, b in zip(errors, errors[1:])) and errors[-1] < 0.95 * errors[0]
+    assert all(torch.equal(a, b) for a, b in zip(books, originals))  # the caller's codebooks untouched
+
+
+def test_inertia_tol_stops_lloyd_early():
+    x = make_catalog(n=3000, dim=16, n_topics=40, seed=1)
+    loose = RQKMeans(n_levels=2, n_clusters=32, random_state=0, inertia_tol=0.5, refine_passes=0).fit(x)
+    exact = RQKMeans(n_levels=2, n_clusters=32, random_state=0, inertia_tol=0.0, refine_passes=0).fit(x)
+    assert all(s.n_iter == 2 for s in loose.level_stats_)  # the 2nd assignment gains < 50%
+    assert all(s.n_iter > 2 for s in exact.level_stats_)
+    assert _mse(exact, x) <= _mse(loose, x)
+
+
+def test_fit_parameters_checked_and_saved(X, tmp_path):
+    for bad in ({"inertia_tol": -0.1}, {"inertia_tol": 1.0}, {"refine_passes": -1}):
+        with pytest.raises(ConfigError, match="inertia_tol=.*refine_passes="):
+            RQKMeans(n_levels=2, n_clusters=4, **bad).fit(X)
+    model = RQKMeans(n_levels=2, n_clusters=4, random_state=0, inertia_tol=2e-3, refine_passes=3).fit(X)
+    model.save(str(tmp_path / "m"))
+    loaded = RQKMeans.load(str(tmp_path / "m"))
+    assert (loaded.inertia_tol, loaded.refine_passes) == (2e-3, 3)
+
+
+def test_constrained_fit_makes_no_joint_passes(X):
+    model = RQKMeans(n_levels=2, n_clusters=10, implementation="constrained", random_state=0).fit(X)
+    assert model.refine_passes_ == 0 and model.offsets_ is not None
+
+
+def test_kmeans_plus_plus_seeds_distinct_points_deterministically():
+    x = torch.from_numpy(make_catalog(n=500, dim=8, n_topics=12, seed=2))
+    a = _torch_ops.kmeans_plus_plus(x, 12, np.random.default_rng(7))
+    b = _torch_ops.kmeans_plus_plus(x, 12, np.random.default_rng(7))
+    assert torch.equal(a, b) and len(torch.unique(a, dim=0)) == 12
+    # each seed is a data point, and the seeds cover the topics better than 12 random points do
+    assert all(bool((x == row).all(dim=1).any()) for row in a)
+
+    def cost(centers):
+        return float(torch.cdist(x, centers).min(dim=1).values.pow(2).sum())
+    random_pick = x[torch.from_numpy(np.random.default_rng(7).choice(len(x), 12, replace=False))]
+    assert cost(a) < cost(random_pick)
