@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench bench-scale bench-quality bench-fit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy bench bench-scale bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ clean:
 bench-fit: $(STAMP)
 	$(PY) -m pip install -q -e ".[example,compare]"
 	$(PY) -m semid_spark.bench.fit_compare
+
+# Churn of a refit on a grown, drifted catalog: cold/warm start, with and without alignment
+bench-refit: $(STAMP)
+	$(PY) -m semid_spark.bench.refit
 
 # IDs on real text (docstring sentences, WordLlama): suffix vs relocate vs faiss RQ, and the job with each
 # (10-20 minutes on 2 cores): artifacts/bench/quality.json and quality.md.

@@ -159,16 +159,22 @@ class RQKMeans(BaseSemanticEncoder):
         return sizes
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: ArrayLike, *, device: str | None = None) -> "RQKMeans":
+    def fit(self, X: ArrayLike, *, device: str | None = None, init: "RQKMeans | None" = None) -> "RQKMeans":
         """Learn one codebook per level from X of shape (N, D); returns self.
 
-        *device*: this call's device; None: the constructor's ``device``."""
+        *device*: this call's device; None: the constructor's ``device``. *init*: a fitted model
+        of the same shape whose codebooks start Lloyd at every level instead of k-means++ (a
+        warm start: a refit on a drifted catalog then keeps the clusters the data still supports,
+        see :mod:`semid_spark.algorithms.align`)."""
         sizes = self._level_sizes()
         x = check_embeddings(X)
         if len(x) < max(sizes):
             raise InvalidInputError(
                 f"n_samples={len(x)} should be >= n_clusters={max(sizes)}"
             )
+        if init is not None and ([len(c) for c in init.codebooks_] != sizes or init.D_ != x.shape[1]):
+            raise ConfigError(f"init has codebooks {[c.shape for c in init.codebooks_]}; expected "
+                              f"{[(k, x.shape[1]) for k in sizes]}")
         torch_device = _torch_device(device or self.device)
         import torch
 
@@ -184,7 +190,8 @@ class RQKMeans(BaseSemanticEncoder):
                               unit="level")
             for level, k in levels:
                 rng = np.random.default_rng(seeds[level])
-                level_centers, n_iter, prices = self._fit_level(residual, k, rng, _torch_ops)
+                start = None if init is None else torch.from_numpy(init.codebooks_[level]).to(torch_device)
+                level_centers, n_iter, prices = self._fit_level(residual, k, rng, _torch_ops, start)
                 level_offsets = None
                 if balanced:  # encode as balanced as the fit: the prices of the final centers are the offsets
                     rows = residual
@@ -233,7 +240,7 @@ class RQKMeans(BaseSemanticEncoder):
         self.offsets_ = offsets
         self.D_ = self.n_features_in_ = int(codebooks[0].shape[1])
 
-    def _fit_level(self, x, k: int, rng: np.random.Generator, ops):
+    def _fit_level(self, x, k: int, rng: np.random.Generator, ops, start=None):
         """Best of n_init runs of k-means++ then Lloyd on x (n, d): (centers, n_iter, prices).
 
         Balanced (constrained): Lloyd with priced assignments, on the warm-up subsample; its
@@ -253,12 +260,15 @@ class RQKMeans(BaseSemanticEncoder):
         mean_variance = float((x * x).sum(dim=1).mean() - (x.mean(dim=0) ** 2).sum()) / x.shape[1]
         tol_abs = self.tol * mean_variance
         best = None
-        for _ in range(self.n_init or 1):
-            n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
-            sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
-            init = ops.kmeans_plus_plus(x[torch.from_numpy(sample).to(x.device)], k, rng)
+        for _ in range(1 if start is not None else (self.n_init or 1)):
             rows = x
-            if n > WARMUP_PER_CLUSTER * k:
+            if start is not None:  # warm start from a given codebook: no seeding, no warm-up
+                init = start.clone()
+            else:
+                n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
+                sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
+                init = ops.kmeans_plus_plus(x[torch.from_numpy(sample).to(x.device)], k, rng)
+            if start is None and n > WARMUP_PER_CLUSTER * k:
                 # the first iterations move the centers far and need no precision: a subsample
                 # does them at a fraction of the cost, the full data then converges from there
                 warm = torch.from_numpy(np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False))).to(x.device)
@@ -271,7 +281,7 @@ class RQKMeans(BaseSemanticEncoder):
             else:
                 prices = None
                 centers, n_iter = ops.lloyd(x, init, max_iter=self.max_iter, tol=tol_abs, inertia_tol=self.inertia_tol)
-            if (self.n_init or 1) == 1:
+            if start is not None or (self.n_init or 1) == 1:
                 return centers, n_iter, prices
             inertia = float(ops.assign(x, centers)[1].double().sum())
             if best is None or inertia < best[0]:
