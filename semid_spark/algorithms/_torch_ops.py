@@ -170,8 +170,7 @@ def lloyd(
     for n_iter in range(1, max_iter + 1):
         labels, dists = assign(x, centers)
         inertia = float(dists.double().sum())
-        if inertia > (1.0 - inertia_tol) * previous:  # too little gain: one last update, then stop
-            max_iter = n_iter
+        gained_little = inertia > (1.0 - inertia_tol) * previous  # one last update, then stop
         previous = inertia
         sums, counts = center_sums(x, labels, k)
         new_centers = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
@@ -180,7 +179,7 @@ def lloyd(
         reseed_empty(new_centers, counts, x, dists)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
-        if shift <= tol or n_iter >= max_iter:
+        if shift <= tol or gained_little:
             break
     return centers, n_iter
 
@@ -243,6 +242,7 @@ def refine_codebooks(
 # ---------------------------------------------------------------------- balanced clusters
 
 BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
+LLOYD_BALANCE_TOL = 0.05  # during balanced Lloyd the prices need only be this close; the offsets get BALANCE_TOL
 PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
 
 
@@ -302,7 +302,7 @@ def balanced_lloyd(
     prices, previous, n_iter = None, math.inf, 0
     for n_iter in range(1, max_iter + 1):
         dist = squared_distances(x, centers)
-        prices, _ = balancing_prices(dist, prices, tol=max(BALANCE_TOL, 0.05))
+        prices, _ = balancing_prices(dist, prices, tol=LLOYD_BALANCE_TOL)
         labels = torch.add(dist, prices).argmin(dim=1)
         inertia = float(dist.gather(1, labels[:, None]).double().sum())
         sums, counts = center_sums(x, labels, k)

@@ -181,7 +181,7 @@ class RQKMeans(BaseSemanticEncoder):
         from semid_spark.algorithms import _torch_ops
 
         seeds = np.random.SeedSequence(self.random_state).spawn(len(sizes))
-        centers, offsets, n_iters = [], [], []
+        centers, offsets, n_iters, codes = [], [], [], []
         balanced = self.implementation == "constrained"
         with _torch_ops.full_fp32_matmul(), torch.no_grad():
             data = torch.from_numpy(x).to(torch_device)
@@ -200,11 +200,12 @@ class RQKMeans(BaseSemanticEncoder):
                         rows = rows[torch.from_numpy(pick).to(rows.device)]
                     prices, _ = _torch_ops.balancing_prices(_torch_ops.squared_distances(rows, level_centers), prices)
                     level_offsets = prices.float().cpu().numpy()
-                    codes = _torch_ops.nearest_codes(
+                    level_codes = _torch_ops.nearest_codes(
                         residual, level_centers, _torch_ops.level_norms(level_centers, level_offsets), level_offsets)
                 else:
-                    codes = _torch_ops.assign(residual, level_centers)[0]
-                residual = residual - level_centers[codes]
+                    level_codes = _torch_ops.assign(residual, level_centers)[0]
+                residual = residual - level_centers[level_codes]
+                codes.append(level_codes)
                 centers.append(level_centers)
                 offsets.append(level_offsets)
                 n_iters.append(n_iter)
@@ -213,15 +214,8 @@ class RQKMeans(BaseSemanticEncoder):
             if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
                 centers, self.refine_passes_, codes = _torch_ops.refine_codebooks(
                     data, centers, max_passes=self.refine_passes, tol=self.inertia_tol)
-            elif not balanced:
-                codes = _torch_ops.residual_pass(data, centers)[0]
-            stats, residual = [], data
-            for level, (level_centers, k) in enumerate(zip(centers, sizes)):
-                if balanced:
-                    level_codes = _torch_ops.nearest_codes(
-                        residual, level_centers, _torch_ops.level_norms(level_centers, offsets[level]), offsets[level])
-                else:
-                    level_codes = codes[level]
+            stats, residual = [], data  # from the final codebooks and their codes (the passes' when they ran)
+            for level, (level_centers, level_codes, k) in enumerate(zip(centers, codes, sizes)):
                 residual = residual - level_centers[level_codes]
                 inertia = float((residual * residual).sum(dim=1).mean())
                 n_empty = int((torch.bincount(level_codes, minlength=k) == 0).sum())
