@@ -31,16 +31,19 @@ def level_permutation(
     Maximises the number of items whose new code's label equals their old code (a linear
     assignment on the (n_old, n_new) co-occurrence counts); among assignments keeping as many,
     the one with the least summed squared distance between paired centroids, when both are given
-    and of one width. New codes beyond the old codebook's size, or left unpaired, take the labels
-    left over, in order.
+    and of one width. A smaller new codebook can only take the old labels below its size; new
+    codes beyond the old codebook's size, or left unpaired, take the labels left over, in order.
     """
-    counts = np.zeros((n_old, n_new), dtype=np.float64)
-    np.add.at(counts, (old_codes, new_codes), 1.0)
+    usable = min(n_old, n_new)  # labels a new code can carry: range(n_new)
+    keep = old_codes < usable
+    counts = np.zeros((usable, n_new), dtype=np.float64)
+    np.add.at(counts, (old_codes[keep], new_codes[keep]), 1.0)
     cost = -counts
     if old_centroids is not None and new_centroids is not None and old_centroids.shape[1] == new_centroids.shape[1]:
-        dist = ((old_centroids.astype(np.float64)[:, None, :] - new_centroids.astype(np.float64)[None]) ** 2).sum(-1)
+        dist = ((old_centroids[:usable].astype(np.float64)[:, None, :] - new_centroids.astype(np.float64)[None]) ** 2
+                ).sum(-1)
         if dist.max() > 0:  # scaled so that all of them together weigh less than one shared item
-            cost = cost + dist / (dist.max() * (min(n_old, n_new) + 1))
+            cost = cost + dist / (dist.max() * (usable + 1))
     rows, cols = linear_sum_assignment(cost)
     labels = np.full(n_new, -1, dtype=np.int64)
     labels[cols] = rows

@@ -35,6 +35,15 @@ def test_level_permutation_is_a_permutation_keeping_the_most_items(k, n, seed):
     assert kept >= int((new == old).sum())  # and as the identity
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 200), st.integers(0, 10_000))
+def test_level_permutation_of_codebooks_of_other_sizes(n_old, n_new, n, seed):
+    rng = np.random.default_rng(seed)
+    old, new = rng.integers(0, n_old, n), rng.integers(0, n_new, n)
+    labels = level_permutation(old, new, n_old, n_new, rng.standard_normal((n_old, 3)), rng.standard_normal((n_new, 3)))
+    assert sorted(labels) == list(range(n_new))  # a smaller new codebook never takes a label it has no codeword for
+
+
 def test_alignment_is_a_permutation_per_level_and_decodes_the_same(versions):
     current, grown, old, new = versions
     result = align(old, new, current)
