@@ -1,4 +1,4 @@
-"""``semid fit|assign|run|evaluate|advise --config FILE [--set section.key=value ...]`` and ``semid bench``.
+"""``semid fit|assign|run|refit|evaluate|advise --config FILE [--set section.key=value ...]`` and ``semid bench``.
 
 The same entry point serves the console script, ``python -m semid_spark.cli`` and the thin
 files in ``jobs/`` that spark-submit runs.
@@ -19,8 +19,10 @@ log = logging.getLogger("semid_spark")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="semid", description="Semantic IDs for a catalog, on Spark, into Delta.")
-    parser.add_argument("command", choices=["fit", "assign", "run", "evaluate", "advise"],
+    parser.add_argument("command", choices=["fit", "assign", "run", "refit", "evaluate", "advise"],
                         help="fit: sample and fit the model; assign: IDs for keys not yet in the table; run: both; "
+                             "refit: a new model version aligned to the table's IDs, its churn report, then "
+                             "published as output.on_refit says (unless quality.max_churn refuses); "
                              "evaluate: the quality report of the table (markdown, JSON, plots, Embedding Atlas file); "
                              "advise: predicted collisions of a few codebook sizes at a target catalog size")
     parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
@@ -32,7 +34,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default=None, help="log level (overrides --quiet/--verbose), e.g. INFO")
     report = parser.add_argument_group("evaluate")
     report.add_argument("--out", default=None, help="directory for report.md/json, PNGs, atlas.parquet "
-                        "(default artifacts/evaluate); for advise: advice.md/json (default artifacts/advise)")
+                        "(default artifacts/evaluate); for advise: advice.md/json (default artifacts/advise); "
+                        "for refit: churn.md/json (default artifacts/refit)")
+    report.add_argument("--compare", default=None, metavar="MODEL_PATH",
+                        help="compare model.path's model with the one at MODEL_PATH on the same sampled items "
+                             "(churn per prefix depth, error, collisions): compare.md/json")
     report.add_argument("--source", choices=["auto", "table", "catalog"], default="auto",
                         help="the written ID table (auto: when it exists) or the catalog encoded with the model")
     report.add_argument("--sample-size", type=int, default=20_000, help="rows sampled for neighbour figures")
@@ -72,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(spark, cfg, args)
         if args.command == "advise":
             return _advise(spark, cfg, args)
+        if args.command == "refit":
+            return _refit(spark, cfg, args)
         step = {"fit": pipeline.fit_only, "assign": pipeline.assign_only, "run": pipeline.run}[args.command]
         report = step(spark, cfg)
     except SemanticIdError as exc:
@@ -121,7 +129,28 @@ def _advise(spark, cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refit(spark, cfg, args: argparse.Namespace) -> int:
+    from semid_spark.spark.refit import REFIT_TITLE, refit
+
+    report = refit(spark, cfg, out_dir=args.out or "artifacts/refit")
+    print(report.comparison.markdown(REFIT_TITLE))
+    print(f"published {cfg.output.on_refit}: model {report.comparison.new_model_sha256[:12]} saved at "
+          f"{report.new_model_path}, IDs in {report.ids_table}; next runs: --set model.path={report.new_model_path}"
+          + (f" and the output at {report.ids_table}" if cfg.output.on_refit == "new_table" else ""))
+    print(json.dumps(report.as_dict(), default=str))
+    return 0
+
+
 def _evaluate(spark, cfg, args: argparse.Namespace) -> int:
+    if args.compare:
+        from semid_spark.spark.refit import COMPARE_TITLE, compare_models
+
+        comparison, paths = compare_models(spark, cfg, args.compare, out_dir=args.out or "artifacts/evaluate",
+                                           sample_size=args.sample_size)
+        print(comparison.markdown(COMPARE_TITLE))
+        for kind, path in paths.items():
+            print(f"  {kind}: {path}")
+        return 0
     from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
 
     options = EvaluateOptions(out_dir=args.out or "artifacts/evaluate", sample_size=args.sample_size, k=args.k, n_queries=args.queries,

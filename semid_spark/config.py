@@ -61,6 +61,8 @@ class ModelConfig:
     seed: int = 0
     fit_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda when the driver has it
     refit: bool = False  # run: fit even when a model exists at path (a new model needs a new table)
+    # semid refit: where the new version is saved (default: <path>_v<its sha256's first 12 hex digits>)
+    refit_path: str | None = None
     params: dict = field(default_factory=dict)  # further constructor arguments of the algorithm
 
     def __post_init__(self) -> None:
@@ -115,9 +117,11 @@ class QualityConfig:
 
     max_counter_share: float | None = None  # most of them whose ID may need a counter (a shared code)
     min_utilisation: float | None = None  # least share of its codes every level must use
+    # semid refit: most of the table's (sampled) items whose full code the aligned new version changes
+    max_churn: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_counter_share", "min_utilisation"):
+        for name in ("max_counter_share", "min_utilisation", "max_churn"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"quality.{name}={value}; expected a share between 0 and 1, or null (off)")
@@ -133,8 +137,20 @@ class OutputConfig:
     table: str | None = None  # ... or a table name
     new_table_on_model_change: bool = False  # replace the table (kept in Delta history) for a new model
     max_retries: int = 2  # re-rank and merge again when another run committed first (ConcurrentRunError after)
+    # semid refit publishes the new version: new_table writes all its IDs to a new table (refit_path or
+    # refit_table; default: this one's name plus _v<model sha>), keep_ids keeps every written ID here and
+    # gives only new items codes of the new version
+    on_refit: Literal["new_table", "keep_ids"] = "new_table"
+    refit_path: str | None = None
+    refit_table: str | None = None
+    churn_path: str | None = None  # the refits' churn reports, one row each (default: <path>_churn)
+    churn_table: str | None = None  # (default with output.table: <table>_churn)
 
     def __post_init__(self) -> None:
+        if self.refit_path is not None and self.refit_table is not None:
+            raise ConfigError("output: give one of output.refit_path or output.refit_table, not both")
+        if self.churn_path is not None and self.churn_table is not None:
+            raise ConfigError("output: give one of output.churn_path or output.churn_table, not both")
         if self.max_retries < 0:
             raise ConfigError(f"output.max_retries={self.max_retries}; expected >= 0")
         if self.path is not None and self.table is not None:

@@ -32,6 +32,9 @@ def test_overrides_are_parsed_as_yaml():
         ({"input": {"path": "x"}}, ["n_clusters=3"], r"expected section.key=value"),
         ({"input": {"path": "x"}}, ["uniqueness.strategy=move"], r"uniqueness.strategy='move'; expected 'relocate' or 'suffix'"),
         ({"input": {"path": "x"}}, ["uniqueness.relocate_candidates=1"], r"uniqueness.relocate_candidates=1; expected an int >= 2"),
+        ({"input": {"path": "x"}}, ["output.on_refit=replace"], r"config.output.on_refit='replace': expected one of 'new_table', 'keep_ids'"),
+        ({"input": {"path": "x"}, "output": {"refit_path": "a", "refit_table": "b"}}, [], r"one of output.refit_path or output.refit_table"),
+        ({"input": {"path": "x"}}, ["quality.max_churn=1.5"], r"quality.max_churn=1.5; expected a share between 0 and 1"),
         ({}, [], r"config: input\(\) missing|missing 1 required"),
     ],
 )

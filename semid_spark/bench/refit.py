@@ -8,6 +8,11 @@ share whose level 1..d prefix changes is printed for each version before and aft
 ``align.align``, with the reconstruction error of the grown catalog under each model, and written
 to ``<out>/refit.json``. Goals (issue 17): aligned full-ID churn at most half of the unaligned
 cold refit's, level-1 churn at most a third.
+
+``--job``: the same through the Spark job on a local Delta table: ``semid run`` on the current
+catalog, the grown catalog appended to the input, then ``semid refit`` publishing with
+``new_table`` and, on a copy, ``keep_ids``; its churn report and timings go to
+``<out>/refit_job.json`` (and ``<out>/refit_job/…/churn.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--clusters", type=int, default=256)
     parser.add_argument("--out", default="artifacts/bench")
+    parser.add_argument("--job", action="store_true", help="also through the Spark job (semid run, then semid refit)")
     args = parser.parse_args(argv)
     current = generated_catalog(args.items, args.dim, args.topics, seed=0)
     grown = np.concatenate([current, drifted_items(int(args.growth * args.items), args.dim, args.topics, seed=0,
@@ -70,7 +76,58 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "refit.json"), "w", encoding="utf-8") as fh:
         json.dump({"args": vars(args), "rows": rows, "goals": {k: {"value": v, "limit": lim}
                                                                 for k, (v, lim) in goals.items()}}, fh, indent=2)
+    if args.job:
+        job(args, current, grown)
     return 0
+
+
+def job(args, current: np.ndarray, grown: np.ndarray) -> None:
+    """``semid run`` on *current*, then ``semid refit`` on *grown*: new_table, and keep_ids on a copy."""
+    import shutil
+
+    import pyarrow as pa
+
+    from semid_spark.config import JobConfig
+    from semid_spark.spark import pipeline
+    from semid_spark.spark.refit import refit
+    from semid_spark.spark.session import get_session
+
+    root = os.path.abspath(os.path.join(args.out, "refit_job"))
+    shutil.rmtree(root, ignore_errors=True)
+
+    def cfg(base: str, **output) -> JobConfig:
+        return JobConfig.from_dict({"input": {"path": f"{base}/in"},
+                                    "model": {"path": f"{base}/model", "n_levels": args.levels,
+                                              "n_clusters": args.clusters, "sample_size": 200_000},
+                                    "output": {"path": f"{base}/ids", **output}})
+
+    base = f"{root}/current"
+    spark = get_session(cfg(base).spark)
+
+    def write(x: np.ndarray, start: int, mode: str) -> None:
+        table = pa.table({"item_id": pa.array([f"item{i:09d}" for i in range(start, start + len(x))]),
+                          "embedding": pa.array(list(x), type=pa.list_(pa.float32()))})
+        spark.createDataFrame(table).write.format("delta").mode(mode).save(f"{base}/in")
+
+    write(current, 0, "overwrite")
+    began = time.perf_counter()
+    first = pipeline.run(spark, cfg(base))
+    run_s = time.perf_counter() - began
+    write(grown[len(current):], len(current), "append")
+    keep = f"{root}/keep_ids"
+    shutil.copytree(base, keep)
+    results = {"run": {"seconds": run_s, "n_inserted": first.n_inserted}}
+    for mode, where in (("new_table", base), ("keep_ids", keep)):
+        began = time.perf_counter()
+        report = refit(spark, cfg(where, on_refit=mode), out_dir=f"{root}/{mode}-report")
+        results[mode] = {**report.as_dict(), "wall_s": time.perf_counter() - began}
+        c = report.comparison
+        print(f"job refit, {mode}: {time.perf_counter() - began:.1f} s (sample {report.seconds['sample']:.1f}, "
+              f"fit warm + cold {report.seconds['fit']:.1f}, publish {report.seconds['publish']:.1f}), "
+              f"{report.run['n_inserted']:,} IDs inserted into {report.ids_table}")
+    print(c.markdown(f"semid refit on {len(current):,} + {len(grown) - len(current):,} items (the table's sampled items)"))
+    with open(os.path.join(args.out, "refit_job.json"), "w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2, default=str)
 
 
 if __name__ == "__main__":

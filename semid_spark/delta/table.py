@@ -33,6 +33,15 @@ from semid_spark.exceptions import ModelMismatchError
 log = logging.getLogger(__name__)
 
 SHA_PROPERTY = "semid.model_sha256"
+# lineage of model versions (semid refit): the model a table's IDs came from before, where its own
+# model is saved, the version that followed it and where that one's IDs are, every model in order
+PARENT_SHA_PROPERTY = "semid.parent_model_sha256"
+PARENT_TABLE_PROPERTY = "semid.parent_table"
+MODEL_PATH_PROPERTY = "semid.model_path"
+SUCCESSOR_SHA_PROPERTY = "semid.successor_model_sha256"
+SUCCESSOR_TABLE_PROPERTY = "semid.successor_table"
+SUCCESSOR_PATH_PROPERTY = "semid.successor_model_path"
+HISTORY_PROPERTY = "semid.model_history"
 STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 Mode = Literal["create", "claim", "append", "replace"]
 
@@ -148,11 +157,16 @@ def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_m
         return "claim"
     if replace_on_new_model:
         return "replace"
+    props = detail["properties"] or {}
+    if props.get(PARENT_SHA_PROPERTY) == encoder.sha256:  # `semid refit --set output.on_refit=keep_ids` moved it on
+        raise ModelMismatchError(
+            f"table {ref} was refitted from this run's model {encoder.sha256[:12]}… to {str(stored)[:12]}…, saved at "
+            f"{props.get(MODEL_PATH_PROPERTY, '?')}: set model.path to that")
     held = f"IDs of model sha256={stored[:12]}…" if stored else "rows of no recorded model"
     raise ModelMismatchError(
         f"table {ref} holds {held}, this run's model is {encoder.sha256[:12]}…; IDs of two models must not "
         "mix. Write to a new output table, or set output.new_table_on_model_change=true to replace it (the old "
-        "version stays in Delta history)"
+        "version stays in Delta history), or move the table to a new model with `semid refit`"
     )
 
 
@@ -193,12 +207,37 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
         if stored is not None:
             raise ModelMismatchError(f"table {ref} was just created for model {stored[:12]}… by another run; "
                                      f"this run's model is {encoder.sha256[:12]}…")
-        assignments = ", ".join(f"'{key}' = '{_sql_string(value)}'" for key, value in props.items())
-        spark.sql(f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES ({assignments})")
+        set_properties(spark, ref, props)
         stored = table_model_sha(spark, ref)
         if stored != encoder.sha256:  # another run claimed it between our check and our ALTER
             raise ModelMismatchError(f"table {ref} was just bound to model {str(stored)[:12]}… by another run; "
                                      f"this run's model is {encoder.sha256[:12]}…")
+
+
+def set_properties(spark: SparkSession, ref: TableRef, props: dict[str, str]) -> None:
+    """Set table properties (one metadata commit)."""
+    assignments = ", ".join(f"'{key}' = '{_sql_string(value)}'" for key, value in props.items())
+    spark.sql(f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES ({assignments})")
+
+
+def rebind_table(spark: SparkSession, ref: TableRef, old_sha: str, encoder, lineage: dict[str, str]) -> None:
+    """Bind *ref*, the table of model *old_sha*, to *encoder* (``output.on_refit: keep_ids``): one commit
+    of its model properties and *lineage*, with the model list ``semid.model_history`` extended. A
+    table already bound to *encoder* (a refit stopped after this) is left as it is.
+
+    A run of the old model that merges after this commit conflicts with it, and its retry stops on
+    the model mismatch: no row of the old model lands after the switch.
+    """
+    props = ref.properties(spark)
+    stored = props.get(SHA_PROPERTY)
+    if stored == encoder.sha256:
+        return
+    if stored != old_sha:
+        raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
+                                 f"refitted ({old_sha[:12]}…); nothing was changed")
+    history = [sha for sha in props.get(HISTORY_PROPERTY, old_sha).split(",") if sha]
+    set_properties(spark, ref, {**model_properties(encoder), **lineage,
+                                HISTORY_PROPERTY: ",".join(history + [encoder.sha256])})
 
 
 def _add_missing_columns(spark: SparkSession, ref: TableRef, schema: T.StructType) -> None:

@@ -6,6 +6,7 @@ The same catalog gives the same sample on any cluster, partitioning or executor 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -39,7 +40,40 @@ def sample_embeddings(
     picked = (hash_filtered(df.select(key_col, embedding_col), key_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
                 .orderBy(HASH, key_col).limit(sample_size)
                 .select(embedding_col))
-    column = picked.toArrow().column(embedding_col).combine_chunks()
+    return _embeddings(picked.toArrow().column(embedding_col).combine_chunks(), df, embedding_col, dim)
+
+
+def sample_with_codes(
+    df: DataFrame, written: DataFrame, *, key_col: str, embedding_col: str, codes_col: str, n_levels: int,
+    dim: int, n_rows: int, sample_size: int, seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sample_embeddings``'s rows, each with its codes in *written* (the ID table): (x (n, dim)
+    float32, codes (n, n_levels) int64, -1 for an item the table does not hold).
+
+    The table is read through the same key-hash filter as the input, so the join meets only the
+    ~1.2 x sample_size keys that can be sampled on either side: no embedding and no table row
+    outside them is shuffled.
+    """
+    kept = dict(n_rows=n_rows, sample_size=sample_size, seed=seed)
+    picked = (hash_filtered(df.select(key_col, embedding_col), key_col, **kept)
+              .orderBy(HASH, key_col).limit(sample_size))
+    held = hash_filtered(written.select(key_col, codes_col), key_col, **kept).drop(HASH)
+    rows = picked.join(held, key_col, "left").orderBy(HASH, key_col).select(embedding_col, codes_col).toArrow()
+    x = _embeddings(rows.column(embedding_col).combine_chunks(), df, embedding_col, dim)
+    column = rows.column(codes_col).combine_chunks()
+    codes = np.full((len(column), n_levels), -1, dtype=np.int64)
+    present = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if present.any():
+        values = column.filter(pa.array(present)).flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(values) != int(present.sum()) * n_levels:
+            raise InvalidInputError(f"the ID table's {codes_col!r} rows are not all of {n_levels} levels, as its "
+                                    "model's are")
+        codes[present] = values.reshape(-1, n_levels)
+    return x, codes
+
+
+def _embeddings(column, df: DataFrame, embedding_col: str, dim: int | None) -> np.ndarray:
+    """Sampled embeddings (an Arrow list column) as (n, dim) float32; BadSampleError for a bad row."""
     from semid_spark.spark.validate import infer_dim, most_common_length, row_problems
 
     if dim is None:

@@ -10,6 +10,7 @@ from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.exceptions import ConfigError
 from semid_spark.synthetic import drifted_items, generated_catalog
+from semid_spark.versions import collision_share, compare_versions
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,27 @@ def test_churn_counts_changed_prefixes():
     old = np.array([[1, 2, 3], [1, 2, 3], [4, 5, 6], [7, 8, 9]])
     new = np.array([[1, 2, 3], [1, 2, 0], [4, 0, 6], [0, 8, 9]])
     assert churn(old, new) == [0.25, 0.5, 0.75]
+
+
+def test_compare_versions_reports_both_churns_error_and_collisions(versions):
+    current, grown, old, new = versions
+    comparison, alignment = compare_versions(old, new, current, reference=new)
+    assert comparison.n_items == len(current) and comparison.new_model_sha256 == alignment.model.sha256
+    assert comparison.churn_unaligned == churn(old.encode(current), new.encode(current)) == comparison.churn_reference
+    assert comparison.churn_aligned == churn(old.encode(current), alignment.model.encode(current))
+    assert comparison.churn_aligned[0] < comparison.churn_unaligned[0]
+    recon = old.decode(old.encode(current)).astype(np.float64)
+    assert comparison.error_old == pytest.approx(((current - recon) ** 2).sum(axis=1).mean())
+    assert comparison.error_new == pytest.approx(  # a relabelling changes no decoded vector
+        ((current - alignment.model.decode(alignment.model.encode(current))) ** 2).sum(axis=1).mean())
+    assert comparison.collision_old == collision_share(old.encode(current))
+    table = comparison.markdown()
+    assert "| aligned | " in table and "| a cold refit (plain `semid fit`), unaligned | " in table
+    stored = old.encode(current)
+    stored[:10, -1] = (stored[:10, -1] + 1) % 16  # the table's codes, some relocated
+    assert compare_versions(old, new, current, old_codes=stored)[0].churn_unaligned == churn(stored, new.encode(current))
+
+
+def test_collision_share_counts_rows_sharing_a_full_code():
+    assert collision_share(np.array([[0, 1], [0, 1], [0, 2], [1, 1]])) == 0.5
+    assert collision_share(np.zeros((0, 3), dtype=int)) == 0.0

@@ -1,0 +1,154 @@
+"""semid refit on a grown, drifted catalog: churn report, gate, new_table and keep_ids publishing."""
+
+import json
+import os
+import shutil
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from semid_spark.algorithms import load_encoder
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.delta.table import (
+    HISTORY_PROPERTY, MODEL_PATH_PROPERTY, PARENT_SHA_PROPERTY, PARENT_TABLE_PROPERTY, SHA_PROPERTY,
+    SUCCESSOR_PATH_PROPERTY, SUCCESSOR_SHA_PROPERTY, SUCCESSOR_TABLE_PROPERTY, TableRef,
+)
+from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, QualityGateError
+from semid_spark.spark import pipeline
+from semid_spark.spark.refit import churn_table, compare_models, refit
+from semid_spark.synthetic import drifted_items
+from tests.spark.test_pipeline import DIM, catalog, config, frame, write_input
+
+N_CURRENT, N_GROWN = 1200, 360  # +30%, drawn with shifted topic weights
+WRITTEN = ["item_id", "semantic_id", "codes", "counter", "relocated", "model_sha256", "run_id"]
+
+
+@pytest.fixture(scope="module")
+def grown_catalog(spark, tmp_path_factory):
+    """A table written by the current model, then a catalog 30% larger whose new items drifted."""
+    tmp = tmp_path_factory.mktemp("refit")
+    keys, x = catalog(N_CURRENT)
+    write_input(spark, frame(spark, keys, x), f"{tmp}/in")
+    pipeline.run(spark, config(tmp))
+    new_keys = [f"new{i:06d}" for i in range(N_GROWN)]
+    write_input(spark, frame(spark, new_keys, drifted_items(N_GROWN, DIM, 12, seed=0, drift=1.0)), f"{tmp}/in",
+                mode="append")
+    return tmp
+
+
+@pytest.fixture
+def state(grown_catalog, tmp_path):
+    """A private copy of the grown catalog, its table and its model (each test may change them)."""
+    for name in ("in", "out", "model"):
+        shutil.copytree(grown_catalog / name, tmp_path / name)
+    return tmp_path
+
+
+def table(spark, path):
+    return spark.read.format("delta").load(str(path))
+
+
+def churn_rows(spark, cfg):
+    return churn_table(cfg).read(spark).collect()
+
+
+def test_new_table_leaves_the_old_ids_and_records_lineage_and_churn(spark, state):
+    cfg = config(state)
+    before = table(spark, state / "out").select(*WRITTEN)
+    before_rows = before.collect()
+    old_sha = load_encoder(cfg.model.path).sha256
+
+    report = refit(spark, cfg, out_dir=str(state / "report"))
+
+    c = report.comparison
+    # model.sample_size=1000 of the 1560 items, those in the table (drawn by key hash) align and report
+    assert report.published and report.warm_start and report.n_sampled == 1000 and 600 < c.n_items < 1000
+    # against a plain (cold) refit, what a re-run of `semid fit` gives: the issue's goals
+    assert c.churn_aligned[-1] <= 0.5 * c.churn_reference[-1] and c.churn_aligned[0] <= c.churn_reference[0] / 3
+    assert c.churn_aligned[0] <= c.churn_unaligned[0]  # the assignment keeps the most level-1 codes
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(c.churn_aligned, c.churn_aligned[1:]))
+    saved = json.loads((state / "report" / "churn.json").read_text())
+    assert saved["churn_aligned"] == c.churn_aligned and saved["churn_unaligned"] == c.churn_unaligned
+    assert "| aligned |" in (state / "report" / "churn.md").read_text()
+
+    new_sha = c.new_model_sha256
+    assert load_encoder(report.new_model_path).sha256 == new_sha
+    assert report.new_model_path == f"{cfg.model.path}_v{new_sha[:12]}"
+    new_ids = table(spark, f"{state}/out_v{new_sha[:12]}")
+    assert new_ids.count() == N_CURRENT + N_GROWN == new_ids.select("semantic_id").distinct().count()
+    assert {r[0] for r in new_ids.select("model_sha256").distinct().collect()} == {new_sha}
+    assert_df_equality(table(spark, state / "out").select(*WRITTEN), spark.createDataFrame(before_rows, before.schema),
+                       ignore_row_order=True)
+
+    new_props = TableRef(f"{state}/out_v{new_sha[:12]}").properties(spark)
+    old_props = TableRef(str(state / "out")).properties(spark)
+    assert new_props[SHA_PROPERTY] == new_sha and new_props[PARENT_SHA_PROPERTY] == old_sha
+    assert new_props[PARENT_TABLE_PROPERTY] == str(state / "out") and new_props[MODEL_PATH_PROPERTY] == report.new_model_path
+    assert old_props[SHA_PROPERTY] == old_sha and old_props[SUCCESSOR_SHA_PROPERTY] == new_sha
+    assert old_props[SUCCESSOR_TABLE_PROPERTY] == report.ids_table and old_props[SUCCESSOR_PATH_PROPERTY] == report.new_model_path
+
+    [row] = churn_rows(spark, cfg)
+    assert (row["old_model_sha256"], row["new_model_sha256"], row["published"], row["ids_table"]) == \
+        (old_sha, new_sha, True, report.ids_table)
+    assert row["churn_aligned"] == c.churn_aligned and row["churn_unaligned"] == c.churn_unaligned
+    assert row["churn_cold_refit"] == c.churn_reference
+
+    again = refit(spark, cfg, out_dir=str(state / "report"))  # same seed and catalog: the same aligned model
+    assert again.comparison.new_model_sha256 == new_sha and again.run["n_inserted"] == 0
+    assert len(churn_rows(spark, cfg)) == 2
+
+    compared, paths = compare_models(spark, cfg, report.new_model_path, out_dir=str(state / "compare"), sample_size=500)
+    assert (compared.old_model_sha256, compared.n_items) == (old_sha, 500)
+    assert json.loads(open(paths["json"]).read())["churn_unaligned"] == compared.churn_unaligned
+
+
+def test_keep_ids_never_changes_or_duplicates_a_written_id(spark, state):
+    cfg = config(state, output={"on_refit": "keep_ids"})
+    before = table(spark, state / "out").select(*WRITTEN)
+    before_rows = before.collect()
+    old_sha = load_encoder(cfg.model.path).sha256
+
+    report = refit(spark, cfg, out_dir=str(state / "report"))
+
+    new_sha = report.comparison.new_model_sha256
+    after = table(spark, state / "out")
+    assert after.count() == N_CURRENT + N_GROWN == after.select("semantic_id").distinct().count()
+    old_keys = after.where(F.col("item_id").startswith("sku"))
+    assert_df_equality(old_keys.select(*WRITTEN), spark.createDataFrame(before_rows, before.schema),
+                       ignore_row_order=True)
+    assert {r[0] for r in after.where(F.col("item_id").startswith("new")).select("model_sha256").distinct().collect()} \
+        == {new_sha}
+    props = TableRef(str(state / "out")).properties(spark)
+    assert props[SHA_PROPERTY] == new_sha and props[PARENT_SHA_PROPERTY] == old_sha
+    assert props[HISTORY_PROPERTY] == f"{old_sha},{new_sha}" and props[MODEL_PATH_PROPERTY] == report.new_model_path
+    assert report.run["n_inserted"] == N_GROWN and report.ids_table == str(state / "out")
+
+    with pytest.raises(ModelMismatchError, match=r"refitted from this run's model .* set model.path to that"):
+        pipeline.run(spark, cfg)  # a scheduled run still pointing at the old model
+
+
+def test_the_churn_gate_refuses_to_publish(spark, state):
+    cfg = config(state, quality={"max_churn": 0.0})
+    old_props = TableRef(str(state / "out")).properties(spark)
+    n_before = table(spark, state / "out").count()
+    with pytest.raises(QualityGateError, match=r"would change the full code of 0\.\d+ of the table's \d+ sampled "
+                                               r"items \(aligned\), over quality\.max_churn=0\.0; nothing was published"):
+        refit(spark, cfg, out_dir=str(state / "report"))
+    assert sorted(os.listdir(state)) == ["in", "model", "out", "out_churn", "report"]  # no new model, no new table
+    assert TableRef(str(state / "out")).properties(spark) == old_props
+    assert table(spark, state / "out").count() == n_before
+    [row] = churn_rows(spark, cfg)
+    assert row["published"] is False and row["max_churn"] == 0.0 and row["ids_table"] is None
+
+
+def test_refit_refuses_what_it_cannot_do(spark, state, tmp_path_factory):
+    with pytest.raises(ConfigError, match=r"keep_ids keeps the table's IDs of \[8, 8, 8\] codes per level; "
+                                          r"model.n_levels/n_clusters ask for \[16, 16, 16\]"):
+        refit(spark, config(state, output={"on_refit": "keep_ids"}, model={"n_clusters": 16}))
+    with pytest.raises(InvalidInputError, match=r"no ID table at .*elsewhere.* to refit"):
+        refit(spark, config(state, output={"path": str(state / "elsewhere")}))
+    other = tmp_path_factory.mktemp("other") / "model"
+    RQKMeans(n_levels=3, n_clusters=8, random_state=1).fit(catalog(300, seed=3)[1]).save(str(other))
+    with pytest.raises(ModelMismatchError, match=r"point model.path at the table's model"):
+        refit(spark, config(state, model={"path": str(other)}))
