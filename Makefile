@@ -47,9 +47,10 @@ bench-fit: $(STAMP)
 	$(PY) -m pip install -q -e ".[example,compare]"
 	$(PY) -m semid_spark.bench.fit_compare
 
-# Churn of a refit on a grown, drifted catalog: cold/warm start, with and without alignment
+# Churn of a refit on a grown, drifted catalog: cold/warm start, with and without alignment, then
+# semid run + semid refit (new_table, keep_ids) through the job (3 minutes on 2 cores): artifacts/bench/refit*.json
 bench-refit: $(STAMP)
-	$(PY) -m semid_spark.bench.refit
+	$(PY) -m semid_spark.bench.refit --job
 
 # IDs on real text (docstring sentences, WordLlama): suffix vs relocate vs faiss RQ, and the job with each
 # (10-20 minutes on 2 cores): artifacts/bench/quality.json and quality.md.
