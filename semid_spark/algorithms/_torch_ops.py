@@ -208,8 +208,25 @@ def residual_pass(
     return codes, residual, float(error)
 
 
+def subtract_codewords_(residual: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """residual -= codebook[codes], in place and by blocks of FIT_CHUNK rows (no (n, d) temporary)."""
+    for start in range(0, len(residual), FIT_CHUNK):
+        residual[start : start + FIT_CHUNK] -= codebook[codes[start : start + FIT_CHUNK]]
+    return residual
+
+
+def squared_error(residual: torch.Tensor) -> float:
+    """Summed squared norm of the rows, accumulated as ``residual_pass`` does (float64 over blocks)."""
+    error = torch.zeros((), dtype=torch.float64, device=residual.device)
+    for start in range(0, len(residual), FIT_CHUNK):
+        block = residual[start : start + FIT_CHUNK]
+        error += (block * block).sum(dim=1).sum(dtype=torch.float64)
+    return float(error)
+
+
 def refine_codebooks(
     x: torch.Tensor, codebooks: list[torch.Tensor], *, max_passes: int, tol: float,
+    codes: torch.Tensor | None = None, residual: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], int, torch.Tensor]:
     """Lower the full reconstruction error of greedy residual codebooks by joint passes.
 
@@ -218,13 +235,18 @@ def refine_codebooks(
     other levels, so the error can only fall (block coordinate descent on the whole model, where
     the greedy fit optimised each level for the levels above it only). Stops after *max_passes*,
     or when a pass lowers the error by less than the fraction *tol*; a pass that raises it (the
-    greedy encoding may pick other codes) is undone. Returns the codebooks, the passes kept and
-    the greedy codes (L, n) of those codebooks.
+    greedy encoding may pick other codes) is undone. *codes* (L, n) and *residual* (n, d): the
+    greedy encoding of x by *codebooks* when the caller has it (the first pass then encodes
+    nothing; *residual* is updated in place). Returns the codebooks, the passes kept and the
+    greedy codes (L, n) of those codebooks.
     """
     books = [c.clone() for c in codebooks]
     error, kept, kept_books, kept_codes = math.inf, 0, books, None
     for n_pass in range(max_passes + 1):
-        codes, residual, new_error = residual_pass(x, books)
+        if n_pass == 0 and codes is not None and residual is not None:
+            new_error = squared_error(residual)
+        else:
+            codes, residual, new_error = residual_pass(x, books)
         if new_error >= error:  # the last update made things worse: keep the codebooks before it
             break
         kept, kept_books, kept_codes = n_pass, [c.clone() for c in books], codes
@@ -235,7 +257,7 @@ def refine_codebooks(
             sums, counts = center_sums(residual, codes[level], len(book))
             shift = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
             book += shift
-            residual -= shift[codes[level]]
+            subtract_codewords_(residual, shift, codes[level])
     return kept_books, kept, kept_codes
 
 

@@ -204,7 +204,9 @@ class RQKMeans(BaseSemanticEncoder):
                         residual, level_centers, _torch_ops.level_norms(level_centers, level_offsets), level_offsets)
                 else:
                     level_codes = _torch_ops.assign(residual, level_centers)[0]
-                residual = residual - level_centers[level_codes]
+                if residual is data:  # the first level's residual is the data: copy once, then in place
+                    residual = data.clone()
+                _torch_ops.subtract_codewords_(residual, level_centers, level_codes)
                 codes.append(level_codes)
                 centers.append(level_centers)
                 offsets.append(level_offsets)
@@ -213,10 +215,11 @@ class RQKMeans(BaseSemanticEncoder):
             self.refine_passes_ = 0
             if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
                 centers, self.refine_passes_, codes = _torch_ops.refine_codebooks(
-                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol)
-            stats, residual = [], data  # from the final codebooks and their codes (the passes' when they ran)
+                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=torch.stack(codes),
+                    residual=residual)
+            stats, residual = [], data.clone()  # from the final codebooks and their codes (the passes' when they ran)
             for level, (level_centers, level_codes, k) in enumerate(zip(centers, codes, sizes)):
-                residual = residual - level_centers[level_codes]
+                _torch_ops.subtract_codewords_(residual, level_centers, level_codes)
                 inertia = float((residual * residual).sum(dim=1).mean())
                 n_empty = int((torch.bincount(level_codes, minlength=k) == 0).sum())
                 if n_empty:
