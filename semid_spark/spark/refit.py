@@ -20,7 +20,10 @@
      models), then a run of it gives IDs to the items the table does not hold yet. Every written
      ID stays; a new item whose code a written item holds moves to a free code of its prefix
      (``uniqueness.strategy: relocate``) or takes the next counter; each row's ``model_sha256``
-     says which version encoded it. Needs the same codebook sizes as the current model.
+     says which version encoded it. Needs the same codebook sizes as the current model. The
+     run's own gates (``quality.max_counter_share``, ``min_utilisation``) are checked after the
+     rebinding: one that refuses leaves the table bound to the new version with no new row, and
+     ``semid assign`` with the new model (or the refit again) completes it.
 
 The same seed and catalog give the same aligned model (its digest names the default paths), so
 a refit stopped while publishing resumes where it stopped when it is run again.
