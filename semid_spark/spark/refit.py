@@ -250,9 +250,15 @@ def compare_models(spark: SparkSession, cfg: JobConfig, other_path: str, *, out_
     if input_dim(current) != input_dim(other):
         raise ModelMismatchError(f"model.path's model takes embeddings of length {input_dim(current)}, the one at "
                                  f"{other_path!r} of length {input_dim(other)}: they cannot encode the same items")
-    df, info = pipeline._read_validated(spark, cfg, pipeline.RunReport(), None, dim=input_dim(current))
+    df, info = pipeline._read_validated(spark, cfg, pipeline.RunReport(), None, dim=input_dim(current),
+                                        rows_checked_later=True)
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
     with stage(spark, "semid: sample the catalog to the driver"):
-        x = sample_embeddings(df, key_col=cfg.input.key_col, embedding_col=cfg.input.embedding_col, dim=info.dim,
-                              n_rows=info.n_rows, sample_size=sample_size, seed=cfg.model.seed)
+        try:
+            x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                                  sample_size=sample_size, seed=cfg.model.seed)
+        except BadSampleError:
+            check_input(df, key, emb, dim=info.dim)  # counts every bad row, names them
+            raise
     comparison, _ = compare_versions(current, other, x)
     return comparison, _write_files(comparison, out_dir, "compare", COMPARE_TITLE)

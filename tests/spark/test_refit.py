@@ -148,6 +148,12 @@ def test_refit_refuses_what_it_cannot_do(spark, state, tmp_path_factory):
         refit(spark, config(state, output={"on_refit": "keep_ids"}, model={"n_clusters": 16}))
     with pytest.raises(InvalidInputError, match=r"no ID table at .*elsewhere.* to refit"):
         refit(spark, config(state, output={"path": str(state / "elsewhere")}))
+    bad = catalog(1, seed=5)[1].copy()
+    bad[0, 2] = float("nan")
+    write_input(spark, frame(spark, ["bad000001"], bad), f"{state}/in", mode="append")
+    with pytest.raises(InvalidInputError, match=r"1 rows with NaN, inf or null values in 'embedding'"):
+        refit(spark, config(state, model={"sample_size": 5000}))  # every row sampled, the bad one too
+    assert sorted(os.listdir(state)) == ["in", "model", "out"]
     other = tmp_path_factory.mktemp("other") / "model"
     RQKMeans(n_levels=3, n_clusters=8, random_state=1).fit(catalog(300, seed=3)[1]).save(str(other))
     with pytest.raises(ModelMismatchError, match=r"point model.path at the table's model"):
