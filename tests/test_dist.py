@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from semid_spark.spark.session import delta_package
 from tests.spark.test_pipeline import catalog, frame, write_input
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy  # spark-submit in its own JVM: `make test-heavy`, run by .ci/run
 def test_spark_submit_of_the_built_wheel_writes_the_delta_table(spark, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path, timeout=300)

@@ -75,6 +75,7 @@ def notebook_cells(path: Path) -> list[str]:
                                     for line in c.splitlines())]
 
 
+@pytest.mark.heavy  # the whole notebook, cell by cell (half a minute): `make test-heavy`, run by .ci/run
 def test_databricks_notebook_cells_run_in_order_on_metastore_tables(spark, tmp_path, connect_safe):
     keys, x = catalog(900)
     frame(spark, keys[:800], x[:800]).write.format("delta").saveAsTable("semid_nb_catalog")
