@@ -165,7 +165,7 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
         raise QualityGateError(
             f"the new version {comparison.new_model_sha256[:12]}… would change the full code of "
             f"{comparison.churn_aligned[-1]:.4f} of the table's {comparison.n_items} sampled items (aligned), over "
-            f"quality.max_churn={limit}; nothing was published: no model saved, no table changed (report: "
+            f"quality.max_churn={limit}; nothing was published: no model saved, no ID table changed (report: "
             f"{report.files['md']})")
 
     report.new_model_path = cfg.model.refit_path or _versioned(cfg.model.path, model.sha256, "_v")
