@@ -11,8 +11,7 @@ def generated_catalog(n_items: int, dim: int, n_topics: int, seed: int) -> np.nd
     Row i depends only on (i, dim, n_topics, seed)'s generator stream, so the first n rows of
     a larger catalog equal a smaller one's: a grown catalog keeps its old items.
     """
-    rng = np.random.default_rng(seed)
-    topics = rng.standard_normal((n_topics, dim)).astype(np.float32)
+    topics = _topics(n_topics, dim, seed)
     out = np.empty((n_items, dim), dtype=np.float32)
     block = 65_536
     for start in range(0, n_items, block):
@@ -30,8 +29,13 @@ def drifted_items(n_items: int, dim: int, n_topics: int, seed: int, *, drift: fl
     z_t ~ N(0, 1) (drift=1: the most popular topics several times as likely as before, some topics
     nearly gone). *stream* picks another draw of items (and of the weights) from the same topics.
     """
-    topics = np.random.default_rng(seed).standard_normal((n_topics, dim)).astype(np.float32)
+    topics = _topics(n_topics, dim, seed)
     rng = np.random.default_rng([seed, 1_000_003, stream])
     weights = np.exp(drift * rng.standard_normal(n_topics))
     picks = rng.choice(n_topics, n_items, p=weights / weights.sum())
     return topics[picks] + 0.3 * rng.standard_normal((n_items, dim)).astype(np.float32)
+
+
+def _topics(n_topics: int, dim: int, seed: int) -> np.ndarray:
+    """The topic centers (n_topics, dim) float32 of the catalogs of *seed*."""
+    return np.random.default_rng(seed).standard_normal((n_topics, dim)).astype(np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 
 from semid_spark.algorithms.align import Alignment, align, churn
 from semid_spark.exceptions import InvalidInputError
+from semid_spark.utils.metrics import collision_share
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,6 @@ def compare_versions(old_model, new_model, X, *, old_codes: np.ndarray | None = 
         churn_reference=None if reference is None else churn(current, reference.encode(x)),
     )
     return comparison, alignment
-
-
-def collision_share(codes: np.ndarray) -> float:
-    """Share of the rows whose full code another row also has."""
-    if not len(codes):
-        return 0.0
-    _, inverse, counts = np.unique(np.asarray(codes), axis=0, return_inverse=True, return_counts=True)
-    return float((counts[inverse.ravel()] > 1).mean())
 
 
 def _error(model, x: np.ndarray, codes: np.ndarray) -> float:

@@ -5,8 +5,8 @@ import pytest
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.synthetic import generated_catalog
-from semid_spark.utils.advise import (advise, code_distribution, parse_choice, predicted_figures, recommend,
-                                      sample_collision_share)
+from semid_spark.utils.advise import advise, code_distribution, parse_choice, predicted_figures, recommend
+from semid_spark.utils.metrics import collision_share
 
 
 def test_predicted_figures_follow_the_occupancy_formulas():
@@ -36,7 +36,7 @@ def test_predictions_from_a_sample_match_a_catalog_four_times_larger(levels, cod
     model = RQKMeans(levels, codes, random_state=0, max_samples_per_cluster=256).fit(sample)
     real = model.encode(x)  # the same model on all 8,000 items
     assert pred.counter_share == pytest.approx(1 - len(np.unique(real, axis=0)) / len(x), abs=0.03)
-    assert pred.collision_share == pytest.approx(sample_collision_share(real), abs=0.03)
+    assert pred.collision_share == pytest.approx(collision_share(real), abs=0.03)
     assert pred.collision_share > pred.sample_collision_share  # more items, more collisions
 
 

@@ -36,7 +36,7 @@ from semid_spark.spark.columns import (
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.session import stage
-from semid_spark.spark.sample import BadSampleError, sample_embeddings
+from semid_spark.spark.sample import bad_rows_named, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
 from semid_spark.spark.incremental import next_counters, unwritten_rows, without_written_keys
 from semid_spark.spark.ranking import CODE_KEY, assign_counters, code_stats, with_code_key, with_semantic_id
@@ -191,13 +191,9 @@ def _training_sample(spark: SparkSession, df: DataFrame, info: InputReport, cfg:
     """The rows the model is fitted on (``model.sample_size``, drawn by key hash), on the driver; a bad
     row among them makes the whole input's bad rows counted and named."""
     key, emb = cfg.input.key_col, cfg.input.embedding_col
-    with stage(spark, "semid: sample embeddings to the driver"):
-        try:
-            return sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
-                                     sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-        except BadSampleError as exc:
-            check_input(df, key, emb, dim=info.dim if info.dim is not None else exc.dim)  # counts every bad row, names them
-            raise
+    with stage(spark, "semid: sample embeddings to the driver"), bad_rows_named(df, key, emb, info.dim):
+        return sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                                 sample_size=cfg.model.sample_size, seed=cfg.model.seed)
 
 
 def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig, report: RunReport, *,

@@ -49,9 +49,8 @@ from semid_spark.delta.table import (
 )
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, QualityGateError
 from semid_spark.spark.columns import CODES
-from semid_spark.spark.sample import BadSampleError, sample_with_codes
+from semid_spark.spark.sample import bad_rows_named, sample_embeddings, sample_with_codes
 from semid_spark.spark.session import stage
-from semid_spark.spark.validate import check_input
 from semid_spark.versions import VersionComparison, compare_versions
 
 log = logging.getLogger(__name__)
@@ -109,10 +108,11 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     report = RefitReport(on_refit=cfg.output.on_refit)
     current = pipeline.load_encoder(cfg.model.path)
     out = TableRef(cfg.output.path, cfg.output.table)
-    props = out.properties(spark) if out.exists(spark) else None
-    if props is None:
+    detail = out.detail(spark)
+    if detail is None:
         raise InvalidInputError(f"no ID table at {out} (output.path/output.table) to refit: `semid run` writes the "
                                 "first version")
+    props = dict(detail["properties"] or {})
     if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
         raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
                                  f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
@@ -124,15 +124,12 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     run_report = pipeline.RunReport()
     df, info = pipeline._read_validated(spark, cfg, run_report, None, dim=input_dim(current), rows_checked_later=True)
     started = time.perf_counter()
-    with stage(spark, "semid: sample the catalog, with the table's codes, to the driver"):
-        key, emb = cfg.input.key_col, cfg.input.embedding_col
-        try:
-            x, old_codes = sample_with_codes(df, out.read(spark), key_col=key, embedding_col=emb, codes_col=CODES,
-                                             n_levels=len(codebook_sizes(current)), dim=info.dim, n_rows=info.n_rows,
-                                             sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-        except BadSampleError:
-            check_input(df, key, emb, dim=info.dim)  # counts every bad row, names them
-            raise
+    key, emb = cfg.input.key_col, cfg.input.embedding_col
+    with stage(spark, "semid: sample the catalog, with the table's codes, to the driver"), \
+            bad_rows_named(df, key, emb, info.dim):
+        x, old_codes = sample_with_codes(df, out.read(spark), key_col=key, embedding_col=emb, codes_col=CODES,
+                                         n_levels=len(codebook_sizes(current)), dim=info.dim, n_rows=info.n_rows,
+                                         sample_size=cfg.model.sample_size, seed=cfg.model.seed)
     report.seconds["sample"] = time.perf_counter() - started
     report.n_sampled = len(x)
     in_table = (old_codes >= 0).all(axis=1)
@@ -161,7 +158,7 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
 
     limit = cfg.quality.max_churn
     if limit is not None and comparison.churn_aligned[-1] > limit:
-        _record(spark, cfg, report, limit)
+        _record(spark, cfg, report)
         raise QualityGateError(
             f"the new version {comparison.new_model_sha256[:12]}… would change the full code of "
             f"{comparison.churn_aligned[-1]:.4f} of the table's {comparison.n_items} sampled items (aligned), over "
@@ -188,7 +185,7 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
         published = pipeline.run(spark, publish_cfg, fit=False)
     report.seconds["publish"] = time.perf_counter() - started
     report.published, report.ids_table, report.run = True, str(target), published.as_dict()
-    _record(spark, cfg, report, limit)
+    _record(spark, cfg, report)
     log.info("refit %s published model %s (%s) to %s: %d items inserted", report.refit_id, model.sha256[:12],
              cfg.output.on_refit, target, published.n_inserted)
     return report
@@ -224,14 +221,14 @@ def _write_files(comparison: VersionComparison, out_dir: str, name: str, title: 
     return paths
 
 
-def _record(spark: SparkSession, cfg: JobConfig, report: RefitReport, limit: float | None) -> None:
+def _record(spark: SparkSession, cfg: JobConfig, report: RefitReport) -> None:
     """The refit's row of the churn table (written once: a retry of the same refit adds no copy)."""
     import datetime
 
     c = report.comparison
     row = (report.refit_id, datetime.datetime.now(), c.old_model_sha256, c.new_model_sha256, report.on_refit,
            c.n_items, c.churn_unaligned, c.churn_aligned, c.churn_reference, c.error_old, c.error_new,
-           c.collision_old, c.collision_new, limit, report.published, report.ids_table, report.new_model_path)
+           c.collision_old, c.collision_new, cfg.quality.max_churn, report.published, report.ids_table, report.new_model_path)
     ref = churn_table(cfg)
     append_idempotent(spark, ref, spark.createDataFrame([row], CHURN_SCHEMA), REFIT_ID)
     report.files["churn_table"] = str(ref)
@@ -244,7 +241,6 @@ def compare_models(spark: SparkSession, cfg: JobConfig, other_path: str, *, out_
     churn from the current model's codes to the other's, unaligned and aligned, error and collisions
     of both. Writes ``compare.md`` and ``compare.json`` into *out_dir*."""
     from semid_spark.spark import pipeline
-    from semid_spark.spark.sample import sample_embeddings
 
     current, other = pipeline.load_encoder(cfg.model.path), pipeline.load_encoder(other_path)
     if input_dim(current) != input_dim(other):
@@ -253,12 +249,8 @@ def compare_models(spark: SparkSession, cfg: JobConfig, other_path: str, *, out_
     df, info = pipeline._read_validated(spark, cfg, pipeline.RunReport(), None, dim=input_dim(current),
                                         rows_checked_later=True)
     key, emb = cfg.input.key_col, cfg.input.embedding_col
-    with stage(spark, "semid: sample the catalog to the driver"):
-        try:
-            x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
-                                  sample_size=sample_size, seed=cfg.model.seed)
-        except BadSampleError:
-            check_input(df, key, emb, dim=info.dim)  # counts every bad row, names them
-            raise
+    with stage(spark, "semid: sample the catalog to the driver"), bad_rows_named(df, key, emb, info.dim):
+        x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
+                              sample_size=sample_size, seed=cfg.model.seed)
     comparison, _ = compare_versions(current, other, x)
     return comparison, _write_files(comparison, out_dir, "compare", COMPARE_TITLE)

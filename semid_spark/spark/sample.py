@@ -5,6 +5,8 @@ The same catalog gives the same sample on any cluster, partitioning or executor 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -37,10 +39,8 @@ def sample_embeddings(
     the target are kept, then the smallest hashes (ties by key) down to *sample_size*: the
     driver holds at most ~1.2 x sample_size x dim floats.
     """
-    picked = (hash_filtered(df.select(key_col, embedding_col), key_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
-                .orderBy(HASH, key_col).limit(sample_size)
-                .select(embedding_col))
-    return _embeddings(picked.toArrow().column(embedding_col).combine_chunks(), df, embedding_col, dim)
+    picked = _smallest_hashes(df, key_col, embedding_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
+    return _embeddings(picked.select(embedding_col).toArrow().column(embedding_col).combine_chunks(), df, embedding_col, dim)
 
 
 def sample_with_codes(
@@ -54,10 +54,9 @@ def sample_with_codes(
     ~1.2 x sample_size keys that can be sampled on either side: no embedding and no table row
     outside them is shuffled.
     """
-    kept = dict(n_rows=n_rows, sample_size=sample_size, seed=seed)
-    picked = (hash_filtered(df.select(key_col, embedding_col), key_col, **kept)
-              .orderBy(HASH, key_col).limit(sample_size))
-    held = hash_filtered(written.select(key_col, codes_col), key_col, **kept).drop(HASH)
+    picked = _smallest_hashes(df, key_col, embedding_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
+    held = hash_filtered(written.select(key_col, codes_col), key_col, n_rows=n_rows, sample_size=sample_size,
+                         seed=seed).drop(HASH)
     rows = picked.join(held, key_col, "left").orderBy(HASH, key_col).select(embedding_col, codes_col).toArrow()
     x = _embeddings(rows.column(embedding_col).combine_chunks(), df, embedding_col, dim)
     column = rows.column(codes_col).combine_chunks()
@@ -70,6 +69,26 @@ def sample_with_codes(
                                     "model's are")
         codes[present] = values.reshape(-1, n_levels)
     return x, codes
+
+
+def _smallest_hashes(df: DataFrame, key_col: str, embedding_col: str, *, n_rows: int, sample_size: int,
+                     seed: int) -> DataFrame:
+    """The sampled rows: key, embedding and hash, the *sample_size* smallest hashes under the threshold."""
+    return (hash_filtered(df.select(key_col, embedding_col), key_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
+            .orderBy(HASH, key_col).limit(sample_size))
+
+
+@contextlib.contextmanager
+def bad_rows_named(df: DataFrame, key_col: str, embedding_col: str, dim: int | None):
+    """Around a sample draw from *df*: a bad sampled row makes ``check_input`` count and name every bad
+    row of the input (it raises); *dim* None: the length the sample was checked against."""
+    try:
+        yield
+    except BadSampleError as exc:
+        from semid_spark.spark.validate import check_input
+
+        check_input(df, key_col, embedding_col, dim=dim if dim is not None else exc.dim)
+        raise
 
 
 def _embeddings(column, df: DataFrame, embedding_col: str, dim: int | None) -> np.ndarray:

@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from semid_spark.utils.metrics import collision_share
+
 DEFAULT_CHOICES = ("2x256", "3x256", "4x256", "3x1024")
 
 
@@ -81,11 +83,6 @@ def predicted_figures(p: np.ndarray, target_rows: int) -> tuple[float, float, fl
     return collision, float(1.0 - distinct / target_rows), float(target_rows * p.max())
 
 
-def sample_collision_share(codes: np.ndarray) -> float:
-    _, counts = np.unique(codes, axis=0, return_counts=True)
-    return float(counts[counts > 1].sum() / len(codes))
-
-
 def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], *, random_state: int = 0
            ) -> list[Prediction]:
     """One ``Prediction`` per (levels, codes) choice, from RQ-KMeans fitted on the sample *x* (Lloyd to
@@ -106,7 +103,7 @@ def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], 
         _, counts = np.unique(codes, axis=0, return_counts=True)
         p = code_distribution(counts, clusters ** levels)
         collision, counter, largest = predicted_figures(p, target_rows)
-        out.append(Prediction(levels, clusters, target_rows, len(x), sample_collision_share(codes),
+        out.append(Prediction(levels, clusters, target_rows, len(x), collision_share(codes),
                               collision, counter, largest, fit_s))
     return out
 

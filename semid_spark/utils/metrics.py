@@ -200,6 +200,15 @@ def collision_rate_per_level(codes: np.ndarray) -> list[float]:
     return [1.0 - _unique_rows(codes, depth) / len(codes) for depth in range(1, codes.shape[1] + 1)]
 
 
+def collision_share(codes: np.ndarray) -> float:
+    """Share of the rows whose full code another row also has (0 for no rows)."""
+    codes = np.asarray(codes)
+    if not len(codes):
+        return 0.0
+    _, counts = np.unique(codes, axis=0, return_counts=True)
+    return float(counts[counts > 1].sum() / len(codes))
+
+
 def code_utilization_per_level(codes: np.ndarray, n_clusters: int | Sequence[int] | None = None) -> list[float]:
     """Share of each level's codebook in use (sizes default to max code + 1)."""
     codes = np.asarray(codes)

@@ -10,7 +10,8 @@ from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.exceptions import ConfigError
 from semid_spark.synthetic import drifted_items, generated_catalog
-from semid_spark.versions import collision_share, compare_versions
+from semid_spark.utils.metrics import collision_share
+from semid_spark.versions import compare_versions
 
 
 @pytest.fixture(scope="module")
