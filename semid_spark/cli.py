@@ -25,7 +25,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "published as output.on_refit says (unless quality.max_churn refuses); "
                              "evaluate: the quality report of the table (markdown, JSON, plots, Embedding Atlas file); "
                              "advise: predicted collisions of a few codebook sizes at a target catalog size")
-    parser.add_argument("--config", required=True, help="YAML job config (see conf/)")
+    parser.add_argument("--config", required=True, help="YAML job config (see conf/): a local file, a file shipped "
+                        "with spark-submit --files, or an fsspec URL (s3://…, abfss://…, gs://…, dbfs:/Volumes/…)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (parsed as YAML), e.g. --set model.n_clusters=64")
     loud = parser.add_mutually_exclusive_group()
@@ -33,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     loud.add_argument("--verbose", action="store_true", help="debug logs of semid_spark and progress bars everywhere")
     parser.add_argument("--log-level", default=None, help="log level (overrides --quiet/--verbose), e.g. INFO")
     report = parser.add_argument_group("evaluate")
-    report.add_argument("--out", default=None, help="directory for report.md/json, PNGs, atlas.parquet "
+    report.add_argument("--out", default=None, help="directory (local path or fsspec URL: s3://…, abfss://…, "
+                        "dbfs:/Volumes/…) for report.md/json, PNGs, atlas.parquet "
                         "(default artifacts/evaluate); for advise: advice.md/json (default artifacts/advise); "
                         "for refit: churn.md/json (default artifacts/refit)")
     report.add_argument("--compare", default=None, metavar="MODEL_PATH",
@@ -69,11 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _set_up_output(args)
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
-    from semid_spark.spark.session import get_session
+    from semid_spark.spark.session import get_session, master_origin, not_applied
 
     try:
-        cfg = JobConfig.from_yaml(args.config, args.set)
-        spark = get_session(cfg.spark)
+        origin = master_origin()
+        # under spark-submit the session owes nothing to the config, and a config shipped with --files
+        # (cluster deploy mode) is found through it
+        if origin is not None and origin.jvm_running:
+            spark = get_session()
+            cfg = JobConfig.from_yaml(config_location(args.config), args.set)
+            not_applied(cfg.spark, f"the master comes from {origin.source}")
+        else:
+            cfg = JobConfig.from_yaml(config_location(args.config), args.set)
+            spark = get_session(cfg.spark)
         if args.command == "evaluate":
             return _evaluate(spark, cfg, args)
         if args.command == "advise":
@@ -87,6 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(report.as_dict(), default=str))
     return 0
+
+
+def config_location(path: str) -> str:
+    """*path*, or, when no such local file exists, the file of that name that spark-submit's ``--files``
+    shipped (in cluster deploy mode the driver runs on a cluster node: YARN puts the file in its
+    working directory, other managers in SparkFiles' folder)."""
+    import os
+
+    from semid_spark import storage
+
+    if storage.is_url(path) or os.path.exists(path):
+        return path
+    try:
+        from pyspark import SparkFiles
+
+        shipped = os.path.join(SparkFiles.getRootDirectory(), os.path.basename(path))
+    except Exception:  # no SparkContext: nothing was shipped
+        return path
+    return shipped if os.path.exists(shipped) else path
 
 
 def _set_up_output(args: argparse.Namespace) -> None:
@@ -105,8 +134,7 @@ def _set_up_output(args: argparse.Namespace) -> None:
 
 
 def _advise(spark, cfg, args: argparse.Namespace) -> int:
-    import os
-
+    from semid_spark import storage
     from semid_spark.spark import pipeline
     from semid_spark.utils import advise
 
@@ -119,12 +147,10 @@ def _advise(spark, cfg, args: argparse.Namespace) -> int:
                                         max_counter_share=args.max_counter_share)
     table = advise.render(predictions, best, args.max_counter_share)
     out = args.out or "artifacts/advise"
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "advice.md"), "w", encoding="utf-8") as fh:
-        fh.write(table)
-    with open(os.path.join(out, "advice.json"), "w", encoding="utf-8") as fh:
-        json.dump({"recommended": best.choice, "max_counter_share": args.max_counter_share,
-                   "predictions": [p.as_dict() for p in predictions]}, fh, indent=2)
+    storage.write_bytes(storage.join(out, "advice.md"), table.encode())
+    storage.write_bytes(storage.join(out, "advice.json"), json.dumps(
+        {"recommended": best.choice, "max_counter_share": args.max_counter_share,
+         "predictions": [p.as_dict() for p in predictions]}, indent=2).encode())
     print(table + f"\nrecommended: {best.choice} (model.n_levels={best.n_levels}, model.n_clusters={best.n_clusters})")
     return 0
 

@@ -16,12 +16,23 @@ from semid_spark.exceptions import ConfigError
 
 @dataclass(frozen=True)
 class SparkConfig:
-    master: str = "local[*]"  # used only when no session is active (spark-submit, Databricks bring theirs)
-    app_name: str = "semid_spark"
-    warehouse_dir: str = "artifacts/spark-warehouse"
-    shuffle_partitions: int = 8
-    driver_memory: str = "4g"  # the embedded session's JVM heap (local mode runs executors in it)
-    conf: dict = field(default_factory=dict)  # extra spark.* settings for the embedded session
+    """The embedded session's settings: applied only when the job starts Spark itself and nobody chose a
+    master (no spark-submit, Connect, PYSPARK_SUBMIT_ARGS, MASTER or spark-defaults.conf). A key left
+    out keeps ``session.EMBEDDED_DEFAULTS``' value; a cluster's session is never changed."""
+
+    master: str | None = None  # default local[*]
+    app_name: str | None = None  # default semid_spark
+    warehouse_dir: str | None = None  # default artifacts/spark-warehouse
+    shuffle_partitions: int | None = None  # default 8
+    driver_memory: str | None = None  # the JVM's heap (local mode runs executors in it); default 4g
+    conf: dict = field(default_factory=dict)  # further spark.* settings
+
+    def settings(self) -> dict[str, str]:
+        """The Spark settings this section writes (and nothing it leaves out), as ``spark.*`` keys."""
+        named = {"spark.master": self.master, "spark.app.name": self.app_name,
+                 "spark.sql.warehouse.dir": self.warehouse_dir, "spark.sql.shuffle.partitions": self.shuffle_partitions,
+                 "spark.driver.memory": self.driver_memory}
+        return {**{k: str(v) for k, v in named.items() if v is not None}, **{k: str(v) for k, v in self.conf.items()}}
 
 
 @dataclass(frozen=True)
@@ -171,12 +182,15 @@ class JobConfig:
 
     @classmethod
     def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> "JobConfig":
-        """Read *path*, apply ``section.key=value`` overrides (values parsed as YAML), validate."""
+        """Read *path* (a local file or any fsspec URL: ``s3://``, ``abfss://``, ``gs://``, ``dbfs:/Volumes/…``),
+        apply ``section.key=value`` overrides (values parsed as YAML), validate."""
+        from semid_spark import storage
+
         try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
-        except OSError as exc:
+            text = storage.read_bytes(path).decode("utf-8")
+        except (OSError, ValueError) as exc:  # a missing file or object, no permission, an unknown URL scheme
             raise ConfigError(f"cannot read config {path!r}: {exc}") from None
+        raw = yaml.safe_load(text) or {}
         return cls.from_dict(raw, overrides, source=path)
 
     @classmethod

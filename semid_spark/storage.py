@@ -15,10 +15,12 @@ Nothing here imports pyspark or torch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import shutil
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # fsspec is imported lazily: plain local paths never need it
     from fsspec import AbstractFileSystem
@@ -143,3 +145,29 @@ def upload_dir(src: str, path: str, *, last: str | None = None) -> None:
     for rel in files:
         with open(os.path.join(src, rel), "rb") as fh:
             write_bytes(join(path, *rel.split(os.sep)), fh.read())
+
+
+@contextlib.contextmanager
+def writable_dir(path: str) -> Iterator[str]:
+    """A local directory whose files end up at *path* (a local path, ``dbfs:`` or any URL).
+
+    For a local or FUSE path that directory itself (created); for a remote URL a temporary one,
+    uploaded to *path* when the block ends without error and then removed. No local folder is
+    ever named after a URL (``s3:``). Use :func:`final_path` for the names the files get.
+    """
+    local = local_path(path)
+    if local is not None:
+        os.makedirs(local, exist_ok=True)
+        yield local
+        return
+    staging = tempfile.mkdtemp(prefix="semid-out-")
+    try:
+        yield staging
+        upload_dir(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def final_path(path: str, staged_dir: str, staged_file: str) -> str:
+    """Where *staged_file*, written under the :func:`writable_dir` *staged_dir* of *path*, ends up."""
+    return join(path, *os.path.relpath(staged_file, staged_dir).split(os.sep))

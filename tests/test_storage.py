@@ -114,3 +114,35 @@ def test_manifest_is_written_after_the_arrays(tmp_path, fitted, monkeypatch):
     fitted.save(str(tmp_path / "m"))
     assert order == ["codebooks.npz", "metadata.json"]
     assert json.loads((tmp_path / "m" / "metadata.json").read_text())["sha256"] == fitted.sha256
+
+
+def test_a_job_config_is_read_from_a_url(s3, tmp_path, monkeypatch):
+    from semid_spark.config import JobConfig
+    from semid_spark.exceptions import ConfigError
+
+    url = new_bucket() + "/conf/job.yaml"
+    storage.write_bytes(url, b"input: {table: catalog.items}\nmodel: {n_clusters: 64}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = JobConfig.from_yaml(url, ["model.seed=3"])
+    assert (cfg.input.table, cfg.model.n_clusters, cfg.model.seed) == ("catalog.items", 64, 3)
+    with pytest.raises(ConfigError, match=r"cannot read config 's3://.*/conf/nothing.yaml'"):
+        JobConfig.from_yaml(url.replace("job.yaml", "nothing.yaml"))
+    assert list(tmp_path.iterdir()) == []  # nothing local was made on the way
+
+
+def test_report_files_reach_a_url_and_no_local_folder_is_named_after_it(s3, tmp_path, monkeypatch):
+    url = new_bucket() + "/reports/today"
+    monkeypatch.chdir(tmp_path)
+    with storage.writable_dir(url) as staged:
+        (tmp_path / "marker").write_text("")  # the staging folder is elsewhere
+        with open(f"{staged}/report.md", "w") as fh:
+            fh.write("# report")
+        paths = {"markdown": storage.final_path(url, staged, f"{staged}/report.md")}
+    assert paths == {"markdown": url + "/report.md"} and s3_files(url) == ["report.md"]
+    assert storage.read_bytes(paths["markdown"]) == b"# report"
+    assert [p.name for p in tmp_path.rglob("*")] == ["marker"]
+    with pytest.raises(RuntimeError), storage.writable_dir(new_bucket() + "/failed") as staged:
+        raise RuntimeError("the report failed half-way")  # nothing is uploaded
+    local = tmp_path / "local-out"
+    with storage.writable_dir(str(local)) as staged:
+        assert staged == str(local) and local.is_dir()

@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from semid_spark import storage
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, table_model_sha
@@ -121,13 +122,15 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         if source == "table":
             report.uniqueness = _uniqueness(table, encoder, x, codes)
         step("report files")
-        paths = write_report(report, options.out_dir, level_counts=counts.level_counts,
-                             title=f"Semantic ID quality: {out if source == 'table' else 'catalog ' + str(cfg.input.path or cfg.input.table)}")
-        step("Embedding Atlas file")
-        paths["atlas"] = write_atlas(
-            os.path.join(options.out_dir, "atlas.parquet"), keys=sample.column(key), semantic_ids=sample.column(SEMANTIC_ID),
-            codes=codes, xy=projection_2d(x, options.projection, seed=options.seed), key_col=key,
-            extra={c: sample.column(c) for c in text_cols})
+        with storage.writable_dir(options.out_dir) as staged:  # a local folder, or one uploaded to the URL
+            paths = write_report(report, staged, level_counts=counts.level_counts,
+                                 title=f"Semantic ID quality: {out if source == 'table' else 'catalog ' + str(cfg.input.path or cfg.input.table)}")
+            step("Embedding Atlas file")
+            paths["atlas"] = write_atlas(
+                os.path.join(staged, "atlas.parquet"), keys=sample.column(key), semantic_ids=sample.column(SEMANTIC_ID),
+                codes=codes, xy=projection_2d(x, options.projection, seed=options.seed), key_col=key,
+                extra={c: sample.column(c) for c in text_cols})
+            paths = {kind: storage.final_path(options.out_dir, staged, path) for kind, path in paths.items()}
     finally:
         step.close()
     log.info("quality report of %d items (%d sampled) written to %s", counts.n_items, len(x), options.out_dir)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from semid_spark import storage
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import (
@@ -211,13 +211,10 @@ def _versioned(name: str, sha: str, sep: str) -> str:
 
 
 def _write_files(comparison: VersionComparison, out_dir: str, name: str, title: str) -> dict[str, str]:
-    """<out_dir>/<name>.md and .json; their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"md": os.path.join(out_dir, f"{name}.md"), "json": os.path.join(out_dir, f"{name}.json")}
-    with open(paths["md"], "w", encoding="utf-8") as fh:
-        fh.write(comparison.markdown(title))
-    with open(paths["json"], "w", encoding="utf-8") as fh:
-        fh.write(comparison.json())
+    """<out_dir>/<name>.md and .json (a local path or any URL); their paths."""
+    paths = {"md": storage.join(out_dir, f"{name}.md"), "json": storage.join(out_dir, f"{name}.json")}
+    storage.write_bytes(paths["md"], comparison.markdown(title).encode())
+    storage.write_bytes(paths["json"], comparison.json().encode())
     return paths
 
 

@@ -20,9 +20,9 @@ from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.config import JobConfig
 from semid_spark.spark import pipeline
-from semid_spark.spark.session import is_connect_safe
+from semid_spark.spark.session import delta_package, is_connect_safe
 from semid_spark.uniqueness.relocate import relocate_codes
-from tests.clusters import connect_server, standalone_cluster
+from tests.clusters import DELTA_CONF, connect_server, standalone_cluster
 from tests.s3server import new_bucket, s3_server
 from tests.spark.test_connect_safe import NOTEBOOK, notebook_cells
 from tests.spark.test_pipeline import ID_COLS, catalog, config, frame, write_input
@@ -135,6 +135,59 @@ def test_standalone_cluster_in_client_mode_matches_local(spark, tmp_path):
     assert report["n_inserted"] == 1500 and "fit" not in report["seconds"]
     executors = sorted(p.name for p in tmp_path.glob("worker*/app-*/*") if (p / "stderr").exists())
     assert len(executors) == 2, executors  # one executor JVM on each worker ran the job
+    got = spark.read.format("delta").load(str(tmp_path / "cluster-out")).select(*ID_COLS)
+    want = spark.read.format("delta").load(local.output.path).select(*ID_COLS)
+    assert_df_equality(got, want, ignore_row_order=True)
+
+
+def event_log(folder: Path) -> list[dict]:
+    """The events of the one application whose uncompressed event log *folder* holds."""
+    (log,) = [p for p in folder.iterdir() if p.is_file()]
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_spark_submit_settings_win_on_a_standalone_cluster(spark, tmp_path):
+    """spark-submit --master spark://… --conf spark.sql.shuffle.partitions=3 jobs/run.py, with a config
+    that has no spark: section: the job runs on the cluster's executors (both workers) with the
+    command line's settings, as Spark's own event log records them, and writes local[2]'s IDs."""
+    keys, x = catalog(3000, seed=4)
+    local = config(tmp_path / "local", model={"path": str(tmp_path / "model")})
+    write_input(spark, frame(spark, keys, x).repartition(12), local.input.path)
+    RQKMeans(3, 8, random_state=0).fit(x).save(local.model.path)
+    pipeline.run(spark, local)
+    job = tmp_path / "job.yaml"  # what a cluster user writes: no spark: section
+    job.write_text(yaml.safe_dump({"input": {"path": local.input.path}, "model": {"path": local.model.path},
+                                   "output": {"path": str(tmp_path / "cluster-out")}}))
+    events = tmp_path / "events"
+    events.mkdir()
+    settings = {**DELTA_CONF, "spark.sql.shuffle.partitions": "3", "spark.executor.memory": "768m",
+                "spark.executor.cores": "1", "spark.driver.host": "127.0.0.1", "spark.pyspark.python": sys.executable,
+                "spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri(),
+                "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON", *CONNECT_ENV)}
+    # as a user with the virtualenv activated: its python3 is the driver's (spark.pyspark.python the executors')
+    env.update(SPARK_LOCAL_IP="127.0.0.1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    with standalone_cluster(tmp_path) as master:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--driver-memory", "1g",
+             "--packages", delta_package(), *[a for k, v in settings.items() for a in ("--conf", f"{k}={v}")],
+             str(ROOT / "jobs" / "run.py"), "--config", str(job)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    said = proc.stdout + proc.stderr  # spark-submit's PythonRunner passes the driver's stderr on its stdout
+    assert f"master {master} (from spark-submit), spark.sql.shuffle.partitions=3" in said, said[-3000:]
+
+    log = event_log(events)
+    (environment,) = [e for e in log if e["Event"] == "SparkListenerEnvironmentUpdate"]
+    properties = dict(environment["Spark Properties"])
+    assert properties["spark.master"] == master and properties["spark.sql.shuffle.partitions"] == "3"
+    for start in (e for e in log if e["Event"].endswith("SQLExecutionStart")):  # no query changed it either
+        assert start.get("modifiedConfigs", {}).get("spark.sql.shuffle.partitions", "3") == "3"
+    ran = {e["Task Info"]["Executor ID"] for e in log if e["Event"] == "SparkListenerTaskEnd"}
+    on_worker = [{p.name for p in tmp_path.glob(f"worker{i}/app-*/*") if (p / "stderr").exists()} for i in (0, 1)]
+    assert all(ran & executors for executors in on_worker), (ran, on_worker)  # tasks ran on both workers
+    assert "driver" not in ran
+
     got = spark.read.format("delta").load(str(tmp_path / "cluster-out")).select(*ID_COLS)
     want = spark.read.format("delta").load(local.output.path).select(*ID_COLS)
     assert_df_equality(got, want, ignore_row_order=True)
