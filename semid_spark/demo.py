@@ -38,9 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "semid_spark.algorithms"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from pyspark.sql import functions as F
-
     from semid_spark.config import JobConfig
+    from semid_spark.delta.table import TableRef
     from semid_spark.spark import pipeline
     from semid_spark.spark.session import get_session
 
@@ -59,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     first = pipeline.run(spark, cfg)
     _print_report("run 1 (fit + assign)", first)
+    written = TableRef(cfg.output.path).version(spark)  # what run 1 committed: run 2 must leave it as it is
     table = spark.read.format("delta").load(cfg.output.path)
     print("sample IDs:")
     for row in table.orderBy("item_id").limit(5).collect():
@@ -68,14 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     second = pipeline.run(spark, cfg)
     _print_report(f"run 2 (+{n_new:,} new items, same model)", second)
 
-    before = spark.read.format("delta").option("versionAsOf", 0).load(cfg.output.path).alias("a")
-    after = spark.read.format("delta").load(cfg.output.path).alias("b")
-    changed = before.join(after, "item_id").where(
-        (F.col("a.semantic_id") != F.col("b.semantic_id")) | (F.col("a.counter") != F.col("b.counter"))).count()
+    compared, changed = changed_ids(spark, cfg.output.path, written)
+    after = spark.read.format("delta").load(cfg.output.path)
     total, distinct = after.count(), after.select("semantic_id").distinct().count()
     print(f"table {cfg.output.path}: {total:,} rows, {distinct:,} distinct semantic_ids; "
-          f"old IDs changed by run 2: {changed}")
-    if changed or total != distinct or total != args.items + n_new:
+          f"of the {compared:,} IDs of version {written} (run 1's), changed or missing since: {changed}")
+    if changed or compared != args.items or total != distinct or total != args.items + n_new:
         print("FAILED: IDs are not unique and stable")
         return 1
 
@@ -88,6 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"share of {quality.k} nearest neighbours sharing the prefix, depth 1..{quality.n_levels}: {agreement}")
     print(f"report: {paths['markdown']} (+ report.json, plots); Embedding Atlas file: {paths['atlas']}")
     return 0
+
+
+def changed_ids(spark, path: str, version: int) -> tuple[int, int]:
+    """(rows of the table at *version*, how many of their keys have another semantic_id, codes or
+    counter now, or are gone): the stability check of run 2."""
+    from pyspark.sql import functions as F
+
+    before = spark.read.format("delta").option("versionAsOf", version).load(path).alias("a")
+    after = spark.read.format("delta").load(path).alias("b")
+    changed = before.join(after, "item_id", "left").where(
+        F.col("b.item_id").isNull() | (F.col("a.semantic_id") != F.col("b.semantic_id"))
+        | (F.col("a.counter") != F.col("b.counter")) | (F.col("a.codes") != F.col("b.codes")))
+    return before.count(), changed.count()
 
 
 def _print_report(title: str, report) -> None:
