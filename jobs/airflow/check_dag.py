@@ -16,8 +16,8 @@ except ImportError:  # Airflow 2.x
 
     BAG_ARGS = {"include_examples": False}
 
-EXPECTED = {"choose_fit": {"fit", "skip_fit"}, "fit": {"assign"}, "skip_fit": {"assign"}, "assign": {"evaluate"},
-            "evaluate": set()}
+EXPECTED = {"choose_fit": {"fit", "refit", "skip_fit"}, "fit": {"assign"}, "refit": {"assign"}, "skip_fit": {"assign"},
+            "assign": {"evaluate"}, "evaluate": set()}
 
 
 def main() -> int:
@@ -43,17 +43,19 @@ def main() -> int:
         problems.append(f"assign trigger rule {assign.trigger_rule}")
     if not any("ds={{ ds }}" in str(a) for a in assign.application_args):
         problems.append(f"assign does not read the logical date's snapshot: {assign.application_args}")
+    if not dag.get_task("refit").application.endswith("/refit.py"):
+        problems.append(f"refit runs {dag.get_task('refit').application}, not jobs/refit.py")
     choose = dag.get_task("choose_fit").python_callable
     with tempfile.TemporaryDirectory() as model_path:
         picks = [choose({"model_path": model_path, "refit": False})]
         open(os.path.join(model_path, "metadata.json"), "w").close()
         picks += [choose({"model_path": model_path, "refit": False}), choose({"model_path": model_path, "refit": True})]
-    if picks != ["fit", "skip_fit", "fit"]:
+    if picks != ["fit", "skip_fit", "refit"]:
         problems.append(f"choose_fit picked {picks} for (no model, model, model + refit)")
     import airflow
 
     print(f"Airflow {airflow.__version__}: DAG {dag.dag_id} imported, tasks {sorted(got)}; "
-          f"order {' -> '.join(['choose_fit', '{fit|skip_fit}', 'assign', 'evaluate'])}; retries "
+          f"order {' -> '.join(['choose_fit', '{fit|refit|skip_fit}', 'assign', 'evaluate'])}; retries "
           f"{sorted({t.retries for t in dag.tasks})}; choose_fit (no model, model, refit): {picks}; {len(problems)} problems")
     for p in problems:
         print("  ", p)

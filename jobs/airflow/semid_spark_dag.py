@@ -1,11 +1,15 @@
 """Airflow DAG: semantic IDs for each day's catalog snapshot, by spark-submit.
 
     choose_fit ──► fit ───────┐
+         ├──────► refit ─────┤
          └──────► skip_fit ───┴─► assign ──► evaluate
 
-* ``fit`` runs when no model is saved at ``model_path`` or the run is triggered with
-  ``{"refit": true}``; otherwise ``skip_fit``. A new model needs a new output table: the job
-  refuses to mix two models' IDs in one table.
+* ``fit`` runs when no model is saved at ``model_path``; ``refit`` when one is and the run is
+  triggered with ``{"refit": true}``: ``semid refit`` fits a new version aligned to the table's IDs
+  and publishes it as the config's ``output.on_refit`` says (default ``new_table``: a new model and
+  a new table beside the old ones, which go on working; switch ``model_path`` and the config's output
+  to them when you are ready). A fit never overwrites the model a table is bound to (the job
+  refuses), so no trigger can leave the table without its model; otherwise ``skip_fit``.
 * ``assign`` writes IDs for keys not yet in the table with an insert-only MERGE, reading the
   snapshot of the run's logical date (``{{ ds }}``). Re-running a date (a retry, a backfill, a
   cleared task) inserts nothing new and changes no ID, so retries are safe.
@@ -48,14 +52,14 @@ SPARK_CONF = {
 
 
 def choose_fit(params: dict, **_) -> str:
-    """'fit' when asked to refit or no model is saved yet, else 'skip_fit'. The model path is a local
-    path or any fsspec URL the worker can reach (s3://, gs://, …): its manifest is written last."""
+    """'fit' when no model is saved yet, 'refit' when asked to, else 'skip_fit'. The model path is a
+    local path or any fsspec URL the worker can reach (s3://, gs://, …): its manifest is written last."""
     import fsspec  # an Airflow dependency
 
     fs, manifest = fsspec.core.url_to_fs(params["model_path"].rstrip("/") + "/metadata.json")
-    if params.get("refit") or not fs.exists(manifest):
+    if not fs.exists(manifest):
         return "fit"
-    return "skip_fit"
+    return "refit" if params.get("refit") else "skip_fit"
 
 
 def spark_job(task_id: str, script: str, *args: str, **kwargs) -> SparkSubmitOperator:
@@ -88,7 +92,8 @@ with DAG(
 ) as dag:
     branch = BranchPythonOperator(task_id="choose_fit", python_callable=choose_fit)
     fit = spark_job("fit", "fit.py", *SNAPSHOT)
+    refit = spark_job("refit", "refit.py", *SNAPSHOT, "--out", "{{ params.model_path }}/../refit/{{ ds }}")
     skip_fit = EmptyOperator(task_id="skip_fit")
     assign = spark_job("assign", "assign.py", *SNAPSHOT, trigger_rule="none_failed_min_one_success")
     evaluate = spark_job("evaluate", "evaluate.py", *SNAPSHOT, "--out", "{{ params.model_path }}/../report/{{ ds }}")
-    branch >> [fit, skip_fit] >> assign >> evaluate
+    branch >> [fit, refit, skip_fit] >> assign >> evaluate

@@ -3,7 +3,8 @@
 # MAGIC # Semantic IDs with semid_spark: fit → assign → evaluate
 # MAGIC
 # MAGIC Reads a catalog of item embeddings (a Unity Catalog / metastore table, or a Delta path),
-# MAGIC fits RQ-KMeans on a driver-side sample (skipped when a model is already saved), writes
+# MAGIC fits RQ-KMeans on a driver-side sample (skipped when a model is already saved; `refit=true`
+# MAGIC runs `semid refit`: a new version aligned to the written IDs, published beside them), writes
 # MAGIC unique, stable semantic IDs into a Delta table with an insert-only MERGE (IDs already
 # MAGIC written never change; re-running adds only new items), then writes the quality report.
 # MAGIC
@@ -52,15 +53,21 @@ cfg = JobConfig.from_dict({
               "n_clusters": int(params["n_clusters"]), "sample_size": int(params["sample_size"])},
     "output": {"table": params["output_table"] or None, "path": params["output_path"] or None},
 })
-must_fit = params["refit"].lower() == "true" or not model_exists(cfg.model.path)  # a path, dbfs:/Volumes/… or URL
+have_model = model_exists(cfg.model.path)  # a path, dbfs:/Volumes/… or URL
+refit_requested = params["refit"].lower() == "true"
 
 # COMMAND ----------
 
 from semid_spark.spark import pipeline
+from semid_spark.spark.refit import refit
 
-if must_fit:
+if not have_model:
     fit_report = pipeline.fit_only(spark, cfg)  # noqa: F821 (the notebook's session)
     print(f"fitted model {fit_report.model_sha256[:12]} in {fit_report.seconds}")
+elif refit_requested:  # a new version beside the table's model, aligned to its IDs: `semid refit`
+    refit_report = refit(spark, cfg, out_dir=params["report_dir"].rstrip("/") + "/refit")  # noqa: F821
+    print(f"refit published={refit_report.published}: model {refit_report.new_model_path}, IDs in "
+          f"{refit_report.ids_table}; point model_path (and output_table) there for the next runs")
 else:
     print(f"using the model saved at {cfg.model.path}")
 

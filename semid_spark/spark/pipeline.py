@@ -26,9 +26,9 @@ from semid_spark.algorithms import io as model_io
 from semid_spark.algorithms import load_encoder as _load_saved
 from semid_spark.config import RQ_VAE_JOB_PARAMS, JobConfig, ModelConfig
 from semid_spark.delta.table import (
-    TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
+    SHA_PROPERTY, TableRef, append_idempotent, check_table, is_commit_conflict, merge_new_rows, prepare_table,
 )
-from semid_spark.exceptions import ConcurrentRunError, InvalidInputError, ModelFormatError, QualityGateError
+from semid_spark.exceptions import ConcurrentRunError, ConfigError, InvalidInputError, ModelFormatError, QualityGateError
 from semid_spark.spark.changes import InputRead, current_version, input_ref, read_since_last_run, record_input_version
 from semid_spark.spark.columns import (
     ASSIGNED_AT, CODES, COUNTER, MODEL_SHA, PROBLEM, RELOCATED, RUN_ID, SEMANTIC_ID,
@@ -185,6 +185,25 @@ def load_encoder(path: str):
         return _load_saved(path)
     except ModelFormatError as exc:
         raise ModelFormatError(f"model.path={path!r}: {exc}") from None
+
+
+def refuse_fitting_over_bound_model(spark: SparkSession, cfg: JobConfig, *, replaces_table: bool = False) -> None:
+    """A fit must not overwrite the model that the output table's IDs were assigned with: every later
+    run would then refuse the table (ModelMismatchError) and that model would be gone. Checked before
+    anything is read or fitted. *replaces_table*: the run replaces the table itself (``run`` with
+    ``output.new_table_on_model_change``), so the table's old model may go."""
+    if replaces_table or not model_exists(cfg.model.path):
+        return
+    out = TableRef(cfg.output.path, cfg.output.table)
+    detail = out.detail(spark)
+    saved = model_io.read_metadata(cfg.model.path).get("sha256")
+    if detail is None or (detail["properties"] or {}).get(SHA_PROPERTY) != saved:
+        return
+    raise ConfigError(
+        f"model.path={cfg.model.path!r} holds model {str(saved)[:12]}…, which table {out}'s IDs were assigned with; "
+        "fitting over it would make every later run refuse that table. Use `semid refit --config …` for a new "
+        "version (aligned to these IDs, with its churn report), or set model.path to a new location and "
+        "output to a new table")
 
 
 def _training_sample(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobConfig):
@@ -406,6 +425,7 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     report = RunReport()
     must_fit = fit if fit is not None else (cfg.model.refit or not model_exists(cfg.model.path))
     if must_fit:
+        refuse_fitting_over_bound_model(spark, cfg, replaces_table=cfg.output.new_table_on_model_change)
         _import_torch_in_background()
     encoder = None if must_fit else load_encoder(cfg.model.path)
     dim = None if encoder is None else input_dim(encoder)  # the model says what length to expect
@@ -454,6 +474,7 @@ def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, item
 
 
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    refuse_fitting_over_bound_model(spark, cfg)
     report = RunReport()
     df, info = _read_validated(spark, cfg, report, None)
     report.model_sha256 = fit_model(spark, df, info, cfg, report).sha256

@@ -87,7 +87,7 @@ def test_databricks_notebook_cells_run_in_order_on_metastore_tables(spark, tmp_p
         first = {"spark": spark, "semid_params": params, "__name__": "__main__"}
         for i, cell in enumerate(cells):
             exec(compile(cell, f"{NOTEBOOK.name}[cell {i}]", "exec"), first)
-        assert first["must_fit"] and first["assign_report"].n_inserted == 800
+        assert not first["have_model"] and first["assign_report"].n_inserted == 800
         assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "atlas.parquet").exists()
         ids_before = {r.item_id: r.semantic_id for r in spark.table("semid_nb_ids").collect()}
 
@@ -95,10 +95,24 @@ def test_databricks_notebook_cells_run_in_order_on_metastore_tables(spark, tmp_p
         second = {"spark": spark, "semid_params": params, "__name__": "__main__"}
         for i, cell in enumerate(cells):
             exec(compile(cell, f"{NOTEBOOK.name}[cell {i}]", "exec"), second)
-        assert not second["must_fit"] and second["assign_report"].n_inserted == 100  # the saved model, new items only
+        assert second["have_model"] and second["assign_report"].n_inserted == 100  # the saved model, new items only
         ids_after = {r.item_id: r.semantic_id for r in spark.table("semid_nb_ids").collect()}
         assert len(ids_after) == 900 == len(set(ids_after.values()))
         assert {k: ids_after[k] for k in ids_before} == ids_before
+
+        # the refit widget runs `semid refit`: a new version published beside the table, which keeps its model
+        saved = (tmp_path / "model" / "metadata.json").read_bytes()
+        third = {"spark": spark, "semid_params": {**params, "refit": "true"}, "__name__": "__main__"}
+        for i, cell in enumerate(cells):
+            exec(compile(cell, f"{NOTEBOOK.name}[cell {i}]", "exec"), third)
+        refit_report = third["refit_report"]
+        refit_table = refit_report.ids_table
+        assert refit_report.published and refit_table != "semid_nb_ids" and spark.table(refit_table).count() == 900
+        assert (tmp_path / "model" / "metadata.json").read_bytes() == saved
+        assert third["assign_report"].n_inserted == 0  # the old table still takes runs of its own model
+        assert {r.item_id: r.semantic_id for r in spark.table("semid_nb_ids").collect()} == ids_after
     finally:
+        if "third" in locals() and "refit_report" in third:
+            spark.sql(f"DROP TABLE IF EXISTS {third['refit_report'].ids_table}")
         spark.sql("DROP TABLE IF EXISTS semid_nb_catalog")
         spark.sql("DROP TABLE IF EXISTS semid_nb_ids")

@@ -299,7 +299,17 @@ def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
     assert main(["fit", "--config", str(conf)]) == 0
     assert main(["assign", "--config", str(conf), "--set", "uniqueness.hot_code_rows=20"]) == 0
     assert '"n_inserted": 300' in capsys.readouterr().out
-    assert main(["run", "--config", str(conf), "--set", "model.seed=5", "--set", "model.refit=true"]) == 2
+    saved = (tmp_path / "model" / "metadata.json").read_bytes()
+    # a fit over the model the table is bound to would leave the table without its model: refused, naming refit
+    for verb, extra in (("run", ["--set", "model.seed=5", "--set", "model.refit=true"]), ("fit", [])):
+        assert main([verb, "--config", str(conf), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"semid {verb}: ConfigError: model.path='{tmp_path}/model' holds model" in err, err
+        assert "which table" in err and "`semid refit --config …`" in err
+    assert (tmp_path / "model" / "metadata.json").read_bytes() == saved
+    other = tmp_path / "job-other-model.yaml"  # a model at a new path is another matter: the table refuses it
+    other.write_text(conf.read_text().replace(f"{tmp_path}/model", f"{tmp_path}/model2"))
+    assert main(["run", "--config", str(other), "--set", "model.seed=5"]) == 2
     assert "ModelMismatchError" in capsys.readouterr().err
 
 
