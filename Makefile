@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy bench bench-scale bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy test-matrix bench bench-scale bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
+
+DEMO_STAMP := $(VENV)/.installed-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,7 +14,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[spark,test,compare,report]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs no torch: the core, local Spark with Delta, and matplotlib for the report's plots.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[spark,report]"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m semid_spark.demo
 
 test: $(STAMP)
@@ -20,6 +29,20 @@ test: $(STAMP)
 
 test-heavy: $(STAMP)
 	$(PY) -m pytest -m heavy -q
+
+# The Spark and Delta tests on the other Spark versions clusters run (the pinned 4.2 is `make test`'s),
+# each pair in its own light virtualenv (no torch: RQ-VAE's tests skip). pyspark:delta-spark pairs.
+MATRIX ?= 3.5.8:3.3.2 4.0.2:4.0.1
+MATRIX_TESTS ?= tests/spark --ignore=tests/spark/test_real_deployments.py
+test-matrix:
+	@set -e; for pair in $(MATRIX); do \
+	  spark=$${pair%%:*}; delta=$${pair##*:}; venv=.venv-spark$$spark; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	  $$venv/bin/python -m pip install -q -e . "pyspark==$$spark" "delta-spark==$$delta" \
+	    pytest chispa hypothesis "moto[server]" s3fs; \
+	  echo "== pyspark $$spark, delta-spark $$delta"; \
+	  $$venv/bin/python -m pytest -q -m "not heavy" -p no:cacheprovider $(MATRIX_TESTS); \
+	done
 
 # Real text, offline: emoji names embedded by WordLlama, through the job and the quality report.
 example: $(STAMP)
@@ -40,7 +63,7 @@ airflow-check:
 	AIRFLOW_HOME=$(CURDIR)/$(AIRFLOW_VENV)/home $(AIRFLOW_VENV)/bin/python jobs/airflow/check_dag.py
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(AIRFLOW_VENV) .venv-spark* build dist *.egg-info .pytest_cache .hypothesis
 
 # RQ-KMeans fit on real text: time vs faiss greedy RQ, error vs converged scikit-learn, balanced fit
 bench-fit: $(STAMP)

@@ -60,3 +60,8 @@ class ConcurrentRunError(SemanticIdError, RuntimeError):
 
 class QualityGateError(SemanticIdError):
     """Raised before anything is written when a run's IDs fall short of a ``quality`` threshold."""
+
+
+class MissingExtraError(SemanticIdError, ImportError):
+    """Raised when a feature needs an optional package that is not installed (torch for RQ-VAE and
+    cuda/mps); the message names the extra to install."""

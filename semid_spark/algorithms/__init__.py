@@ -7,7 +7,7 @@ the CLI all load through here).
 
 from __future__ import annotations
 
-from semid_spark.exceptions import ModelFormatError
+from semid_spark.exceptions import MissingExtraError, ModelFormatError
 
 MODEL_TYPES = ("RQKMeans", "RQVAE")
 
@@ -30,6 +30,22 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+TORCH_INSTALL = ("pip install 'semid-spark[torch]' (on CPU-only machines the smaller CPU build: "
+                 "pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+
+def require_torch(purpose: str):
+    """The torch module, or MissingExtraError saying that *purpose* needs it and how to install it.
+
+    RQ-KMeans on cpu (fit, encode, decode) and relocation need numpy and scipy only; RQ-VAE and
+    the cuda and mps devices need torch, an optional extra."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtraError(f"{purpose} needs torch, which is not installed: {TORCH_INSTALL}") from None
+    return torch
 
 
 def encoder_class(type_name: str):

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from semid_spark.algorithms import _ops
+from semid_spark.algorithms._fit_ops import (  # noqa: F401 (the fit's constants, shared by both backends)
+    BALANCE_TOL, FIT_CHUNK, LLOYD_BALANCE_TOL, OFFSET_PRICE_STEPS, PRICE_ROWS_PER_CLUSTER,
+)
 
-FIT_CHUNK = 4096  # rows per GEMM block in fitting: memory O(FIT_CHUNK x K), never O(N x K)
 
 
 @contextlib.contextmanager
@@ -82,6 +84,48 @@ def encode_residual(
                 codes[start : start + chunk, level] = level_codes.cpu().numpy()
                 residual = residual - codebook[level_codes]
     return codes
+
+
+# ------------------------------------------------------------------- arrays (the backend's own)
+# The fit's array plumbing, by the names ``_fit_ops`` (numpy, device="cpu") gives it: RQKMeans.fit is
+# written once against either module.
+def rows_on(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(x).to(device)
+
+
+def take(a: torch.Tensor, index: np.ndarray) -> torch.Tensor:  # rows (or entries) at a numpy index
+    return a[torch.from_numpy(index).to(a.device)]
+
+
+def copy(a: torch.Tensor) -> torch.Tensor:
+    return a.clone()
+
+
+def to_numpy(a: torch.Tensor) -> np.ndarray:
+    return a.cpu().numpy()
+
+
+def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors)
+
+
+def counts(labels: torch.Tensor, k: int) -> torch.Tensor:  # (n,) -> (k,) int64
+    return torch.bincount(labels, minlength=k)
+
+
+def mean_sq_norm(x: torch.Tensor) -> float:
+    return float((x * x).sum(dim=1).mean())
+
+
+def mean_feature_variance(x: torch.Tensor) -> float:
+    """Mean over the features of their variance, in one pass and without an (n, d) temporary."""
+    return float((x * x).sum(dim=1).mean() - (x.mean(dim=0) ** 2).sum()) / x.shape[1]
+
+
+@contextlib.contextmanager
+def fit_context() -> Iterator[None]:
+    with full_fp32_matmul(), torch.no_grad():
+        yield
 
 
 # ---------------------------------------------------------------------------- k-means fit
@@ -263,9 +307,6 @@ def refine_codebooks(
 
 # ---------------------------------------------------------------------- balanced clusters
 
-BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
-LLOYD_BALANCE_TOL = 0.05  # during balanced Lloyd the prices need only be this close; the offsets get BALANCE_TOL
-PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
 
 
 def balancing_prices(

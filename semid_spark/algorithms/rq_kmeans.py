@@ -9,7 +9,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from semid_spark.algorithms import _ops, io
+from semid_spark.algorithms import _ops, io, require_torch
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import (
     ConfigError, EmptyClusterWarning, InvalidInputError, ModelFormatError, NotFittedError,
@@ -39,13 +39,26 @@ def _torch_device(device: str):
         device in ("cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise ConfigError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    import torch
+    torch = require_torch(f"device {device!r}" if device != "cpu" else "this model on device 'cpu'")
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but torch.cuda.is_available() is False")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' requested but torch.backends.mps.is_available() is False")
     return torch.device(device)
+
+
+def _fit_backend(device: str):
+    """(kernel module, device) for a fit: numpy's ``_fit_ops`` on cpu (no torch needed), torch's
+    ``_torch_ops`` on cuda and mps."""
+    if device == "cpu":
+        from semid_spark.algorithms import _fit_ops
+
+        return _fit_ops, None
+    torch_device = _torch_device(device)
+    from semid_spark.algorithms import _torch_ops
+
+    return _torch_ops, torch_device
 
 
 class RQKMeans(BaseSemanticEncoder):
@@ -175,59 +188,56 @@ class RQKMeans(BaseSemanticEncoder):
         if init is not None and ([len(c) for c in init.codebooks_] != sizes or init.D_ != x.shape[1]):
             raise ConfigError(f"init has codebooks {[c.shape for c in init.codebooks_]}; expected "
                               f"{[(k, x.shape[1]) for k in sizes]}")
-        torch_device = _torch_device(device or self.device)
-        import torch
-
-        from semid_spark.algorithms import _torch_ops
-
+        ops, where = _fit_backend(device or self.device)
         seeds = np.random.SeedSequence(self.random_state).spawn(len(sizes))
         centers, offsets, n_iters, codes = [], [], [], []
         balanced = self.implementation == "constrained"
-        with _torch_ops.full_fp32_matmul(), torch.no_grad():
-            data = torch.from_numpy(x).to(torch_device)
+        with ops.fit_context():
+            data = ops.rows_on(x, where)
             residual = data
             levels = progress(enumerate(sizes), desc=f"RQ-KMeans fit ({len(x):,} rows)", total=len(sizes),
                               unit="level")
             for level, k in levels:
                 rng = np.random.default_rng(seeds[level])
-                start = None if init is None else torch.from_numpy(init.codebooks_[level]).to(torch_device)
-                level_centers, n_iter, prices = self._fit_level(residual, k, rng, _torch_ops, start)
+                start = None if init is None else ops.rows_on(init.codebooks_[level], where)
+                level_centers, n_iter, prices = self._fit_level(residual, k, rng, ops, start)
                 level_offsets = None
                 if balanced:  # encode as balanced as the fit: the prices of the final centers are the offsets
                     rows = residual
-                    if len(rows) > _torch_ops.PRICE_ROWS_PER_CLUSTER * k:
-                        pick = np.sort(rng.choice(len(rows), _torch_ops.PRICE_ROWS_PER_CLUSTER * k, replace=False))
-                        rows = rows[torch.from_numpy(pick).to(rows.device)]
-                    prices, _ = _torch_ops.balancing_prices(_torch_ops.squared_distances(rows, level_centers), prices)
-                    level_offsets = prices.float().cpu().numpy()
-                    level_codes = _torch_ops.nearest_codes(
-                        residual, level_centers, _torch_ops.level_norms(level_centers, level_offsets), level_offsets)
+                    if len(rows) > ops.PRICE_ROWS_PER_CLUSTER * k:
+                        pick = np.sort(rng.choice(len(rows), ops.PRICE_ROWS_PER_CLUSTER * k, replace=False))
+                        rows = ops.take(rows, pick)
+                    prices, _ = ops.balancing_prices(ops.squared_distances(rows, level_centers), prices,
+                                                     max_iter=ops.OFFSET_PRICE_STEPS)
+                    level_offsets = np.asarray(ops.to_numpy(prices), dtype=np.float32)
+                    level_codes = ops.nearest_codes(residual, level_centers, ops.level_norms(level_centers, level_offsets),
+                                                    offsets=level_offsets)
                 else:
-                    level_codes = _torch_ops.assign(residual, level_centers)[0]
+                    level_codes = ops.assign(residual, level_centers)[0]
                 if residual is data:  # the first level's residual is the data: copy once, then in place
-                    residual = data.clone()
-                _torch_ops.subtract_codewords_(residual, level_centers, level_codes)
+                    residual = ops.copy(data)
+                ops.subtract_codewords_(residual, level_centers, level_codes)
                 codes.append(level_codes)
                 centers.append(level_centers)
                 offsets.append(level_offsets)
                 n_iters.append(n_iter)
-                levels.set_postfix(mse=f"{float((residual * residual).sum(dim=1).mean()):.4g}", iters=n_iter)
+                levels.set_postfix(mse=f"{ops.mean_sq_norm(residual):.4g}", iters=n_iter)
             self.refine_passes_ = 0
             if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
-                centers, self.refine_passes_, codes = _torch_ops.refine_codebooks(
-                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=torch.stack(codes),
+                centers, self.refine_passes_, codes = ops.refine_codebooks(
+                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=ops.stack(codes),
                     residual=residual)
-            stats, residual = [], data.clone()  # from the final codebooks and their codes (the passes' when they ran)
+            stats, residual = [], ops.copy(data)  # from the final codebooks and their codes (the passes' when they ran)
             for level, (level_centers, level_codes, k) in enumerate(zip(centers, codes, sizes)):
-                _torch_ops.subtract_codewords_(residual, level_centers, level_codes)
-                inertia = float((residual * residual).sum(dim=1).mean())
-                n_empty = int((torch.bincount(level_codes, minlength=k) == 0).sum())
+                ops.subtract_codewords_(residual, level_centers, level_codes)
+                inertia = ops.mean_sq_norm(residual)
+                n_empty = int((ops.counts(level_codes, k) == 0).sum())
                 if n_empty:
                     warnings.warn(f"level {level}: {n_empty} of {k} clusters are empty", EmptyClusterWarning)
                 stats.append(LevelStats(level, k, n_iters[level], inertia, n_empty))
                 log.info("level %d/%d K=%d iter=%d mse=%.4g empty=%d", level + 1, len(sizes), k, n_iters[level],
                          inertia, n_empty)
-        codebooks = [np.ascontiguousarray(c.float().cpu().numpy(), dtype=np.float32) for c in centers]
+        codebooks = [np.ascontiguousarray(ops.to_numpy(c), dtype=np.float32) for c in centers]
         self._set_codebooks(codebooks, offsets if balanced else None)
         self.level_stats_ = stats
         return self
@@ -243,8 +253,6 @@ class RQKMeans(BaseSemanticEncoder):
         Balanced (constrained): Lloyd with priced assignments, on the warm-up subsample; its
         prices (k,) are returned to warm-start the level's offsets. Otherwise prices is None.
         """
-        import torch
-
         n = len(x)
         balanced = self.implementation == "constrained"
         cap = self.max_samples_per_cluster
@@ -252,24 +260,21 @@ class RQKMeans(BaseSemanticEncoder):
             # Lloyd on a subsample, as faiss does (its default is 256 per centroid); every
             # point is still encoded with the result, and its residual passed on
             keep = np.sort(rng.choice(n, cap * k, replace=False))
-            x, n = x[torch.from_numpy(keep).to(x.device)], cap * k
-        # scikit-learn's tolerance: tol x the mean per-feature variance (one pass, no (n, d) temporary)
-        mean_variance = float((x * x).sum(dim=1).mean() - (x.mean(dim=0) ** 2).sum()) / x.shape[1]
-        tol_abs = self.tol * mean_variance
+            x, n = ops.take(x, keep), cap * k
+        tol_abs = self.tol * ops.mean_feature_variance(x)  # scikit-learn's tolerance
         best = None
         for _ in range(1 if start is not None else (self.n_init or 1)):
             rows = x
             if start is not None:  # warm start from a given codebook: no seeding, no warm-up
-                init = start.clone()
+                init = ops.copy(start)
             else:
                 n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
                 sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
-                init = ops.kmeans_plus_plus(x[torch.from_numpy(sample).to(x.device)], k, rng)
+                init = ops.kmeans_plus_plus(ops.take(x, sample), k, rng)
             if start is None and n > WARMUP_PER_CLUSTER * k:
                 # the first iterations move the centers far and need no precision: a subsample
                 # does them at a fraction of the cost, the full data then converges from there
-                warm = torch.from_numpy(np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False))).to(x.device)
-                rows = x[warm]
+                rows = ops.take(x, np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False)))
                 init, _ = ops.lloyd(rows, init, max_iter=self.max_iter, tol=0.0,
                                     inertia_tol=max(self.inertia_tol, WARMUP_INERTIA_TOL))
             if balanced:  # balanced Lloyd on the subsample (memory O(rows x k)); offsets come after
@@ -280,7 +285,7 @@ class RQKMeans(BaseSemanticEncoder):
                 centers, n_iter = ops.lloyd(x, init, max_iter=self.max_iter, tol=tol_abs, inertia_tol=self.inertia_tol)
             if start is not None or (self.n_init or 1) == 1:
                 return centers, n_iter, prices
-            inertia = float(ops.assign(x, centers)[1].double().sum())
+            inertia = float(ops.to_numpy(ops.assign(x, centers)[1]).sum(dtype=np.float64))
             if best is None or inertia < best[0]:
                 best = (inertia, centers, n_iter, prices)
         return best[1], best[2], best[3]

@@ -17,7 +17,7 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 
 from semid_spark import storage
-from semid_spark.algorithms import _ops, io
+from semid_spark.algorithms import _ops, io, require_torch
 from semid_spark.algorithms.rq_kmeans import _torch_device
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
@@ -149,8 +149,8 @@ class RQVAE(BaseSemanticEncoder):
         """
         self._check_params()
         x = check_embeddings(X, dim=self.in_dim)
+        torch = require_torch("RQ-VAE training")
         torch_device = _torch_device(device or self.device)
-        import torch
 
         from semid_spark.algorithms import _vae_nn, rq_kmeans_plus
 
@@ -335,7 +335,7 @@ class RQVAE(BaseSemanticEncoder):
         the arrays on first use, in eval mode; needs torch)."""
         self._check_fitted()
         if getattr(self, "_module", None) is None:
-            import torch
+            torch = require_torch("RQVAE.module (the torch network)")
 
             from semid_spark.algorithms.rq_vae_module import RQVAEModule
 

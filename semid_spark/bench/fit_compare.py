@@ -6,7 +6,8 @@ Run: ``make bench-fit`` (installs the ``example`` and ``compare`` extras). On ``
 
 - faiss's greedy ``ResidualQuantizer`` (the speed goal: its training time);
 - scikit-learn ``KMeans(n_init=1)`` per level, run to convergence on the residuals (the error goal);
-- ours with default parameters, for ``--seeds`` seeds (every figure, and their mean);
+- ours with default parameters, for ``--seeds`` seeds (every figure, and their mean), and on torch's
+  kernels (the cuda/mps code path) on the cpu: numpy's kernels, the cpu path, against them;
 - ours as it fitted before the joint passes and the stop rule (greedy, 100 Lloyd iterations a level);
 - ours with ``implementation="constrained"`` (balanced; goal: at most 3x faiss's time), with the
   spread of cluster sizes when it encodes its own training data (goal: within 10% of N/K).
@@ -19,6 +20,7 @@ The error is the mean squared distance between a row and the decoding of its cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -70,6 +72,21 @@ def ours(x: np.ndarray, levels: int, clusters: int, **params) -> tuple[float, fl
     return seconds, _error(x, model.decode(model.encode(x))), model
 
 
+@contextlib.contextmanager
+def torch_kernels():
+    """RQKMeans.fit on torch's kernels on the cpu (as on cuda and mps) inside the block."""
+    import torch
+
+    from semid_spark.algorithms import _torch_ops, rq_kmeans
+
+    backend = rq_kmeans._fit_backend
+    rq_kmeans._fit_backend = lambda device: (_torch_ops, torch.device("cpu"))
+    try:
+        yield
+    finally:
+        rq_kmeans._fit_backend = backend
+
+
 def real(args) -> list[Row]:
     __import__("torch")  # imported before the clocks start, as faiss and scikit-learn are
 
@@ -105,6 +122,13 @@ def real(args) -> list[Row]:
     add(Row(f"semid_spark default, mean of {args.seeds} seeds: MSE / converged scikit-learn's", mean_error / sk_error,
             "<= 1.0", mean_error <= sk_error, f"{mean_error:.5f} vs {sk_error:.5f} (faiss {faiss_error:.5f}); "
             f"fit {sk_s / mean_s:.1f}x faster than scikit-learn"))
+    # the same fit on torch's kernels (what cuda and mps run), here on the cpu: numpy's are the cpu path
+    # since torch became an extra, and should cost no more than torch's did
+    with torch_kernels():
+        torch_s, torch_error, _ = ours(x, args.levels, args.clusters, random_state=0)
+    add(Row("semid_spark default (random_state=0): numpy kernels' fit seconds / torch kernels' on cpu",
+            times[0] / torch_s, "<= 1.1", times[0] <= 1.1 * torch_s,
+            f"numpy {times[0]:.1f} s (MSE {errors[0]:.5f}) vs torch {torch_s:.1f} s (MSE {torch_error:.5f})"))
     # the trade-off: without the joint passes the greedy fit alone, faster than faiss but at a higher error
     seconds, error, _ = ours(x, args.levels, args.clusters, random_state=0, refine_passes=0)
     add(Row("semid_spark refine_passes=0 (greedy only): fit seconds / faiss's", seconds / faiss_s, "(trade-off)", None,

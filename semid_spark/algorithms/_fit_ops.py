@@ -1,0 +1,308 @@
+"""Numpy kernels of the k-means fit: what ``RQKMeans.fit`` runs on ``device="cpu"``, with no torch.
+
+The same functions, by name and meaning, as the fit section of ``_torch_ops`` (which serves
+cuda and mps): ``RQKMeans.fit`` is written once against either module, as faiss's k-means is
+against its ``DatasetAssign`` backends. Arrays are float32 (n, d) rows and (k, d) centers;
+every sum that decides something (inertia, k-means++ trials, errors) is taken in float64.
+Memory stays O(FIT_CHUNK x K) beside the data, never O(N x K), except where a docstring says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import numpy as np
+from scipy import sparse
+
+from semid_spark.algorithms import _ops
+
+FIT_CHUNK = 4096  # rows per GEMM block in fitting
+BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
+LLOYD_BALANCE_TOL = 0.05  # during balanced Lloyd the prices need only be this close; the offsets get BALANCE_TOL
+PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
+# Steps for a level's final offsets (once per level; the loop ends when BALANCE_TOL is met): 300 steps
+# left 1,003 rows in 10 clusters (5 tight topics) 3.7-7.7% off N/K on four seeds, where the rounding of
+# the CPU decided how far they got; 3,000 met 2% on all four in 0.1 s
+OFFSET_PRICE_STEPS = 3000
+
+
+# ------------------------------------------------------------------- arrays (the backend's own)
+def rows_on(x: np.ndarray, device=None) -> np.ndarray:  # (n, d) float32, C-contiguous: used as it is
+    return x
+
+
+def take(a: np.ndarray, index: np.ndarray) -> np.ndarray:  # rows (or entries) at a numpy index
+    return a[index]
+
+
+def copy(a: np.ndarray) -> np.ndarray:
+    return a.copy()
+
+
+def to_numpy(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.stack(arrays)
+
+
+def counts(labels: np.ndarray, k: int) -> np.ndarray:  # (n,) -> (k,) int64
+    return np.bincount(labels, minlength=k)
+
+
+def mean_sq_norm(x: np.ndarray) -> float:
+    return float(np.einsum("nd,nd->n", x, x).mean(dtype=np.float64))
+
+
+def mean_feature_variance(x: np.ndarray) -> float:
+    """Mean over the features of their variance, in one pass and without an (n, d) temporary."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    return (mean_sq_norm(x) - float(mean @ mean)) / x.shape[1]
+
+
+@contextlib.contextmanager
+def fit_context() -> Iterator[None]:  # numpy needs no precision or autograd switches
+    yield
+
+
+# ---------------------------------------------------------------------------- k-means fit
+class _Scorer:
+    """``||c||^2 - 2 x.c`` for blocks of rows against one codebook, in float32, in one reused buffer:
+    the codebook is scaled and transposed once (by -2, exact), so each block costs one GEMM and one
+    pass; a fresh (block, k) array per call would page-fault its memory in every time."""
+
+    def __init__(self, centers: np.ndarray, rows: int = FIT_CHUNK):
+        self.minus_2_t = _ops.scaled_transpose(centers)  # (d, k)
+        self.norms = np.einsum("kd,kd->k", centers, centers)
+        self.buffer = np.empty((rows, len(centers)), dtype=np.float32)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:  # (b, d) -> (b, k), valid until the next call
+        scores = np.matmul(block, self.minus_2_t, out=self.buffer[: len(block)])
+        scores += self.norms
+        return scores
+
+
+def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int64, sq dist (n,) float32."""
+    scorer = _Scorer(centers, min(FIT_CHUNK, len(x)))
+    labels = np.empty(len(x), dtype=np.int64)
+    dists = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), FIT_CHUNK):
+        block = x[start : start + FIT_CHUNK]
+        scores = scorer(block)
+        block_labels = scores.argmin(axis=1)
+        labels[start : start + FIT_CHUNK] = block_labels
+        best = scores[np.arange(len(block)), block_labels] + np.einsum("nd,nd->n", block, block)
+        dists[start : start + FIT_CHUNK] = np.maximum(best, 0.0)
+    return labels, dists
+
+
+def center_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster sums (k, d) float32 and counts (k,): the product of the transposed one-hot (n, k)
+    matrix with x, which scipy runs as one sequential pass over the rows adding each into its cluster's
+    sum (torch's ``index_add_``; the (k, n) product reads the rows cluster by cluster, 3x slower on 169k x
+    256, and ``np.add.at`` 20x)."""
+    n = len(x)
+    one_hot = sparse.csr_matrix((np.ones(n, dtype=np.float32), labels, np.arange(n + 1)), shape=(n, k))
+    return np.asarray(one_hot.T @ x, dtype=np.float32), np.bincount(labels, minlength=k)
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (2 + ln k trials per center): (n, d) -> (k, d) initial centers."""
+    n = len(x)
+    n_trials = 2 + int(math.log(k))
+    x_sq = np.einsum("nd,nd->n", x, x)
+    first = int(rng.integers(n))
+    chosen = [first]
+    closest = np.maximum(x_sq - 2 * (x @ x[first]) + x_sq[first], 0.0)
+    merged = np.empty((n, n_trials), dtype=np.float32)  # reused: one buffer, not one allocation per center
+    cumulative = np.empty(n, dtype=np.float64)
+    for _ in range(1, k):
+        np.cumsum(closest, dtype=np.float64, out=cumulative)
+        targets = rng.random(n_trials) * float(cumulative[-1])
+        candidates = np.minimum(np.searchsorted(cumulative, targets), n - 1)
+        # (n, n_trials): each point's squared distance to each candidate, or its current one where
+        # that is smaller; one GEMM with the points as the long operand, a float64 sum decides
+        np.matmul(x, _ops.scaled_transpose(x[candidates]), out=merged)
+        merged += x_sq[candidates]
+        merged += x_sq[:, None]
+        np.maximum(merged, 0.0, out=merged)
+        np.minimum(merged, closest[:, None], out=merged)
+        best = int(merged.sum(axis=0, dtype=np.float64).argmin())
+        chosen.append(int(candidates[best]))
+        closest = merged[:, best].copy()
+    return x[np.array(chosen)].copy()
+
+
+def reseed_empty(centers: np.ndarray, cluster_counts: np.ndarray, x: np.ndarray, dists: np.ndarray) -> int:
+    """Move empty centers onto the points farthest from their centers; returns how many moved."""
+    empty = np.flatnonzero(cluster_counts == 0)
+    if not len(empty):
+        return 0
+    far = np.argsort(-dists, kind="stable")[: len(empty)]
+    centers[empty] = x[far]
+    return len(empty)
+
+
+def _means(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of each cluster's rows (an empty cluster keeps its center), and the counts."""
+    sums, cluster_counts = center_sums(x, labels, len(centers))
+    new_centers = sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32)
+    empty = cluster_counts == 0
+    new_centers[empty] = centers[empty]
+    return new_centers, cluster_counts
+
+
+def lloyd(
+    x: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, inertia_tol: float = 0.0,
+) -> tuple[np.ndarray, int]:
+    """Lloyd iterations from *centers*; returns the final centers and the iterations run.
+
+    Stops when the summed squared center shift falls to *tol* (absolute), or when an assignment
+    lowers the inertia by less than the fraction *inertia_tol* of the one before (the centers of
+    that assignment are still updated: the update never raises the inertia).
+    """
+    n_iter, previous = 0, math.inf
+    for n_iter in range(1, max_iter + 1):
+        labels, dists = assign(x, centers)
+        inertia = float(dists.sum(dtype=np.float64))
+        gained_little = inertia > (1.0 - inertia_tol) * previous  # one last update, then stop
+        previous = inertia
+        new_centers, cluster_counts = _means(x, labels, centers)
+        reseed_empty(new_centers, cluster_counts, x, dists)
+        shift = float(((new_centers - centers) ** 2).sum(dtype=np.float64))
+        centers = new_centers
+        if shift <= tol or gained_little:
+            break
+    return centers, n_iter
+
+
+def residual_pass(x: np.ndarray, codebooks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) and its
+    summed squared norm. Blocks of FIT_CHUNK rows go through every level while they are in cache;
+    plain float32 argmin (a near tie costs the fit nothing)."""
+    scorers = [_Scorer(c, min(FIT_CHUNK, len(x))) for c in codebooks]
+    codes = np.empty((len(codebooks), len(x)), dtype=np.int64)
+    residual = np.empty_like(x)
+    chosen = np.empty((min(FIT_CHUNK, len(x)), x.shape[1]), dtype=np.float32)
+    error = 0.0
+    for start in range(0, len(x), FIT_CHUNK):
+        block = residual[start : start + FIT_CHUNK]
+        block[...] = x[start : start + FIT_CHUNK]
+        for level, (codebook, scorer) in enumerate(zip(codebooks, scorers)):
+            labels = scorer(block).argmin(axis=1)
+            codes[level, start : start + FIT_CHUNK] = labels
+            block -= np.take(codebook, labels, axis=0, out=chosen[: len(block)])
+        error += float(np.einsum("nd,nd->n", block, block).sum(dtype=np.float64))
+    return codes, residual, error
+
+
+def subtract_codewords_(residual: np.ndarray, codebook: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """residual -= codebook[codes], in place and by blocks of FIT_CHUNK rows (no (n, d) temporary)."""
+    chosen = np.empty((min(FIT_CHUNK, len(residual)), residual.shape[1]), dtype=np.float32)
+    for start in range(0, len(residual), FIT_CHUNK):
+        block = residual[start : start + FIT_CHUNK]
+        block -= np.take(codebook, codes[start : start + FIT_CHUNK], axis=0, out=chosen[: len(block)])
+    return residual
+
+
+def squared_error(residual: np.ndarray) -> float:
+    """Summed squared norm of the rows, accumulated as ``residual_pass`` does (float64 over blocks)."""
+    return sum(float(np.einsum("nd,nd->n", block, block).sum(dtype=np.float64))
+               for block in (residual[s : s + FIT_CHUNK] for s in range(0, len(residual), FIT_CHUNK)))
+
+
+def refine_codebooks(
+    x: np.ndarray, codebooks: list[np.ndarray], *, max_passes: int, tol: float,
+    codes: np.ndarray | None = None, residual: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], int, np.ndarray]:
+    """Joint passes over greedy residual codebooks; see ``_torch_ops.refine_codebooks`` (the same rule)."""
+    books = [c.copy() for c in codebooks]
+    error, kept, kept_books, kept_codes = math.inf, 0, books, None
+    for n_pass in range(max_passes + 1):
+        if n_pass == 0 and codes is not None and residual is not None:
+            new_error = squared_error(residual)
+        else:
+            codes, residual, new_error = residual_pass(x, books)
+        if new_error >= error:  # the last update made things worse: keep the codebooks before it
+            break
+        kept, kept_books, kept_codes = n_pass, [c.copy() for c in books], codes
+        if new_error > (1.0 - tol) * error or n_pass == max_passes:
+            break
+        error = new_error
+        for level, book in enumerate(books):
+            sums, cluster_counts = center_sums(residual, codes[level], len(book))
+            shift = sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32)
+            book += shift
+            subtract_codewords_(residual, shift, codes[level])
+    return kept_books, kept, kept_codes
+
+
+# ---------------------------------------------------------------------- balanced clusters
+def balancing_prices(
+    dist: np.ndarray, prices: np.ndarray | None = None, *, tol: float = BALANCE_TOL, max_iter: int = 300,
+) -> tuple[np.ndarray, float]:
+    """Per-column prices that balance ``argmin(dist + prices)``: (n, k) -> prices (k,) >= 0, spread;
+    see ``_torch_ops.balancing_prices`` (the same rule)."""
+    n, k = dist.shape
+    target = n / k
+    prices = np.zeros(k, dtype=dist.dtype) if prices is None else prices - prices.min()
+    rows = dist[:: max(1, n // 4096)]
+    two = np.sort(np.partition(rows, 1, axis=1)[:, :2], axis=1) if k > 1 else rows[:, :1]
+    scale = float(np.median(two[:, -1] - two[:, 0])) or 1e-6  # a typical margin between choices
+    step = np.full(k, 0.5 * scale, dtype=dist.dtype)
+    last = np.zeros(k, dtype=dist.dtype)
+    scores = np.empty_like(dist)
+    spread = math.inf
+    for n_iter in range(max_iter + 1):
+        sizes = np.bincount(np.add(dist, prices, out=scores).argmin(axis=1), minlength=k).astype(dist.dtype)
+        spread = float((np.abs(sizes - target) / target).max())
+        if spread <= tol or n_iter == max_iter:
+            break
+        excess = np.log(np.maximum(sizes, 0.5) / target)
+        sign = np.sign(excess)
+        step = np.where(sign * last < 0, step * 0.5, np.minimum(step * 1.1, 50 * scale)).astype(dist.dtype)
+        prices += step * np.clip(excess, -3.0, 3.0)
+        prices -= prices.min()  # only differences matter; the rows are scored with the prices returned
+        last = sign
+    return prices, spread
+
+
+def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:  # (n, d), (k, d) -> (n, k)
+    dist = _Scorer(centers, len(x))(x)
+    dist += np.einsum("nd,nd->n", x, x)[:, None]
+    return np.maximum(dist, 0.0, out=dist)
+
+
+def balanced_lloyd(
+    x: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, inertia_tol: float,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Lloyd with balanced assignments; see ``_torch_ops.balanced_lloyd`` (the same rule). Memory O(n x k)."""
+    prices, previous, n_iter = None, math.inf, 0
+    for n_iter in range(1, max_iter + 1):
+        dist = squared_distances(x, centers)
+        prices, _ = balancing_prices(dist, prices, tol=LLOYD_BALANCE_TOL)
+        labels = np.add(dist, prices).argmin(axis=1)
+        inertia = float(dist[np.arange(len(dist)), labels].sum(dtype=np.float64))
+        new_centers, _ = _means(x, labels, centers)
+        shift = float(((new_centers - centers) ** 2).sum(dtype=np.float64))
+        centers = new_centers
+        if shift <= tol or inertia > (1.0 - inertia_tol) * previous:
+            break
+        previous = inertia
+    return centers, n_iter, prices
+
+
+def level_norms(codebook: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:  # (k, d), (k,) -> (k,)
+    return _ops.level_norms(codebook, offsets)
+
+
+def nearest_codes(residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray,
+                  offsets: np.ndarray | None = None) -> np.ndarray:  # (n, d) -> (n,) int64, the code contract's
+    minus_2_codebook_t = _ops.scaled_transpose(codebook)
+    return np.concatenate([
+        _ops.nearest_codes(residual[s : s + FIT_CHUNK], codebook, code_sq_norms, minus_2_codebook_t, offsets=offsets)
+        for s in range(0, len(residual), FIT_CHUNK)])
