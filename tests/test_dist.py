@@ -36,7 +36,7 @@ def test_spark_submit_of_the_built_wheel_writes_the_delta_table(spark, tmp_path)
          "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
          "--py-files", str(wheel), str(ROOT / "jobs" / "run.py"), "--config", str(tmp_path / "job.yaml")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]  # PythonRunner sends the traceback to stdout
     # spark-submit's PythonRunner merges the driver's stderr (our logs) into its stdout
     assert f"semid_spark 0.1.0 from {wheel}" in done.stdout  # the shipped wheel's code, not the source tree's
     report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))

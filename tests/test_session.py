@@ -49,3 +49,18 @@ def test_the_spark_section_writes_only_the_keys_it_names():
 
 def test_the_shipped_configs_leave_the_cluster_alone():
     assert JobConfig.from_yaml("conf/cluster.example.yaml").spark.settings() == {}
+
+
+def test_the_log_names_the_master_when_the_shuffle_partitions_are_left_unset(spark, caplog):
+    """spark-submit without --conf spark.sql.shuffle.partitions: the log line must not ask Spark for a
+    typed setting with a placeholder default (pyspark 4.2 rejects '?' for an int setting)."""
+    from semid_spark.spark.session import _log_master
+
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.unset("spark.sql.shuffle.partitions")
+    try:
+        with caplog.at_level("INFO", logger="semid_spark"):
+            _log_master(spark, "spark-submit")
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+    assert f"master {spark.sparkContext.master} (from spark-submit), spark.sql.shuffle.partitions=200" in caplog.text

@@ -184,10 +184,18 @@ def not_applied(cfg: SparkConfig, why: str) -> None:
 
 
 def _log_master(spark: SparkSession, source: str, seconds: float | None = None) -> None:
-    conf = spark.conf
     started = "" if seconds is None else f", started in {seconds:.1f} s"
     log.info("Spark %s, master %s (from %s), spark.sql.shuffle.partitions=%s%s", spark.version,
-             conf.get("spark.master", "?"), source, conf.get("spark.sql.shuffle.partitions", "?"), started)
+             _conf(spark, "spark.master"), source, _conf(spark, "spark.sql.shuffle.partitions"), started)
+
+
+def _conf(spark: SparkSession, key: str) -> str:
+    """A setting as the session sees it, '?' where it has none (a default given to ``conf.get`` must
+    type-check against the key, so '?' cannot be that default)."""
+    try:
+        return spark.conf.get(key) or "?"
+    except Exception:  # unset and without a default (spark.master on Connect)
+        return "?"
 
 
 def _check_delta(spark: SparkSession) -> None:
