@@ -64,3 +64,20 @@ def test_the_log_names_the_master_when_the_shuffle_partitions_are_left_unset(spa
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", before)
     assert f"master {spark.sparkContext.master} (from spark-submit), spark.sql.shuffle.partitions=200" in caplog.text
+
+
+def test_a_databricks_wheel_task_takes_the_runtimes_session_as_it_is(spark, monkeypatch, caplog):
+    """A wheel task's process has no active session yet, but the runtime's is there: used as it is, its
+    settings untouched, nothing asked of its JVM (shared clusters forbid it), the config's spark: skipped."""
+    from pyspark.sql import SparkSession
+
+    from semid_spark.spark.session import get_session
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+    partitions = spark.conf.get("spark.sql.shuffle.partitions")
+    with caplog.at_level("INFO", logger="semid_spark"):
+        got = get_session(SparkConfig(master="local[1]", shuffle_partitions=99))
+    assert got is spark and spark.conf.get("spark.sql.shuffle.partitions") == partitions
+    assert "(from Databricks Runtime 17.3)" in caplog.text
+    assert "not applied (the session is the Databricks runtime's)" in caplog.text

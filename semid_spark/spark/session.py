@@ -3,7 +3,8 @@
 Who decides what, in order:
 
 1. an active session (a notebook, Databricks, a caller) is used as it is;
-2. Spark Connect (``SPARK_REMOTE``) gives a remote session, as it is;
+2. the Databricks runtime (a wheel task: ``DATABRICKS_RUNTIME_VERSION``) or Spark Connect
+   (``SPARK_REMOTE``) gives its session, as it is;
 3. spark-submit (which starts the driver's JVM before this code runs), ``PYSPARK_SUBMIT_ARGS``, the
    ``MASTER`` variable or ``spark-defaults.conf``: the master and every ``--conf`` come from there and
    are never overridden; the job adds only Delta's two SQL settings where none is set, and the
@@ -116,6 +117,11 @@ def get_session(cfg: SparkConfig | None = None) -> SparkSession:
         not_applied(cfg, "the session was already active")
         _log_master(active, "an active session (notebook, Databricks or the caller's)")
         return active
+    if runtime := os.environ.get("DATABRICKS_RUNTIME_VERSION"):  # a wheel or Python script task
+        not_applied(cfg, "the session is the Databricks runtime's")
+        spark = SparkSession.builder.getOrCreate()  # Delta is built in; shared clusters forbid the JVM
+        _log_master(spark, f"Databricks Runtime {runtime}")
+        return spark
     if os.environ.get("SPARK_REMOTE") or os.environ.get("SPARK_CONNECT_MODE_ENABLED"):
         not_applied(cfg, "the session is Spark Connect's")
         spark = SparkSession.builder.getOrCreate()
