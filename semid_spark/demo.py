@@ -23,9 +23,11 @@ from semid_spark.synthetic import generated_catalog
 def catalog_frame(spark, x: np.ndarray, start: int):
     import pyarrow as pa
 
+    from semid_spark.spark.compat import from_arrow
+
     keys = pa.array([f"item{i:07d}" for i in range(start, start + len(x))])
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]).cast(pa.list_(pa.float32()))
-    return spark.createDataFrame(pa.table({"item_id": keys, "embedding": emb}))
+    return from_arrow(spark, pa.table({"item_id": keys, "embedding": emb}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

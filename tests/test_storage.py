@@ -41,6 +41,7 @@ def test_rq_kmeans_round_trip_through_s3(s3, fitted, X):
     assert load_encoder(url).sha256 == fitted.sha256  # the registry reads the type from the manifest
 
 
+@pytest.mark.torch
 def test_rq_vae_round_trip_through_s3(s3, X):
     model = RQVAE(in_dim=X.shape[1], num_emb_list=[8, 8], e_dim=8, layers=[16], epochs=2, random_state=0).fit(X)
     url = new_bucket() + "/vae"

@@ -183,13 +183,17 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
     props = model_properties(encoder)
     if stats_columns:
         props[STATS_COLUMNS_PROPERTY] = ",".join("`{}`".format(c.replace("`", "``")) for c in stats_columns)
-    if mode in ("create", "replace"):
+    if mode == "replace":  # one commit; the old version stays in the table's history
+        # REPLACE TABLE: Delta 3.x (Spark 3.5) refuses DataFrameWriterV2.createOrReplace on a path table,
+        # and CREATE OR REPLACE of a path table checks the new properties against the old ones
+        columns = ", ".join("`{}` {}".format(f.name.replace("`", "``"), f.dataType.simpleString()) for f in schema.fields)
+        spark.sql(f"REPLACE TABLE {ref.identifier} ({columns}) USING delta "
+                  f"TBLPROPERTIES ({_property_list(props)})")
+        return
+    if mode == "create":
         writer = spark.createDataFrame([], schema).writeTo(ref.identifier).using("delta")
         for key, value in props.items():
             writer = writer.tableProperty(key, value)
-        if mode == "replace":
-            writer.createOrReplace()  # one commit; the old version stays in the table's history
-            return
         try:
             writer.create()  # one commit: the empty table and its model
             return
@@ -216,8 +220,11 @@ def prepare_table(spark: SparkSession, ref: TableRef, schema: T.StructType, enco
 
 def set_properties(spark: SparkSession, ref: TableRef, props: dict[str, str]) -> None:
     """Set table properties (one metadata commit)."""
-    assignments = ", ".join(f"'{key}' = '{_sql_string(value)}'" for key, value in props.items())
-    spark.sql(f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES ({assignments})")
+    spark.sql(f"ALTER TABLE {ref.identifier} SET TBLPROPERTIES ({_property_list(props)})")
+
+
+def _property_list(props: dict[str, str]) -> str:
+    return ", ".join(f"'{key}' = '{_sql_string(value)}'" for key, value in props.items())
 
 
 def rebind_table(spark: SparkSession, ref: TableRef, old_sha: str, encoder, lineage: dict[str, str]) -> None:

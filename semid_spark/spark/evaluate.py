@@ -24,6 +24,7 @@ from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, table_model_sha
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError
 from semid_spark.spark.columns import CODES, COUNTER, RELOCATED, SEMANTIC_ID
+from semid_spark.spark.compat import to_arrow
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
 from semid_spark.spark.ranking import base_id
 from semid_spark.spark.sample import HASH, hash_filtered
@@ -170,7 +171,7 @@ def _sample(ids: DataFrame, items: DataFrame, key: str, emb: str, text_cols: lis
     picked = (hash_filtered(ids, key, n_rows=n_items, sample_size=options.sample_size, seed=options.seed)
                  .join(items, key).orderBy(HASH, key).limit(options.sample_size)
                  .select(key, SEMANTIC_ID, CODES, emb, *text_cols).orderBy(key))
-    table = picked.toArrow()
+    table = to_arrow(picked)
     if table.num_rows < 2:
         raise InvalidInputError(f"only {table.num_rows} IDs matched catalog rows by {key!r}: is the catalog the one "
                                 "the IDs were assigned from?")

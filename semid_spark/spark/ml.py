@@ -31,6 +31,7 @@ from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import ModelConfig
 from semid_spark.exceptions import ConfigError, ModelFormatError, NotFittedError
 from semid_spark.spark.columns import CODES, PROBLEM
+from semid_spark.spark.compat import ml_context
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class _ModelWriter(MLWriter):
 
     def saveImpl(self, path: str) -> None:
         encoder = self.instance.encoder
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession,
+        DefaultParamsWriter.saveMetadata(self.instance, path, ml_context(self),
                                          extraMetadata={"modelSha256": encoder.sha256, "modelType": type(encoder).__name__})
         (self.sparkSession.createDataFrame([(encoder.sha256, bytearray(encoder.to_bytes()))], "sha256 string, model binary")
             .coalesce(1).write.parquet(os.path.join(path, _DATA)))
@@ -265,7 +266,7 @@ class _ModelReader(MLReader):
     def load(self, path: str) -> SemanticIdModel:
         from semid_spark.algorithms import encoder_from_bytes
 
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        metadata = DefaultParamsReader.loadMetadata(path, ml_context(self))
         row = self.sparkSession.read.parquet(os.path.join(path, _DATA)).first()
         if row is None:
             raise ModelFormatError(f"{path}/{_DATA} holds no model")
@@ -282,7 +283,7 @@ class _ModelReader(MLReader):
 
 class _EstimatorReader(DefaultParamsReader):
     def load(self, path: str) -> SemanticIdEstimator:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        metadata = DefaultParamsReader.loadMetadata(path, ml_context(self))
         estimator = SemanticIdEstimator()
         estimator._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(estimator, _known_params_only(estimator, metadata))

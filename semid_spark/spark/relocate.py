@@ -166,7 +166,8 @@ def relocation_figures(inserted: DataFrame, encoded: DataFrame, *, key_col: str,
     counter, relocated) and its encoded rows (key, candidates, distances): one join of small rows."""
     rows = inserted.select(key_col, CODES, COUNTER, RELOCATED).join(
         encoded.select(key_col, CANDIDATES, DISTANCES), key_col)
-    at = F.array_position(F.col(CANDIDATES), F.col(CODES).getItem(n_levels - 1))
+    # SQL, as pyspark < 4 takes only a literal value in F.array_position
+    at = F.expr(f"array_position(`{CANDIDATES}`, `{CODES}`[{n_levels - 1}])")
     row = rows.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(RELOCATED).cast("long")).alias("moved"),
                    F.sum((F.col(COUNTER) > 0).cast("long")).alias("counters"),
                    F.sum(F.element_at(F.col(DISTANCES), 1).cast("double")).alias("nearest"),

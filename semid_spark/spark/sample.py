@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from semid_spark.exceptions import InvalidInputError
+from semid_spark.spark.compat import to_arrow
 from semid_spark.spark.encode import arrow_embeddings
 
 _HASH_RANGE = 1 << 30
@@ -40,7 +41,7 @@ def sample_embeddings(
     driver holds at most ~1.2 x sample_size x dim floats.
     """
     picked = _smallest_hashes(df, key_col, embedding_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
-    return _embeddings(picked.select(embedding_col).toArrow().column(embedding_col).combine_chunks(), df, embedding_col, dim)
+    return _embeddings(to_arrow(picked.select(embedding_col)).column(embedding_col).combine_chunks(), df, embedding_col, dim)
 
 
 def sample_with_codes(
@@ -57,7 +58,7 @@ def sample_with_codes(
     picked = _smallest_hashes(df, key_col, embedding_col, n_rows=n_rows, sample_size=sample_size, seed=seed)
     held = hash_filtered(written.select(key_col, codes_col), key_col, n_rows=n_rows, sample_size=sample_size,
                          seed=seed).drop(HASH)
-    rows = picked.join(held, key_col, "left").orderBy(HASH, key_col).select(embedding_col, codes_col).toArrow()
+    rows = to_arrow(picked.join(held, key_col, "left").orderBy(HASH, key_col).select(embedding_col, codes_col))
     x = _embeddings(rows.column(embedding_col).combine_chunks(), df, embedding_col, dim)
     column = rows.column(codes_col).combine_chunks()
     codes = np.full((len(column), n_levels), -1, dtype=np.int64)

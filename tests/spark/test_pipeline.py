@@ -22,6 +22,7 @@ from semid_spark.spark import pipeline
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
 from semid_spark.uniqueness.relocate import relocate_codes
 from semid_spark.uniqueness.resolver import RelocatingResolver
+from semid_spark.spark.compat import from_arrow
 
 DIM = 16
 ID_COLS = ["item_id", "semantic_id", "codes", "counter"]
@@ -36,7 +37,7 @@ def catalog(n, seed=0, start=0):
 def frame(spark, keys, x, key_type=pa.string()):
     table = pa.table({"item_id": pa.array(keys, type=key_type),
                       "embedding": pa.array(list(np.asarray(x, dtype=np.float32)), type=pa.list_(pa.float32()))})
-    return spark.createDataFrame(table)
+    return from_arrow(spark, table)
 
 
 def config(tmp, **sections):
@@ -108,6 +109,7 @@ def test_executor_codes_equal_the_driver_model(spark, first_run):
     assert np.array_equal(np.array([table[k] for k in keys]), relocate_codes(model, x, keys=keys).codes)
 
 
+@pytest.mark.torch
 def test_executor_codes_equal_the_driver_model_for_rq_vae(spark):
     keys, x = catalog(300)
     model = RQVAE(in_dim=DIM, num_emb_list=[8, 8], e_dim=8, layers=[16], epochs=3, random_state=0).fit(x)
@@ -313,6 +315,7 @@ def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
     assert "ModelMismatchError" in capsys.readouterr().err
 
 
+@pytest.mark.torch
 def test_rq_vae_job_from_a_dataframe(spark, tmp_path):
     keys, x = catalog(400)
     cfg = config(tmp_path, model={"kind": "rq_vae", "n_levels": 2, "sample_size": 400,
