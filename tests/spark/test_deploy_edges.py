@@ -1,14 +1,20 @@
-"""What a cluster deployment meets first: a config shipped with spark-submit --files, and the demo's
-stability check, which must see an altered ID."""
+"""What a cluster deployment meets first: a config shipped with spark-submit --files or at a URL, the
+model and reports at URLs (and no local folder named after one), and the demo's stability check,
+which must see an altered ID."""
 
+import json
 import os
 
+import pytest
 from pyspark.sql import functions as F
 
-from semid_spark.cli import config_location
+from semid_spark import storage
+from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.cli import config_location, main
 from semid_spark.demo import changed_ids
-from tests.spark.test_pipeline import catalog, config, frame, write_input
 from semid_spark.spark import pipeline
+from tests.s3server import new_bucket, s3_server
+from tests.spark.test_pipeline import catalog, config, frame, write_input
 
 
 def test_a_config_shipped_with_files_is_found_in_spark_files(spark, tmp_path, monkeypatch):
@@ -47,3 +53,35 @@ def test_the_demo_stability_check_sees_an_altered_id(spark, tmp_path):
     spark.sql(f"DELETE FROM delta.`{cfg.output.path}` WHERE item_id = '{keys[8]}'")
     assert changed_ids(spark, cfg.output.path, version) == (300, 2)
     assert spark.read.format("delta").load(cfg.output.path).where(F.col("semantic_id") == "altered").count() == 1
+
+
+@pytest.mark.heavy  # four CLI commands against an S3 server (~80 s): `make test-heavy`
+def test_a_cluster_mode_run_with_urls_leaves_no_local_folder_named_after_one(spark, tmp_path, monkeypatch, capsys):
+    """The config, the model and every report at s3:// URLs (the tables are Spark's to write): run,
+    evaluate, advise and refit reach the bucket, and the driver's working directory stays empty."""
+    keys, x = catalog(600)
+    write_input(spark, frame(spark, keys, x), str(tmp_path / "in"))
+    work = tmp_path / "driver-cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with s3_server():
+        bucket = new_bucket()
+        conf = f"{bucket}/semid/job.yaml"
+        storage.write_bytes(conf, json.dumps({
+            "input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+            "model": {"path": f"{bucket}/semid/model", "n_levels": 2, "n_clusters": 8, "sample_size": 600}}).encode())
+        assert main(["run", "--config", conf, "--quiet"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_inserted"] == 600
+        assert main(["evaluate", "--config", conf, "--out", f"{bucket}/semid/report", "--sample-size", "300",
+                     "--queries", "50", "--quiet"]) == 0
+        assert main(["advise", "--config", conf, "--out", f"{bucket}/semid/advise", "--choices", "1x8,2x8",
+                     "--quiet"]) == 0
+        assert main(["refit", "--config", conf, "--out", f"{bucket}/semid/refit", "--quiet",
+                     "--set", f"model.refit_path={bucket}/semid/model-v2"]) == 0
+        fs, root = storage.filesystem(bucket)
+        listed = fs.find(root)
+        assert RQKMeans.load(f"{bucket}/semid/model-v2").n_levels == 2
+    names = {path.split("/semid/", 1)[-1] for path in listed}
+    assert {"report/report.md", "report/report.json", "advise/advice.md", "advise/advice.json",
+            "refit/churn.md", "refit/churn.json", "model-v2/metadata.json"} <= names
+    assert [str(p.relative_to(work)) for p in work.rglob("*")] == []  # no 's3:' folder, nothing at all
