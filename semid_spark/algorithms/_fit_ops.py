@@ -147,10 +147,15 @@ def reseed_empty(centers: np.ndarray, cluster_counts: np.ndarray, x: np.ndarray,
     return len(empty)
 
 
+def mean_rows(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's mean row (zeros for an empty one) and the counts."""
+    sums, cluster_counts = center_sums(x, labels, k)
+    return sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32), cluster_counts
+
+
 def _means(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each cluster's rows (an empty cluster keeps its center), and the counts."""
-    sums, cluster_counts = center_sums(x, labels, len(centers))
-    new_centers = sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32)
+    new_centers, cluster_counts = mean_rows(x, labels, len(centers))
     empty = cluster_counts == 0
     new_centers[empty] = centers[empty]
     return new_centers, cluster_counts
@@ -213,32 +218,6 @@ def squared_error(residual: np.ndarray) -> float:
     """Summed squared norm of the rows, accumulated as ``residual_pass`` does (float64 over blocks)."""
     return sum(float(np.einsum("nd,nd->n", block, block).sum(dtype=np.float64))
                for block in (residual[s : s + FIT_CHUNK] for s in range(0, len(residual), FIT_CHUNK)))
-
-
-def refine_codebooks(
-    x: np.ndarray, codebooks: list[np.ndarray], *, max_passes: int, tol: float,
-    codes: np.ndarray | None = None, residual: np.ndarray | None = None,
-) -> tuple[list[np.ndarray], int, np.ndarray]:
-    """Joint passes over greedy residual codebooks; see ``_torch_ops.refine_codebooks`` (the same rule)."""
-    books = [c.copy() for c in codebooks]
-    error, kept, kept_books, kept_codes = math.inf, 0, books, None
-    for n_pass in range(max_passes + 1):
-        if n_pass == 0 and codes is not None and residual is not None:
-            new_error = squared_error(residual)
-        else:
-            codes, residual, new_error = residual_pass(x, books)
-        if new_error >= error:  # the last update made things worse: keep the codebooks before it
-            break
-        kept, kept_books, kept_codes = n_pass, [c.copy() for c in books], codes
-        if new_error > (1.0 - tol) * error or n_pass == max_passes:
-            break
-        error = new_error
-        for level, book in enumerate(books):
-            sums, cluster_counts = center_sums(residual, codes[level], len(book))
-            shift = sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32)
-            book += shift
-            subtract_codewords_(residual, shift, codes[level])
-    return kept_books, kept, kept_codes
 
 
 # ---------------------------------------------------------------------- balanced clusters

@@ -158,6 +158,12 @@ def center_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Te
     return sums, counts
 
 
+def mean_rows(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cluster's mean row (zeros for an empty one) and the counts."""
+    sums, counts = center_sums(x, labels, k)
+    return sums / counts.clamp(min=1)[:, None].to(sums.dtype), counts
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding (2 + ln k trials per center): (n, d) -> (k, d) initial centers."""
     n = len(x)
@@ -216,8 +222,7 @@ def lloyd(
         inertia = float(dists.double().sum())
         gained_little = inertia > (1.0 - inertia_tol) * previous  # one last update, then stop
         previous = inertia
-        sums, counts = center_sums(x, labels, k)
-        new_centers = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
+        new_centers, counts = mean_rows(x, labels, k)
         keep = counts == 0
         new_centers[keep] = centers[keep]
         reseed_empty(new_centers, counts, x, dists)
@@ -266,43 +271,6 @@ def squared_error(residual: torch.Tensor) -> float:
         block = residual[start : start + FIT_CHUNK]
         error += (block * block).sum(dim=1).sum(dtype=torch.float64)
     return float(error)
-
-
-def refine_codebooks(
-    x: torch.Tensor, codebooks: list[torch.Tensor], *, max_passes: int, tol: float,
-    codes: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-) -> tuple[list[torch.Tensor], int, torch.Tensor]:
-    """Lower the full reconstruction error of greedy residual codebooks by joint passes.
-
-    A pass encodes every row, then, level after level, moves each codeword by the mean residual
-    of the rows that use it: with the codes fixed that is the least-squares codeword given the
-    other levels, so the error can only fall (block coordinate descent on the whole model, where
-    the greedy fit optimised each level for the levels above it only). Stops after *max_passes*,
-    or when a pass lowers the error by less than the fraction *tol*; a pass that raises it (the
-    greedy encoding may pick other codes) is undone. *codes* (L, n) and *residual* (n, d): the
-    greedy encoding of x by *codebooks* when the caller has it (the first pass then encodes
-    nothing; *residual* is updated in place). Returns the codebooks, the passes kept and the
-    greedy codes (L, n) of those codebooks.
-    """
-    books = [c.clone() for c in codebooks]
-    error, kept, kept_books, kept_codes = math.inf, 0, books, None
-    for n_pass in range(max_passes + 1):
-        if n_pass == 0 and codes is not None and residual is not None:
-            new_error = squared_error(residual)
-        else:
-            codes, residual, new_error = residual_pass(x, books)
-        if new_error >= error:  # the last update made things worse: keep the codebooks before it
-            break
-        kept, kept_books, kept_codes = n_pass, [c.clone() for c in books], codes
-        if new_error > (1.0 - tol) * error or n_pass == max_passes:
-            break
-        error = new_error
-        for level, book in enumerate(books):
-            sums, counts = center_sums(residual, codes[level], len(book))
-            shift = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-            book += shift
-            subtract_codewords_(residual, shift, codes[level])
-    return kept_books, kept, kept_codes
 
 
 # ---------------------------------------------------------------------- balanced clusters
@@ -368,8 +336,7 @@ def balanced_lloyd(
         prices, _ = balancing_prices(dist, prices, tol=LLOYD_BALANCE_TOL)
         labels = torch.add(dist, prices).argmin(dim=1)
         inertia = float(dist.gather(1, labels[:, None]).double().sum())
-        sums, counts = center_sums(x, labels, k)
-        new_centers = sums / counts.clamp(min=1)[:, None].to(sums.dtype)
+        new_centers, counts = mean_rows(x, labels, k)
         keep = counts == 0
         new_centers[keep] = centers[keep]
         shift = float(((new_centers - centers) ** 2).sum())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -59,6 +60,40 @@ def _fit_backend(device: str):
     from semid_spark.algorithms import _torch_ops
 
     return _torch_ops, torch_device
+
+
+def refine_codebooks(ops, x, codebooks: list, *, max_passes: int, tol: float, codes=None, residual=None):
+    """Lower the full reconstruction error of greedy residual codebooks by joint passes, with the
+    kernels of *ops* (``_fit_ops``: numpy arrays, ``_torch_ops``: tensors).
+
+    A pass encodes every row, then, level after level, moves each codeword by the mean residual
+    of the rows that use it: with the codes fixed that is the least-squares codeword given the
+    other levels, so the error can only fall (block coordinate descent on the whole model, where
+    the greedy fit optimised each level for the levels above it only). Stops after *max_passes*,
+    or when a pass lowers the error by less than the fraction *tol*; a pass that raises it (the
+    greedy encoding may pick other codes) is undone. *codes* (L, n) and *residual* (n, d): the
+    greedy encoding of x by *codebooks* when the caller has it (the first pass then encodes
+    nothing; *residual* is updated in place). Returns the codebooks, the passes kept and the
+    greedy codes (L, n) of those codebooks; the caller's codebooks are left as they are.
+    """
+    books = [ops.copy(c) for c in codebooks]
+    error, kept, kept_books, kept_codes = math.inf, 0, books, None
+    for n_pass in range(max_passes + 1):
+        if n_pass == 0 and codes is not None and residual is not None:
+            new_error = ops.squared_error(residual)
+        else:
+            codes, residual, new_error = ops.residual_pass(x, books)
+        if new_error >= error:  # the last update made things worse: keep the codebooks before it
+            break
+        kept, kept_books, kept_codes = n_pass, [ops.copy(c) for c in books], codes
+        if new_error > (1.0 - tol) * error or n_pass == max_passes:
+            break
+        error = new_error
+        for level, book in enumerate(books):
+            shift, _ = ops.mean_rows(residual, codes[level], len(book))
+            book += shift
+            ops.subtract_codewords_(residual, shift, codes[level])
+    return kept_books, kept, kept_codes
 
 
 class RQKMeans(BaseSemanticEncoder):
@@ -224,8 +259,8 @@ class RQKMeans(BaseSemanticEncoder):
                 levels.set_postfix(mse=f"{ops.mean_sq_norm(residual):.4g}", iters=n_iter)
             self.refine_passes_ = 0
             if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
-                centers, self.refine_passes_, codes = ops.refine_codebooks(
-                    data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=ops.stack(codes),
+                centers, self.refine_passes_, codes = refine_codebooks(
+                    ops, data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=ops.stack(codes),
                     residual=residual)
             stats, residual = [], ops.copy(data)  # from the final codebooks and their codes (the passes' when they ran)
             for level, (level_centers, level_codes, k) in enumerate(zip(centers, codes, sizes)):
