@@ -203,6 +203,7 @@ def job_rows(x: np.ndarray, text: list[str], model, relocation, out: str) -> lis
 
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
 
     root = os.path.join(out, "quality_job")
@@ -222,7 +223,7 @@ def job_rows(x: np.ndarray, text: list[str], model, relocation, out: str) -> lis
             spark = get_session(cfg.spark)
             table = pa.table({"item_id": text, "embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array(x.ravel()), x.shape[1]).cast(pa.list_(pa.float32()))})
-            spark.createDataFrame(table).write.format("delta").save(cfg.input.path)
+            from_arrow(spark, table).write.format("delta").save(cfg.input.path)
         start = time.perf_counter()
         reports[strategy] = pipeline.run(spark, cfg)
         seconds[strategy] = time.perf_counter() - start

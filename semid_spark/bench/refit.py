@@ -90,6 +90,7 @@ def job(args, current: np.ndarray, grown: np.ndarray) -> None:
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
     from semid_spark.spark.refit import refit
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
 
     root = os.path.abspath(os.path.join(args.out, "refit_job"))
@@ -107,7 +108,7 @@ def job(args, current: np.ndarray, grown: np.ndarray) -> None:
     def write(x: np.ndarray, start: int, mode: str) -> None:
         table = pa.table({"item_id": pa.array([f"item{i:09d}" for i in range(start, start + len(x))]),
                           "embedding": pa.array(list(x), type=pa.list_(pa.float32()))})
-        spark.createDataFrame(table).write.format("delta").mode(mode).save(f"{base}/in")
+        from_arrow(spark, table).write.format("delta").mode(mode).save(f"{base}/in")
 
     write(current, 0, "overwrite")
     began = time.perf_counter()

@@ -139,6 +139,7 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
 
     from semid_spark.bench.suite import best_of, single_thread_blas
     from semid_spark.spark import pipeline
+    from semid_spark.spark.compat import to_arrow
     from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
     from semid_spark.spark.files import encode_files, input_files
 
@@ -146,7 +147,7 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     frozen = FrozenModel(spark, model)
     df = spark.read.format("delta").load(cfg.input.path)
     files = input_files(spark, df, None, key_col="item_id", embedding_col="embedding", reader="files")
-    sample = df.limit(100_000).toArrow()
+    sample = to_arrow(df.limit(100_000))
     x = arrow_embeddings(sample.column("embedding"), DIM, copy=True)
     with single_thread_blas():  # Spark's Python workers get one BLAS thread each (OMP_NUM_THREADS=1)
         ceiling = len(x) / best_of(lambda: model.encode(x), 3)

@@ -36,6 +36,7 @@ def main() -> int:
     from semid_spark.algorithms.rq_kmeans import RQKMeans
     from semid_spark.config import SparkConfig
     from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
     from semid_spark.synthetic import generated_catalog
 
@@ -49,7 +50,7 @@ def main() -> int:
 
     spark = get_session(SparkConfig(master=f"local[{args.cores}]", shuffle_partitions=args.cores * 2))
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), args.dim).cast(pa.list_(pa.float32()))
-    df = spark.createDataFrame(pa.table({"item_id": pa.array(np.arange(args.rows)), "embedding": emb}))
+    df = from_arrow(spark, pa.table({"item_id": pa.array(np.arange(args.rows)), "embedding": emb}))
     df = df.repartition(args.cores * 4).cache()
     df.count()
     frozen = FrozenModel(spark, model)

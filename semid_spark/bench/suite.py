@@ -77,12 +77,13 @@ def spark_encode(model, x: np.ndarray, ceiling: float, cores: int, naive_rows: i
 
     from semid_spark.config import SparkConfig
     from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
 
     spark = get_session(SparkConfig(master=f"local[{cores}]", shuffle_partitions=cores * 2, driver_memory="10g"))
     dim = x.shape[1]
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim).cast(pa.list_(pa.float32()))
-    df = spark.createDataFrame(pa.table({"item_id": pa.array(np.arange(len(x))), "embedding": emb}))
+    df = from_arrow(spark, pa.table({"item_id": pa.array(np.arange(len(x))), "embedding": emb}))
     df = df.repartition(cores * 4).cache()
     df.count()
     frozen = FrozenModel(spark, model)
@@ -262,6 +263,7 @@ def job_row(n: int, dim: int, codes: int) -> Row:
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
     from semid_spark.spark.encode import FrozenModel, encode_embeddings
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
 
     spark = get_session()
@@ -269,7 +271,7 @@ def job_row(n: int, dim: int, codes: int) -> Row:
     x = generated_catalog(n, dim, 200, 4)
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim).cast(pa.list_(pa.float32()))
     keys = pa.array([f"item{i:08d}" for i in range(n)])
-    spark.createDataFrame(pa.table({"item_id": keys, "embedding": emb})).write.format("delta").save(f"{tmp}/in")
+    from_arrow(spark, pa.table({"item_id": keys, "embedding": emb})).write.format("delta").save(f"{tmp}/in")
     raw = {"input": {"path": f"{tmp}/in"}, "output": {"path": f"{tmp}/out"},
            "model": {"path": f"{tmp}/model", "n_clusters": codes, "sample_size": min(n, 100_000),
                      "params": {"max_iter": 10, "max_samples_per_cluster": 256}}}

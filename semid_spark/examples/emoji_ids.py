@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
     from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+    from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.session import get_session
 
     items = emoji_names()
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = pa.table({"item_id": [f"{i:04d}" for i in range(len(items))], "name": [n for _, n in items],
                       "emoji": [c for c, _ in items],
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]).cast(pa.list_(pa.float32()))})
-    spark.createDataFrame(table).write.format("delta").save(cfg.input.path)
+    from_arrow(spark, table).write.format("delta").save(cfg.input.path)
     report = pipeline.run(spark, cfg)
     print(f"{report.n_inserted:,} IDs written to {cfg.output.path}; collision share {report.collision_share:.3f}")
     quality, paths = evaluate_job(spark, cfg, EvaluateOptions(out_dir=os.path.join(args.out, "report"), k=5,
