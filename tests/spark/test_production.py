@@ -386,7 +386,7 @@ def test_batch_rows_slices_the_encoder_input_and_changes_no_id(spark, tmp_path):
 
     from semid_spark.spark.encode import ARROW_BATCH_CONF, arrow_batch_rows, sliced
 
-    batch = pa.record_batch({"a": list(range(20))})
+    batch = pa.RecordBatch.from_pydict({"a": list(range(20))})  # pyarrow 14 (Databricks 15.4)
     assert [b.num_rows for b in sliced(iter([batch]), 7)] == [7, 7, 6]
     before = spark.conf.get(ARROW_BATCH_CONF)
     with arrow_batch_rows(spark, 7):
