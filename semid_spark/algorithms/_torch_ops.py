@@ -164,6 +164,14 @@ def mean_rows(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tens
     return sums / counts.clamp(min=1)[:, None].to(sums.dtype), counts
 
 
+def _means(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of each cluster's rows (an empty cluster keeps its center), and the counts."""
+    new_centers, counts = mean_rows(x, labels, len(centers))
+    empty = counts == 0
+    new_centers[empty] = centers[empty]
+    return new_centers, counts
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
     """Greedy k-means++ seeding (2 + ln k trials per center): (n, d) -> (k, d) initial centers."""
     n = len(x)
@@ -214,7 +222,6 @@ def lloyd(
     lowers the inertia by less than the fraction *inertia_tol* of the one before (the centers of
     that assignment are still updated: the update never raises the inertia).
     """
-    k = len(centers)
     n_iter = 0
     previous = math.inf
     for n_iter in range(1, max_iter + 1):
@@ -222,9 +229,7 @@ def lloyd(
         inertia = float(dists.double().sum())
         gained_little = inertia > (1.0 - inertia_tol) * previous  # one last update, then stop
         previous = inertia
-        new_centers, counts = mean_rows(x, labels, k)
-        keep = counts == 0
-        new_centers[keep] = centers[keep]
+        new_centers, counts = _means(x, labels, centers)
         reseed_empty(new_centers, counts, x, dists)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
@@ -329,16 +334,13 @@ def balanced_lloyd(
     when a step lowers the inertia by less than the fraction *inertia_tol*. Memory O(n x k).
     Returns the centers, the steps run and the last prices.
     """
-    k = len(centers)
     prices, previous, n_iter = None, math.inf, 0
     for n_iter in range(1, max_iter + 1):
         dist = squared_distances(x, centers)
         prices, _ = balancing_prices(dist, prices, tol=LLOYD_BALANCE_TOL)
         labels = torch.add(dist, prices).argmin(dim=1)
         inertia = float(dist.gather(1, labels[:, None]).double().sum())
-        new_centers, counts = mean_rows(x, labels, k)
-        keep = counts == 0
-        new_centers[keep] = centers[keep]
+        new_centers, counts = _means(x, labels, centers)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= tol or inertia > (1.0 - inertia_tol) * previous:

@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from semid_spark.algorithms.rq_kmeans import RQKMeans
-    from semid_spark.utils.metrics import recall_at_k
     from semid_spark.uniqueness.relocate import relocate_codes
+    from semid_spark.utils.metrics import recall_at_k
 
     start = time.perf_counter()
     text, x, digest = real_text(args.corpus, args.items, args.out)

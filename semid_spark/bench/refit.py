@@ -89,8 +89,8 @@ def job(args, current: np.ndarray, grown: np.ndarray) -> None:
 
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
-    from semid_spark.spark.refit import refit
     from semid_spark.spark.compat import from_arrow
+    from semid_spark.spark.refit import refit
     from semid_spark.spark.session import get_session
 
     root = os.path.abspath(os.path.join(args.out, "refit_job"))

@@ -35,8 +35,8 @@ def main() -> int:
 
     from semid_spark.algorithms.rq_kmeans import RQKMeans
     from semid_spark.config import SparkConfig
-    from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
     from semid_spark.spark.compat import from_arrow
+    from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
     from semid_spark.spark.session import get_session
     from semid_spark.synthetic import generated_catalog
 

@@ -76,8 +76,8 @@ def spark_encode(model, x: np.ndarray, ceiling: float, cores: int, naive_rows: i
     from pyspark.sql import types as T
 
     from semid_spark.config import SparkConfig
-    from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
     from semid_spark.spark.compat import from_arrow
+    from semid_spark.spark.encode import FrozenModel, cached_encoder, encode_embeddings
     from semid_spark.spark.session import get_session
 
     spark = get_session(SparkConfig(master=f"local[{cores}]", shuffle_partitions=cores * 2, driver_memory="10g"))
@@ -262,8 +262,8 @@ def job_row(n: int, dim: int, codes: int) -> Row:
 
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
-    from semid_spark.spark.encode import FrozenModel, encode_embeddings
     from semid_spark.spark.compat import from_arrow
+    from semid_spark.spark.encode import FrozenModel, encode_embeddings
     from semid_spark.spark.session import get_session
 
     spark = get_session()
@@ -333,8 +333,8 @@ def hot_code_row(n: int, partitions: int) -> Row:
     """Ranking where one code holds 10% of the rows: slowest / median task of the window stage."""
     from pyspark.sql import functions as F
 
-    from semid_spark.spark.session import get_session
     from semid_spark.spark.ranking import CODE_KEY, assign_counters, code_key
+    from semid_spark.spark.session import get_session
 
     spark = get_session()
     saved = {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")}

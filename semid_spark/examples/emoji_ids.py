@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
-    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
     from semid_spark.spark.compat import from_arrow
+    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
     from semid_spark.spark.session import get_session
 
     items = emoji_names()

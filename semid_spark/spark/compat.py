@@ -21,7 +21,7 @@ def to_arrow(df: DataFrame) -> pa.Table:
 def from_arrow(spark: SparkSession, table: pa.Table) -> DataFrame:
     """``spark.createDataFrame(table)`` (pyspark >= 4.0 takes a pyarrow Table); on 3.5 through pandas,
     with the Table's schema so that list columns keep their element type."""
-    if int(spark.version.split(".")[0]) >= 4:
+    if _major(spark) >= 4:
         return spark.createDataFrame(table)
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -33,4 +33,8 @@ def ml_context(io) -> object:
     MLWriter or MLReader *io*: the session on pyspark >= 4 (so they work on Spark Connect), the
     SparkContext before."""
     session = io.sparkSession
-    return session if int(session.version.split(".")[0]) >= 4 else io.sc
+    return session if _major(session) >= 4 else io.sc
+
+
+def _major(spark: SparkSession) -> int:
+    return int(spark.version.split(".")[0])
