@@ -235,10 +235,12 @@ def balancing_prices(
     step = np.full(k, 0.5 * scale, dtype=dist.dtype)
     last = np.zeros(k, dtype=dist.dtype)
     scores = np.empty_like(dist)
-    spread = math.inf
+    best_spread, best_prices = math.inf, prices
     for n_iter in range(max_iter + 1):
         sizes = np.bincount(np.add(dist, prices, out=scores).argmin(axis=1), minlength=k).astype(dist.dtype)
         spread = float((np.abs(sizes - target) / target).max())
+        if spread < best_spread:
+            best_spread, best_prices = spread, prices.copy()
         if spread <= tol or n_iter == max_iter:
             break
         excess = np.log(np.maximum(sizes, 0.5) / target)
@@ -247,7 +249,7 @@ def balancing_prices(
         prices += step * np.clip(excess, -3.0, 3.0)
         prices -= prices.min()  # only differences matter; the rows are scored with the prices returned
         last = sign
-    return prices, spread
+    return best_prices, best_spread
 
 
 def squared_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:  # (n, d), (k, d) -> (n, k)
