@@ -1,4 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
+# Benchmark targets take their own flags in BENCH_ARGS: make bench-fit BENCH_ARGS="--data synthetic"
+BENCH_ARGS ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -74,31 +76,31 @@ clean:
 # RQ-KMeans fit on real text: time vs faiss greedy RQ, error vs converged scikit-learn, balanced fit
 bench-fit: $(STAMP)
 	$(PY) -m pip install -q -e ".[example,compare]"
-	$(PY) -m semid_spark.bench.fit_compare
+	$(PY) -m semid_spark.bench.fit_compare $(BENCH_ARGS)
 
 # Churn of a refit on a grown, drifted catalog: cold/warm start, with and without alignment, then
 # semid run + semid refit (new_table, keep_ids) through the job (3 minutes on 2 cores): artifacts/bench/refit*.json
 bench-refit: $(STAMP)
-	$(PY) -m semid_spark.bench.refit --job
+	$(PY) -m semid_spark.bench.refit --job $(BENCH_ARGS)
 
 # IDs on real text (docstring sentences, WordLlama): suffix vs relocate vs faiss RQ, and the job with each
 # (10-20 minutes on 2 cores): artifacts/bench/quality.json and quality.md.
 bench-quality: $(STAMP)
 	$(PY) -m pip install -q -e ".[example,compare]"
-	$(PY) -m semid_spark.bench.quality --job
+	$(PY) -m semid_spark.bench.quality --job $(BENCH_ARGS)
 
 bench-ids: $(STAMP)
-	$(PY) -m semid_spark.bench.ids_compare
+	$(PY) -m semid_spark.bench.ids_compare $(BENCH_ARGS)
 
 bench-vae: $(STAMP)
-	$(PY) -m semid_spark.bench.vae_report
+	$(PY) -m semid_spark.bench.vae_report $(BENCH_ARGS)
 
 bench-encode: $(STAMP)
-	$(PY) -m semid_spark.bench.spark_encode
+	$(PY) -m semid_spark.bench.spark_encode $(BENCH_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m semid_spark.cli bench
+	$(PY) -m semid_spark.cli bench $(BENCH_ARGS)
 
 # The job at 1M, 4M and 16M rows (8 to 20 minutes on 2 cores, by CPU): artifacts/bench/scale.json and scale.md.
 bench-scale: $(STAMP)
-	$(PY) -m semid_spark.cli bench --scale
+	$(PY) -m semid_spark.cli bench --scale $(BENCH_ARGS)

@@ -32,18 +32,24 @@ class SparkConfig:
         named = {"spark.master": self.master, "spark.app.name": self.app_name,
                  "spark.sql.warehouse.dir": self.warehouse_dir, "spark.sql.shuffle.partitions": self.shuffle_partitions,
                  "spark.driver.memory": self.driver_memory}
-        return {**{k: str(v) for k, v in named.items() if v is not None}, **{k: str(v) for k, v in self.conf.items()}}
+        return {**{k: _spark_value(v) for k, v in named.items() if v is not None},
+                **{k: _spark_value(v) for k, v in self.conf.items()}}
+
+
+def _spark_value(value: Any) -> str:
+    """A setting as Spark reads it: YAML's true is Spark's "true", not Python's "True"."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
 class InputConfig:
     path: str | None = None  # Delta or Parquet directory ...
     table: str | None = None  # ... or a table name
-    format: Literal["delta", "parquet"] = "delta"
-    key_col: str = "item_id"
-    embedding_col: str = "embedding"
+    format: Literal["delta", "parquet"] = "delta"  # of input.path (a table name says its own)
+    key_col: str = "item_id"  # the item key column: unique, not null (string or integer)
+    embedding_col: str = "embedding"  # array<float> or array<double>, one length for every row
     on_invalid: Literal["fail", "reject"] = "fail"  # reject: bad rows go to reject_path and are skipped
-    reject_path: str | None = None
+    reject_path: str | None = None  # Delta directory for rejected rows, with their reason (on_invalid=reject)
     since: Literal["all", "last_run"] = "all"  # last_run: only the rows a Delta input gained since (its Change Data Feed)
 
     def __post_init__(self) -> None:
@@ -64,12 +70,14 @@ RQ_VAE_JOB_PARAMS = {"e_dim": 32, "kmeans_init": True, "lr": 1e-3}
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "artifacts/model"
-    kind: Literal["rq_kmeans", "rq_vae"] = "rq_kmeans"
-    n_levels: int = 3  # the job's and SemanticIdEstimator's; RQKMeans/RQVAE keep semantic-id's 4 (README)
-    n_clusters: int = 256
+    path: str = "artifacts/model"  # where the model is saved and read (local path or fsspec URL)
+    kind: Literal["rq_kmeans", "rq_vae"] = "rq_kmeans"  # rq_vae needs the torch extra on the driver
+    # levels of the ID (default 3, or the length of n_clusters); RQKMeans/RQVAE keep semantic-id's 4 (README)
+    n_levels: int | None = None
+    # codes per level: one size for every level, or one per level ([2048, 1024, 512])
+    n_clusters: int | list[int] = 256
     sample_size: int = 200_000  # at most this many rows go to the driver for fitting
-    seed: int = 0
+    seed: int = 0  # the sample and the fit: the same seed and input give the same model
     fit_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda when the driver has it
     refit: bool = False  # run: fit even when a model exists at path (a new model needs a new table)
     # semid refit: where the new version is saved (default: <path>_v<its sha256's first 12 hex digits>)
@@ -77,11 +85,22 @@ class ModelConfig:
     params: dict = field(default_factory=dict)  # further constructor arguments of the algorithm
 
     def __post_init__(self) -> None:
-        if self.n_levels < 1 or self.n_clusters < 2 or self.sample_size < self.n_clusters:
+        per_level = isinstance(self.n_clusters, list)
+        if per_level and self.n_levels is not None and self.n_levels != len(self.n_clusters):
+            raise ConfigError(f"model: n_levels={self.n_levels} but n_clusters lists {len(self.n_clusters)} sizes "
+                              f"{self.n_clusters}; give one size per level, or leave n_levels out")
+        levels = len(self.n_clusters) if per_level else (3 if self.n_levels is None else self.n_levels)
+        object.__setattr__(self, "n_levels", levels)
+        if levels < 1 or min(self.sizes) < 2 or self.sample_size < max(self.sizes):
             raise ConfigError(
                 f"model: n_levels={self.n_levels}, n_clusters={self.n_clusters}, sample_size={self.sample_size}; "
                 "expected n_levels >= 1, n_clusters >= 2, sample_size >= n_clusters"
             )
+
+    @property
+    def sizes(self) -> list[int]:
+        """Codes per level, one entry a level."""
+        return list(self.n_clusters) if isinstance(self.n_clusters, list) else [self.n_clusters] * self.n_levels
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,7 @@ class EncodeConfig:
 
 @dataclass(frozen=True)
 class UniquenessConfig:
-    sep: str = "-"
+    sep: str = "-"  # between the ID's parts: 12-4-9, 12-4-9-1 with a counter
     hot_code_rows: int = 1_000_000  # a code with more new rows than this is ranked in several tasks
     # relocate: items sharing a code move to free last-level codes of their prefix, counters only where
     # none is free near them; suffix: every item keeps its nearest code, later ones get counters
@@ -152,8 +171,8 @@ class OutputConfig:
     # refit_table; default: this one's name plus _v<model sha>), keep_ids keeps every written ID here and
     # gives only new items codes of the new version
     on_refit: Literal["new_table", "keep_ids"] = "new_table"
-    refit_path: str | None = None
-    refit_table: str | None = None
+    refit_path: str | None = None  # on_refit=new_table: the new table's Delta directory
+    refit_table: str | None = None  # ... or its table name
     churn_path: str | None = None  # the refits' churn reports, one row each (default: <path>_churn)
     churn_table: str | None = None  # (default with output.table: <table>_churn)
 
@@ -190,41 +209,84 @@ class JobConfig:
             text = storage.read_bytes(path).decode("utf-8")
         except (OSError, ValueError) as exc:  # a missing file or object, no permission, an unknown URL scheme
             raise ConfigError(f"cannot read config {path!r}: {exc}") from None
-        raw = yaml.safe_load(text) or {}
-        return cls.from_dict(raw, overrides, source=path)
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+        return cls.from_dict(raw or {}, overrides, source=path)
 
     @classmethod
     def from_dict(cls, raw: dict, overrides: Sequence[str] = (), *, source: str = "config") -> "JobConfig":
+        """*raw* sections, then *overrides* (``section.key=value``; a dict setting takes one more part,
+        the rest of the path as its key: ``spark.conf.spark.executor.memory=2g``). An error names the
+        setting and where its value came from: *source* or ``--set``."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
         raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+        from_set: dict[str, str] = {}
         for item in overrides:
             key, sep, value = item.partition("=")
-            parts = key.strip().split(".")
-            if not sep or len(parts) != 2:
-                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. model.n_clusters=64")
-            raw.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
-        return _build(cls, raw, source)
+            parts = key.strip().split(".", 2)
+            if not sep or len(parts) < 2 or not all(parts):
+                raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set model.n_clusters=64")
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            section = raw.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
+            if len(parts) == 3:  # a key inside a dict setting (spark.conf, model.params): may hold dots itself
+                inner = section.setdefault(parts[1], {})
+                if not isinstance(inner, dict):
+                    raise ConfigError(f"--set {item!r}: {parts[0]}.{parts[1]} takes no sub-keys")
+                inner[parts[2]] = parsed
+            else:
+                section[parts[1]] = parsed
+            from_set[".".join(parts[:2])] = item
+        if "input" not in raw:
+            raise ConfigError(f"{source}: no input: section; a job reads input.path (a Delta or Parquet directory) "
+                              "or input.table, e.g. --set input.path=/data/items")
+        return _build(cls, raw, (), source, from_set)
 
 
-def _build(cls, raw: Any, where: str):
+def _origin(path: tuple[str, ...], source: str, from_set: dict[str, str]) -> str:
+    """Where the value at *path* came from, as an error should name it."""
+    dotted = ".".join(path)
+    hits = [item for key, item in from_set.items() if key == dotted or key.startswith(dotted + ".")]
+    return f"--set {hits[0]}" if hits else source
+
+
+def _build(cls, raw: Any, path: tuple[str, ...], source: str, from_set: dict[str, str]):
+    where = ".".join(path) or "config"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{_origin(path, source, from_set)}: {where} should be a mapping of keys, got {raw!r}")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     if unknown := sorted(set(raw) - known):
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        raise ConfigError(f"{_origin((*path, unknown[0]), source, from_set)}: unknown key(s) "
+                          f"{[('.'.join((*path, k))) for k in unknown]}; "
+                          f"valid keys{' of ' + where if path else ''}: {sorted(known)}")
     values = {}
     for name, value in raw.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value or {}, f"{where}.{name}")
+            values[name] = _build(hint, value or {}, (*path, name), source, from_set)
         else:
-            values[name] = _check_value(value, hint, f"{where}.{name}")
+            key = (*path, name)
+            try:
+                values[name] = _check_value(value, hint, ".".join(key))
+            except ConfigError as exc:
+                raise ConfigError(f"{_origin(key, source, from_set)}: {exc}") from None
     try:
         return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{_origin(path, source, from_set)}: {exc}") from None
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{source}: {where}: {exc}") from None
 
 
 def _check_value(value: Any, hint: Any, where: str) -> Any:
@@ -233,6 +295,10 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         if get_origin(option) is Literal:
             if value in get_args(option):
                 return value
+        elif get_origin(option) is list:
+            (item,) = get_args(option)
+            if isinstance(value, list) and value and all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                return list(value)
         elif option is type(None):
             if value is None:
                 return value
@@ -248,5 +314,9 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
 def _describe(hint: Any) -> str:
     if get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if get_origin(hint) is list:
+        return f"a list of {_describe(get_args(hint)[0])}"
     args = get_args(hint)
-    return " or ".join(_describe(a) if get_origin(a) is Literal else getattr(a, "__name__", str(a)) for a in args) or getattr(hint, "__name__", str(hint))
+    if not args:
+        return getattr(hint, "__name__", str(hint))
+    return " or ".join("null" if a is type(None) else _describe(a) for a in args)

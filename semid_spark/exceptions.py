@@ -65,3 +65,30 @@ class QualityGateError(SemanticIdError):
 class MissingExtraError(SemanticIdError, ImportError):
     """Raised when a feature needs an optional package that is not installed (torch for RQ-VAE and
     cuda/mps); the message names the extra to install."""
+
+
+# The exit status of the `semid` command for each kind of failure: a scheduler can tell a bad input
+# (fix the data) from a concurrent run (retry) from a quality gate (look at the model).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_CONCURRENT, EXIT_QUALITY = 0, 1, 2, 3, 4, 5
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "anything else (a bug, the cluster, the storage): the traceback is printed",
+    EXIT_USAGE: "usage or config: a flag, a config key or value, a model path, a missing extra",
+    EXIT_INPUT: "bad input: rows (NaN/inf, wrong length, null or duplicate keys), an unreadable input, "
+                "a model or table that does not match the input",
+    EXIT_CONCURRENT: "another run kept committing to the output table (run again: it inserts what is missing)",
+    EXIT_QUALITY: "a quality gate refused the run (quality.*): nothing was written",
+}
+
+
+def exit_code(exc: BaseException) -> int:
+    """The ``semid`` exit status for *exc*."""
+    if isinstance(exc, (ConfigError, MissingExtraError, ModelFormatError)):
+        return EXIT_USAGE
+    if isinstance(exc, (InvalidInputError, ModelMismatchError)):
+        return EXIT_INPUT
+    if isinstance(exc, ConcurrentRunError):
+        return EXIT_CONCURRENT
+    if isinstance(exc, QualityGateError):
+        return EXIT_QUALITY
+    return EXIT_FAILED

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, fields
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from semid_spark import storage
 from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.algorithms import io as model_io
 from semid_spark.algorithms import load_encoder as _load_saved
@@ -35,6 +34,7 @@ from semid_spark.spark.columns import (
 )
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.files import encode_files, input_files
+from semid_spark.spark.preflight import check_locations, check_model_matches_config, model_exists
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
@@ -63,6 +63,16 @@ class RunReport:
     run_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     n_retries: int = 0  # merges retried because another run committed first
     rejected: DataFrame | None = field(default=None, repr=False)  # on_invalid=reject: written once the run commits
+
+    def summary(self) -> str:
+        """One line for a person: what the run read, inserted and how long it took."""
+        text = f"{self.n_input:,} input rows, {self.n_new:,} new, {self.n_inserted:,} inserted"
+        if self.n_rejected:
+            text += f", {self.n_rejected:,} rejected"
+        share = self.counter_share if self.counter_share is not None else None
+        if share is not None and self.n_new:
+            text += f", {share:.2%} of the new got a counter"
+        return text + f" in {sum(self.seconds.values()):.0f} s"
 
     def as_dict(self) -> dict:
         """The figures (for JSON), without the rejected rows' DataFrame."""
@@ -163,21 +173,19 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
     if model_cfg.kind == "rq_kmeans":
         from semid_spark.algorithms.rq_kmeans import RQKMeans
 
-        return RQKMeans(model_cfg.n_levels, model_cfg.n_clusters, random_state=model_cfg.seed, **model_cfg.params)
+        return RQKMeans(model_cfg.n_levels, model_cfg.sizes, random_state=model_cfg.seed, **model_cfg.params)
     from semid_spark.algorithms.rq_vae import RQVAE
 
     params = {**RQ_VAE_JOB_PARAMS, **model_cfg.params}
-    return RQVAE(in_dim=dim, num_emb_list=[model_cfg.n_clusters] * model_cfg.n_levels,
+    return RQVAE(in_dim=dim, num_emb_list=model_cfg.sizes,
                  random_state=model_cfg.seed, **params)
 
 
-def model_exists(path: str) -> bool:
-    """Whether a finished model is saved at *path* (local or URL): its manifest is written last."""
-    return storage.exists(storage.join(path, model_io.METADATA_FILE))
-
-
-def load_encoder(path: str):
-    """The model at ``model.path``, or an error that names the setting and what to do."""
+def load_encoder(path: str, cfg: JobConfig | None = None):
+    """The model at ``model.path``, or an error that names the setting and what to do; with *cfg*, also
+    when the saved model's kind or shape is not the config's (never a silent reuse)."""
+    if cfg is not None and model_exists(path):
+        check_model_matches_config(model_io.read_metadata(path), cfg)
     if not model_exists(path):
         raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
                                "when the model is missing), or point model.path at a saved model")
@@ -412,7 +420,10 @@ def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, en
 def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
     from semid_spark.exceptions import ShapeMismatchError
 
-    raise ShapeMismatchError(f"embeddings in {col!r} have length {data_dim}; the model expects {model_dim}")
+    raise ShapeMismatchError(
+        f"the input's embeddings in {col!r} are {data_dim}-d and the model expects {model_dim}-d: this input and this "
+        "model do not match (vectors of another embedding model?). Fit a model for them at a new model.path (with a "
+        "new output table), or `semid refit` the table onto them. Nothing was written")
 
 
 def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: DataFrame | None = None) -> RunReport:
@@ -424,10 +435,11 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     """
     report = RunReport()
     must_fit = fit if fit is not None else (cfg.model.refit or not model_exists(cfg.model.path))
+    check_locations(spark, cfg, model=must_fit)  # before a row is read: nothing fitted for an unwritable output
     if must_fit:
         refuse_fitting_over_bound_model(spark, cfg, replaces_table=cfg.output.new_table_on_model_change)
         _import_torch_in_background()
-    encoder = None if must_fit else load_encoder(cfg.model.path)
+    encoder = None if must_fit else load_encoder(cfg.model.path, cfg)
     dim = None if encoder is None else input_dim(encoder)  # the model says what length to expect
     out = TableRef(cfg.output.path, cfg.output.table)
     source = _source(spark, cfg, out, items, changes_only=not must_fit and cfg.input.since == "last_run")
@@ -447,11 +459,34 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
              report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
+    warn_if_mostly_counters(report, cfg)
     if report.moved_share is not None:
         log.info("run %s: relocation moved %.4f of the new items to free codes of their prefix; %.4f got a counter; "
                  "reconstruction error x%.4f", report.run_id, report.moved_share, report.counter_share,
                  report.error_ratio)
     return report
+
+
+MOSTLY_COUNTERS = 0.5  # a run whose new items get counters more often than this is warned
+
+
+def warn_if_mostly_counters(report: RunReport, cfg: JobConfig) -> None:
+    """A run where most new items share a code (so their IDs need counters) succeeds, but says so: the
+    codebooks are too small for the catalog. The quality gates stay opt-in."""
+    share = report.counter_share if report.counter_share is not None else report.collision_share
+    if report.n_new < 100 or share <= MOSTLY_COUNTERS:
+        return
+    sizes = cfg.model.sizes
+    full = 1
+    for k in sizes:
+        full *= k
+    log.warning(
+        "%.0f%% of this run's %d new items %s: levels of %s codes give %s full codes, too few or too unevenly used "
+        "for this catalog. `semid advise --config … --target-rows N` predicts the counter share of other shapes "
+        "(more codes per level, or a level more: model.n_clusters, model.n_levels); a new shape needs a new "
+        "model.path and output table, or `semid refit`. quality.max_counter_share makes this an error",
+        100 * share, report.n_new, "got a counter" if report.counter_share is not None else "share a code",
+        "x".join(map(str, sizes)), f"{full:,}")
 
 
 def _source(spark: SparkSession, cfg: JobConfig, out: TableRef, items: DataFrame | None, *,
@@ -474,6 +509,7 @@ def _read_validated(spark: SparkSession, cfg: JobConfig, report: RunReport, item
 
 
 def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
+    check_locations(spark, cfg, output=False)
     refuse_fitting_over_bound_model(spark, cfg)
     report = RunReport()
     df, info = _read_validated(spark, cfg, report, None)

@@ -49,6 +49,7 @@ from semid_spark.delta.table import (
 )
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, QualityGateError
 from semid_spark.spark.columns import CODES
+from semid_spark.spark.preflight import check_locations
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings, sample_with_codes
 from semid_spark.spark.session import stage
 from semid_spark.versions import VersionComparison, compare_versions
@@ -106,6 +107,8 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     from semid_spark.spark import pipeline
 
     report = RefitReport(on_refit=cfg.output.on_refit)
+    check_locations(spark, cfg, extra={"--out": out_dir, **({"model.refit_path": cfg.model.refit_path}
+                                                          if cfg.model.refit_path else {})})
     current = pipeline.load_encoder(cfg.model.path)
     out = TableRef(cfg.output.path, cfg.output.table)
     detail = out.detail(spark)
@@ -116,7 +119,7 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
         raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
                                  f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
-    sizes = [cfg.model.n_clusters] * cfg.model.n_levels
+    sizes = cfg.model.sizes
     if cfg.output.on_refit == "keep_ids" and sizes != codebook_sizes(current):
         raise ConfigError(f"output.on_refit=keep_ids keeps the table's IDs of {codebook_sizes(current)} codes per level; "
                           f"model.n_levels/n_clusters ask for {sizes}: use output.on_refit=new_table for another shape")

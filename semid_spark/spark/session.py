@@ -31,6 +31,7 @@ from pyspark.sql import SparkSession
 
 from semid_spark.config import SparkConfig
 from semid_spark.exceptions import ConfigError
+from semid_spark.spark.logs import StageProgress, jvm_output, log4j2_properties
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,14 @@ def _embedded_session(cfg: SparkConfig) -> SparkSession:
     settings = {**EMBEDDED_DEFAULTS, **cfg.settings(), **DELTA_SQL_CONF}
     warehouse = os.path.abspath(settings["spark.sql.warehouse.dir"])
     settings["spark.sql.warehouse.dir"] = warehouse
-    settings.setdefault("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
+    settings.setdefault("spark.driver.extraJavaOptions",
+                        f"-Dderby.system.home={warehouse} -Dlog4j2.configurationFile={log4j2_properties()}")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers run this interpreter (numpy, pyarrow)
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    with jvm_output():  # Ivy's resolution and the JVM's startup lines: to a file, for the CLI
+        spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
@@ -216,14 +219,16 @@ def _check_delta(spark: SparkSession) -> None:
 
 
 @contextlib.contextmanager
-def stage(spark: SparkSession, description: str) -> Iterator[None]:
-    """Name the Spark jobs of a pipeline stage (the Spark UI then reads as the pipeline), and log its time."""
+def stage(spark: SparkSession, description: str, rows: int | None = None) -> Iterator[None]:
+    """Name the Spark jobs of a pipeline stage (the Spark UI then reads as the pipeline), show their
+    progress (*rows*: how many rows the stage reads, for a rows/s figure), and log its time."""
     start = time.perf_counter()
     sc = spark_context(spark)
     if sc is not None:
         sc.setJobDescription(description)
     try:
-        yield
+        with StageProgress(sc, description, rows) if sc is not None else contextlib.nullcontext():
+            yield
     finally:
         if sc is not None:
             sc.setJobDescription(None)

@@ -109,17 +109,48 @@ def check_input(df: DataFrame, key_col: str, emb_col: str, *, dim: int | None = 
     dupes = _key_counts(df, key_col)["duplicate key"]
     if dupes:
         bad["duplicate key"] = dupes
+    if bad.get("wrong length", 0) + bad.get("null embedding", 0) == n_rows and bad.get("wrong length"):
+        actual = infer_dim(df, emb_col)  # no row has the expected length: the input is of another kind
+        raise ShapeMismatchError(
+            f"every row of the input ({n_rows}) has a {actual}-d embedding in {emb_col!r}, and the model expects "
+            f"{dim}-d: this input and this model do not match (vectors of another embedding model?). Fit a model for "
+            "them at a new model.path (with a new output table), or `semid refit` the table onto them. Nothing was written")
     if bad:
-        raise_bad_rows(bad, n_rows, key_col, emb_col, dim)
+        raise_bad_rows(bad, n_rows, key_col, emb_col, dim, examples=example_keys(df, key_col, emb_col, dim, bad))
     return df, InputReport(n_rows=n_rows, dim=dim)
 
 
-def raise_bad_rows(bad: dict[str, int], n_rows: int, key_col: str, emb_col: str, dim: int) -> None:
-    """One error naming every problem with its row count and column."""
+EXAMPLE_KEYS = 5
+
+
+def example_keys(df: DataFrame, key_col: str, emb_col: str | None, dim: int, bad: dict[str, int]) -> dict[str, list]:
+    """Up to ``EXAMPLE_KEYS`` keys of rows with each problem in *bad* (run only when there is one)."""
+    examples: dict[str, list] = {}
+    if "duplicate key" in bad:
+        dupes = df.where(F.col(key_col).isNotNull()).groupBy(key_col).count().where(F.col("count") > 1)
+        examples["duplicate key"] = sorted(r[0] for r in dupes.select(key_col).limit(EXAMPLE_KEYS).collect())
+    row_problems_ = [label for label in bad if label in _ROW_PROBLEMS and label != "null key"]
+    if emb_col and row_problems_:
+        checks = dict(_problems(key_col, emb_col, F.lit(dim)))
+        for label in row_problems_:
+            rows = df.where(checks[label] & F.col(key_col).isNotNull()).select(key_col).limit(EXAMPLE_KEYS).collect()
+            examples[label] = sorted(r[0] for r in rows)
+    return examples
+
+
+def raise_bad_rows(bad: dict[str, int], n_rows: int, key_col: str, emb_col: str, dim: int,
+                   examples: dict[str, list] | None = None) -> None:
+    """One error naming every problem with its row count, column and up to five example keys."""
     what = {"null key": f"null in key column {key_col!r}", "null embedding": f"null in {emb_col!r}",
             "wrong length": f"embedding length != {dim} in {emb_col!r}",
             "NaN or inf": f"NaN, inf or null values in {emb_col!r}", "duplicate key": f"duplicate keys in {key_col!r}"}
-    detail = "; ".join(f"{n} rows with {what[r]}" for r, n in bad.items())
+    examples = examples or {}
+
+    def one(reason: str, n: int) -> str:
+        keys = examples.get(reason)
+        return f"{n} rows with {what[reason]}" + (f" (e.g. {key_col}={', '.join(map(repr, keys))})" if keys else "")
+
+    detail = "; ".join(one(r, n) for r, n in bad.items())
     error = ShapeMismatchError if set(bad) == {"wrong length"} else InvalidInputError
     raise error(f"input has bad rows among {n_rows}: {detail}. Nothing was written "
                 "(set input.on_invalid=reject to skip them into a reject table)")
@@ -197,7 +228,7 @@ def check_keys(df: DataFrame, key_col: str, *, allow_empty: bool = False) -> int
         raise InvalidInputError("input is empty: no rows to assign IDs to")
     bad = {label: n for label, n in counts.items() if n}
     if bad:
-        raise_bad_rows(bad, n_rows, key_col, "", 0)
+        raise_bad_rows(bad, n_rows, key_col, "", 0, examples=example_keys(df, key_col, None, 0, bad))
     return n_rows
 
 

@@ -57,6 +57,7 @@ def test_the_guard_catches_a_use(spark, connect_safe):
     connect_safe.clear()
 
 
+@pytest.mark.heavy  # ~40 s; test-heavy also runs the job on a real Spark Connect server
 def test_job_runs_without_spark_context(spark, tmp_path, connect_safe):
     keys, x = catalog(700)
     frame(spark, keys, x).write.format("delta").save(str(tmp_path / "in"))

@@ -38,6 +38,7 @@ def _spark_files_root():
     return SparkFiles.getRootDirectory()
 
 
+@pytest.mark.heavy  # ~40 s: three runs and a Delta history walk; make demo runs the check itself
 def test_the_demo_stability_check_sees_an_altered_id(spark, tmp_path):
     keys, x = catalog(400)
     cfg = config(tmp_path)

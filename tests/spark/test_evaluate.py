@@ -123,8 +123,9 @@ def test_cli_evaluate(spark, written, tmp_path, capsys):
     conf = tmp_path / "job.yaml"
     conf.write_text(f"input: {{path: {tmp}/in}}\nmodel: {{path: {tmp}/model}}\noutput: {{path: {tmp}/out}}\n")
     assert cli_main(["evaluate", "--config", str(conf), "--out", str(tmp_path / "rep"), "--sample-size", "400"]) == 0
-    out = capsys.readouterr().out
-    assert "1,500 items: collision rate" in out and "atlas.parquet" in out
+    out, err = capsys.readouterr()
+    assert "1,500 items: collision rate" in err and "atlas.parquet" in err  # for a person: stderr
+    assert json.loads(out)["n_items"] == 1500 and json.loads(out)["files"]["atlas"].endswith("atlas.parquet")
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Semantic ID quality")
 
 
@@ -143,6 +144,7 @@ def test_cli_advise(spark, written, tmp_path, capsys):
     assert by["1x8"]["counter_share"] > by["3x8"]["counter_share"]  # more codes, fewer counters
     meeting = [c for c in ("1x8", "2x8", "3x8") if by[c]["counter_share"] <= 0.5]
     assert advice["recommended"] == (meeting[0] if meeting else min(by, key=lambda c: by[c]["counter_share"]))
-    assert f"recommended: {advice['recommended']}" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"recommended: {advice['recommended']}" in err and json.loads(out)["recommended"] == advice["recommended"]
     assert not os.path.exists(f"{tmp_path}/unused")  # advice fits nothing it keeps
     assert cli_main(args[:5] + ["--choices", "3-8"]) == 2  # a bad choice is named, not a traceback

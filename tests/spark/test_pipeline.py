@@ -239,7 +239,7 @@ def bad_frame(spark, problem):
         ("inf", InvalidInputError, r"1 rows with NaN, inf or null values in 'embedding'"),
         ("null element", InvalidInputError, r"1 rows with NaN, inf or null values in 'embedding'"),
         ("length", ShapeMismatchError, r"1 rows with embedding length != 16"),
-        ("null embedding", InvalidInputError, r"bad rows among 50: 1 rows with null in 'embedding'\. Nothing"),
+        ("null embedding", InvalidInputError, r"bad rows among 50: 1 rows with null in 'embedding' \(e.g. item_id='sku000010'\)\. Nothing"),
     ],
 )
 def test_bad_rows_are_named_and_nothing_is_written(spark, tmp_path, problem, error, message):
@@ -311,7 +311,7 @@ def test_cli_runs_the_job_and_reports_errors(spark, tmp_path, capsys):
     assert (tmp_path / "model" / "metadata.json").read_bytes() == saved
     other = tmp_path / "job-other-model.yaml"  # a model at a new path is another matter: the table refuses it
     other.write_text(conf.read_text().replace(f"{tmp_path}/model", f"{tmp_path}/model2"))
-    assert main(["run", "--config", str(other), "--set", "model.seed=5"]) == 2
+    assert main(["run", "--config", str(other), "--set", "model.seed=5"]) == 3  # the table does not match
     assert "ModelMismatchError" in capsys.readouterr().err
 
 

@@ -261,7 +261,7 @@ def stalled_merge(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("max_retries", [0, 2])
+@pytest.mark.parametrize("max_retries", [0, pytest.param(2, marks=pytest.mark.heavy)])  # 2: ~36 s
 def test_a_commit_during_the_merge_is_retried_or_named(spark, tmp_path, stalled_merge, max_retries):
     keys, x = catalog(700, seed=6)
     model = saved_model(tmp_path, x)
@@ -377,7 +377,8 @@ def test_an_existing_models_length_is_the_expected_one(spark, tmp_path):
     short = [(k, [float(v) for v in row[:12]]) for k, row in zip(keys, x)]  # every row: the catalog changed
     cfg = config(tmp_path, model={"path": model})
     write_input(spark, spark.createDataFrame(short, "item_id string, embedding array<double>"), cfg.input.path)
-    with pytest.raises(ShapeMismatchError, match=rf"200 rows with embedding length != {DIM}"):
+    with pytest.raises(ShapeMismatchError, match=rf"every row of the input \(200\) has a 12-d embedding in "
+                                                 rf"'embedding', and the model expects {DIM}-d"):
         pipeline.run(spark, cfg)
 
 

@@ -25,7 +25,7 @@ def relocated_run(spark, tmp_path_factory):
     model = RQKMeans(3, [4, 4, 16], random_state=0).fit(x)
     model.save(str(tmp / "model"))
     write_input(spark, frame(spark, keys[:1200], x[:1200]), f"{tmp}/in")
-    cfg = config(tmp, model={"path": str(tmp / "model")})
+    cfg = config(tmp, model={"path": str(tmp / "model"), "n_clusters": [4, 4, 16]})
     report = pipeline.run(spark, cfg)
     return tmp, cfg, report, keys, x, model
 
@@ -60,7 +60,7 @@ def test_the_placed_item_keeps_the_bare_code_and_the_rest_count_on_by_key(spark,
 
 def test_relocation_fewer_counters_than_suffix_on_the_same_input(spark, relocated_run, tmp_path):
     tmp, cfg, report, keys, x, model = relocated_run
-    suffix = config(tmp_path, model={"path": cfg.model.path}, uniqueness={"strategy": "suffix"},
+    suffix = config(tmp_path, model={"path": cfg.model.path, "n_clusters": [4, 4, 16]}, uniqueness={"strategy": "suffix"},
                     quality={"max_counter_share": 1.0})
     write_input(spark, frame(spark, keys[:1200], x[:1200]), suffix.input.path)
     suffix_report = pipeline.run(spark, suffix)
@@ -106,11 +106,11 @@ def test_a_table_written_before_relocation_gains_the_column(spark, tmp_path):
 def test_the_counter_gate_judges_the_relocated_ids(spark, relocated_run, tmp_path):
     tmp, cfg, report, keys, x, model = relocated_run
     between = (report.counter_share + report.collision_share) / 2  # over relocate's share, under suffix's
-    gated = config(tmp_path, model={"path": cfg.model.path}, quality={"max_counter_share": between})
+    gated = config(tmp_path, model={"path": cfg.model.path, "n_clusters": [4, 4, 16]}, quality={"max_counter_share": between})
     write_input(spark, frame(spark, keys[:1200], x[:1200]), gated.input.path)
     passed = pipeline.run(spark, gated)
     assert passed.counter_share == pytest.approx(report.counter_share)
-    suffix = config(tmp_path / "suffix", model={"path": cfg.model.path}, uniqueness={"strategy": "suffix"},
+    suffix = config(tmp_path / "suffix", model={"path": cfg.model.path, "n_clusters": [4, 4, 16]}, uniqueness={"strategy": "suffix"},
                     quality={"max_counter_share": between})
     write_input(spark, frame(spark, keys[:1200], x[:1200]), suffix.input.path)
     with pytest.raises(QualityGateError, match="max_counter_share"):
@@ -121,7 +121,7 @@ def test_evaluate_reports_the_moved_and_counter_shares_of_the_table(spark, tmp_p
     keys, x = catalog(800, seed=7)
     model = RQKMeans(3, [4, 4, 16], random_state=0).fit(x)
     model.save(str(tmp_path / "model"))
-    cfg = config(tmp_path, model={"path": str(tmp_path / "model")})
+    cfg = config(tmp_path, model={"path": str(tmp_path / "model"), "n_clusters": [4, 4, 16]})
     write_input(spark, frame(spark, keys, x), cfg.input.path)
     report = pipeline.run(spark, cfg)
     quality, _ = evaluate_job(spark, cfg, EvaluateOptions(out_dir=str(tmp_path / "eval"), sample_size=800, k=5,
