@@ -119,7 +119,7 @@ def test_standalone_cluster_in_client_mode_matches_local(spark, tmp_path):
         with standalone_cluster(tmp_path) as master:
             job = tmp_path / "cluster.yaml"
             job.write_text(yaml.safe_dump({
-                "input": {"path": cfg_local.input.path}, "model": {"path": model_url},
+                "input": {"path": cfg_local.input.path}, "model": {"path": model_url, "n_clusters": 8},
                 "output": {"path": str(tmp_path / "cluster-out")},
                 "spark": {"master": master, "shuffle_partitions": 4, "driver_memory": "1g",
                           "warehouse_dir": str(tmp_path / "warehouse"),
@@ -156,7 +156,7 @@ def test_spark_submit_settings_win_on_a_standalone_cluster(spark, tmp_path):
     RQKMeans(3, 8, random_state=0).fit(x).save(local.model.path)
     pipeline.run(spark, local)
     job = tmp_path / "job.yaml"  # what a cluster user writes: no spark: section
-    job.write_text(yaml.safe_dump({"input": {"path": local.input.path}, "model": {"path": local.model.path},
+    job.write_text(yaml.safe_dump({"input": {"path": local.input.path}, "model": {"path": local.model.path, "n_clusters": 8},
                                    "output": {"path": str(tmp_path / "cluster-out")}}))
     events = tmp_path / "events"
     events.mkdir()
