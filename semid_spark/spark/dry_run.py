@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pyspark
 from pyspark.sql import DataFrame, SparkSession
 
+from semid_spark.algorithms import io as model_io
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import SHA_PROPERTY, TableRef
 from semid_spark.exceptions import ModelMismatchError, SemanticIdError, exit_code
@@ -110,10 +111,9 @@ def _locations(spark: SparkSession, cfg: JobConfig):
 def _saved_model(cfg: JobConfig):
     if not model_exists(cfg.model.path):
         return f"none at {cfg.model.path} yet: `semid run` fits one on {cfg.model.sample_size:,} sampled rows", None
-    from semid_spark.algorithms import io as model_io
-
-    check_model_matches_config(model_io.read_metadata(cfg.model.path), cfg)
-    kind, sizes, dim, sha = saved_model_summary(cfg.model.path)
+    meta = model_io.read_metadata(cfg.model.path)  # one read of the manifest for both
+    check_model_matches_config(meta, cfg)
+    kind, sizes, dim, sha = saved_model_summary(meta)
     return (f"{kind} {'x'.join(map(str, sizes))}, {dim}-d, sha256 {sha[:12]} at {cfg.model.path}",
             {"dim": dim, "sha256": sha})
 

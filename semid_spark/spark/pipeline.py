@@ -184,11 +184,11 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
 def load_encoder(path: str, cfg: JobConfig | None = None):
     """The model at ``model.path``, or an error that names the setting and what to do; with *cfg*, also
     when the saved model's kind or shape is not the config's (never a silent reuse)."""
-    if cfg is not None and model_exists(path):
-        check_model_matches_config(model_io.read_metadata(path), cfg)
     if not model_exists(path):
         raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
                                "when the model is missing), or point model.path at a saved model")
+    if cfg is not None:
+        check_model_matches_config(model_io.read_metadata(path), cfg)
     try:
         return _load_saved(path)
     except ModelFormatError as exc:

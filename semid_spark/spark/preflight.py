@@ -98,9 +98,8 @@ def model_exists(path: str) -> bool:
     return storage.exists(storage.join(path, model_io.METADATA_FILE))
 
 
-def saved_model_summary(path: str) -> tuple[str, list[int], int | None, str]:
-    """(type, codes per level, input dimension, sha256) of the model saved at *path*, from its manifest."""
-    meta = model_io.read_metadata(path)
+def saved_model_summary(meta: dict) -> tuple[str, list[int], int | None, str]:
+    """(type, codes per level, input dimension, sha256) of a saved model, from its manifest *meta*."""
     return str(meta.get("type")), _meta_sizes(meta), _meta_dim(meta), str(meta.get("sha256"))
 
 
