@@ -124,6 +124,19 @@ def write_bytes(path: str, data: bytes) -> None:
     fs.pipe_file(inner, data)  # one object, created whole (S3, GCS, ADLS), or a file that HDFS closes once
 
 
+def delete(path: str) -> None:
+    """Remove the file at *path*; a file that is not there is no error."""
+    local = local_path(path)
+    if local is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(local)
+        return
+    fs, inner = filesystem(path)
+    fs.invalidate_cache(inner)
+    if fs.exists(inner):
+        fs.rm_file(inner)
+
+
 def download_dir(path: str, dest: str) -> None:
     """Copy the directory tree at the URL *path* into the local directory *dest*."""
     fs, inner = filesystem(path)

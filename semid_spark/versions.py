@@ -35,6 +35,10 @@ class VersionComparison:
     collision_new: float
     # a reference version's unaligned churn (semid refit: a cold refit, what a plain `semid fit` gives)
     churn_reference: list[float] | None = None
+    # once published: the share of the items in both ID tables whose ID string changed, over id_churn_items
+    # (keep_ids: 0, no written ID changes; new_table: items keep their string where their code is unchanged)
+    id_churn: float | None = None
+    id_churn_items: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +61,11 @@ class VersionComparison:
             "| aligned | " + " | ".join(f"{c:.4f}" for c in self.churn_aligned) + " |",
             *(["| a cold refit (plain `semid fit`), unaligned | "
                + " | ".join(f"{c:.4f}" for c in self.churn_reference) + " |"] if self.churn_reference else []),
+            *([f"ID strings changed: {self.id_churn:.4f} of the "
+               + (f"{self.id_churn_items:,} items in both ID tables" if self.id_churn_items is not None
+                  else "written items (keep_ids: insert-only, no written ID changes)")
+               + f" (full codes, on the sampled items: {self.churn_aligned[-1]:.4f}).", ""]
+              if self.id_churn is not None else []),
             "",
             "| figure | current | new |",
             "|---|---:|---:|",

@@ -6,6 +6,9 @@
     python -m tests.fault_job --config job.yaml --signal DIR --fault kill-python-worker
         The first attempt of one encode task kills its own Python worker (SIGKILL); with
         spark.master local[N,4] Spark retries it, and the run must end as a fault-free one would.
+    python -m tests.fault_job --config job.yaml --signal DIR --verb refit --fault stall-at --at MODULE:FUNCTION
+        When FUNCTION of MODULE is first called, the process writes DIR/stalled and waits forever: the
+        test kills it (kill -9) at that step (e.g. between a refit's commits).
     python -m tests.fault_job --config job.yaml --signal DIR --fault barrier-merge --name A --peer B
         Before its MERGE reads its source, the run writes DIR/A and waits for DIR/B: two such
         runs merge against the same snapshot, so one of them meets a commit conflict.
@@ -58,6 +61,21 @@ def kill_python_worker(signal_dir: str):
     pipeline.encode_files = lambda *a, **kw: _passthrough(real_files(*a, **kw), step)
 
 
+def stall_at(signal_dir: str, where: str):
+    import importlib
+
+    module_name, name = where.split(":")
+    module = importlib.import_module(module_name)
+    getattr(module, name)  # an unknown step is the test's error, said at once
+
+    def stall(*args, **kwargs):
+        open(os.path.join(signal_dir, "stalled"), "w").close()
+        while True:
+            time.sleep(1)
+
+    setattr(module, name, stall)
+
+
 def barrier_merge(signal_dir: str, name: str, peer: str):
     from semid_spark.spark import pipeline
 
@@ -80,19 +98,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
     parser.add_argument("--signal", required=True)
-    parser.add_argument("--fault", choices=["stall-merge", "kill-python-worker", "barrier-merge", "none"], required=True)
+    parser.add_argument("--fault", choices=["stall-merge", "stall-at", "kill-python-worker", "barrier-merge", "none"],
+                        required=True)
+    parser.add_argument("--verb", choices=["run", "refit"], default="run")
+    parser.add_argument("--at", help="stall-at: MODULE:FUNCTION")
     parser.add_argument("--name", default="A")
     parser.add_argument("--peer", default="B")
     args = parser.parse_args(argv)
     if args.fault == "stall-merge":
         stall_merge(args.signal)
+    elif args.fault == "stall-at":
+        stall_at(args.signal, args.at)
     elif args.fault == "kill-python-worker":
         kill_python_worker(args.signal)
     elif args.fault == "barrier-merge":
         barrier_merge(args.signal, args.name, args.peer)
     from semid_spark.cli import main as semid
 
-    return semid(["run", "--config", args.config])
+    extra = ["--out", os.path.join(args.signal, "report")] if args.verb == "refit" else []
+    return semid([args.verb, "--config", args.config, *extra])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ import pytest
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.synthetic import generated_catalog
-from semid_spark.utils.advise import advise, code_distribution, parse_choice, predicted_figures, recommend
+from semid_spark.uniqueness.relocate import relocate_codes
+from semid_spark.utils.advise import (
+    advise, code_distribution, parse_choice, predicted_figures, recommend, relocated_counter_share,
+)
 from semid_spark.utils.metrics import collision_share
 
 
@@ -32,9 +35,10 @@ def test_unseen_codes_get_the_good_turing_mass_over_a_chao1_count():
 def test_predictions_from_a_sample_match_a_catalog_four_times_larger(levels, codes):
     x = generated_catalog(8000, 16, 40, 3)
     sample = x[:2000]
-    (pred,) = advise(sample, len(x), [(levels, codes)], random_state=0)
+    (pred,) = advise(sample, len(x), [(levels, codes)], random_state=0, strategy="suffix")
     model = RQKMeans(levels, codes, random_state=0, max_samples_per_cluster=256).fit(sample)
     real = model.encode(x)  # the same model on all 8,000 items
+    assert pred.counter_share == pred.suffix_counter_share
     assert pred.counter_share == pytest.approx(1 - len(np.unique(real, axis=0)) / len(x), abs=0.03)
     assert pred.collision_share == pytest.approx(collision_share(real), abs=0.03)
     assert pred.collision_share > pred.sample_collision_share  # more items, more collisions
@@ -50,3 +54,19 @@ def test_the_recommendation_is_the_shortest_id_meeting_the_goal():
         predictions, key=lambda p: p.counter_share).choice  # none meets it: the fewest counters
     with pytest.raises(ValueError, match="expected LEVELSxCODES"):
         parse_choice("3-256")
+
+
+@pytest.mark.parametrize("levels, codes", [(2, 64), (2, 128), (3, 32)])
+def test_counters_after_relocation_are_predicted_as_the_job_relocates(levels, codes):
+    x = generated_catalog(8000, 16, 40, 3)
+    (pred,) = advise(x[:2000], len(x), [(levels, codes)], random_state=0)  # the job's default strategy
+    model = RQKMeans(levels, codes, random_state=0, max_samples_per_cluster=256, inertia_tol=0.0,
+                     refine_passes=0).fit(x[:2000])
+    real = relocate_codes(model, x).unplaced.mean()  # items left sharing a code: they get counters
+    assert pred.strategy == "relocate" and pred.counter_share == pytest.approx(real, abs=0.03)
+    assert pred.counter_share < pred.suffix_counter_share
+
+
+def test_relocated_counters_follow_the_poisson_excess():
+    assert relocated_counter_share(np.array([1.0]), 10, 4) == pytest.approx(0.6, abs=0.005)  # one prefix: ~10 - 4
+    assert relocated_counter_share(np.full(1000, 1e-3), 1000, 8) < 1e-5  # ~1 item a prefix of 8 codes

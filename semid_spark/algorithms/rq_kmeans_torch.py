@@ -39,9 +39,10 @@ class RQKMeansTorch(RQKMeans):
                          max_iter=max_iter, tol=tol, random_state=random_state, verbose=verbose, n_init=n_init,
                          device=device)
 
-    def fit(self, X, *, device: str | None = None) -> "RQKMeansTorch":
-        """Fit on X, an (N, D) array or torch tensor (on any device), on ``device``; returns self."""
-        return super().fit(X, device=device)
+    def fit(self, X, *, device: str | None = None, init: RQKMeans | None = None) -> "RQKMeansTorch":
+        """Fit on X, an (N, D) array or torch tensor (on any device), on ``device``; returns self.
+        *init*: a fitted model of the same shape whose codebooks Lloyd starts from (see :meth:`RQKMeans.fit`)."""
+        return super().fit(X, device=device, init=init)
 
     def encode(self, X, batch_size: int | None = None, *, device: str | None = None) -> np.ndarray:
         """Codes (N, L) int32 of X, an array or tensor; semantic-id's positional ``batch_size``."""

@@ -44,7 +44,7 @@ class RQVAE(BaseSemanticEncoder):
 
     Training keeps the state of the epoch with the lowest collision rate on a fixed sample of
     up to 4096 training rows (ties: the lower reconstruction loss on that sample), whatever
-    ``verbose`` is. ``fit`` starts from fresh weights each time.
+    ``verbose`` is. ``fit`` starts from fresh weights each time, unless given ``init``.
 
     The constructor only stores its arguments (scikit-learn's contract: ``get_params``,
     ``set_params`` and ``sklearn.base.clone`` work); ``fit`` checks them. ``device`` is where
@@ -141,14 +141,30 @@ class RQVAE(BaseSemanticEncoder):
         return len(self._sizes)
 
     # ------------------------------------------------------------------ training
-    def fit(self, X: ArrayLike, *, device: str | None = None, pretrained_codebook_path: str | None = None) -> "RQVAE":
+    @property
+    def architecture(self) -> dict:
+        """What another RQVAE must share to start from this one's weights: widths, layers, codebook sizes, BatchNorm."""
+        return {"in_dim": int(self.in_dim), "e_dim": int(self.e_dim), "layers": self._layers, "sizes": self._sizes,
+                "bn": bool(self.bn)}
+
+    def fit(self, X: ArrayLike, *, device: str | None = None, pretrained_codebook_path: str | None = None,
+            init: "RQVAE | None" = None) -> "RQVAE":
         """Train on embeddings X of shape (N, in_dim); returns self.
 
         ``pretrained_codebook_path``: an RQ-KMeans ``codebooks.npz`` (or its directory) to
         warm-start from (RQ-KMeans+, see :mod:`semid_spark.algorithms.rq_kmeans_plus`).
+        ``init``: a fitted RQVAE of the same ``architecture`` whose weights and codebooks training
+        starts from, instead of fresh ones (``semid refit``: a new version that keeps the codes the
+        data still supports, so that alignment has little to undo).
         """
         self._check_params()
         x = check_embeddings(X, dim=self.in_dim)
+        if init is not None:
+            init._check_fitted()
+            if pretrained_codebook_path is not None:
+                raise ConfigError("init and pretrained_codebook_path both name a start; give one")
+            if init.architecture != self.architecture:
+                raise ConfigError(f"init has the architecture {init.architecture}; this RQVAE's is {self.architecture}")
         torch = require_torch("RQ-VAE training")
         torch_device = _torch_device(device or self.device)
 
@@ -163,7 +179,10 @@ class RQVAE(BaseSemanticEncoder):
                 self.in_dim, self._sizes, self.e_dim, self._layers, dropout=self.dropout_prob,
                 bn=self.bn, beta=self.beta,
             ).to(torch_device)
-            if pretrained_codebook_path is not None:
+            if init is not None:
+                net.residual_encoder = bool(init.residual_encoder_)
+                net.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in init._weights.items()})
+            elif pretrained_codebook_path is not None:
                 rq_kmeans_plus.warm_start(net, pretrained_codebook_path)
             elif self.kmeans_init:
                 self._kmeans_init(net, x, torch_device, seed)

@@ -25,10 +25,12 @@ from typing import Literal, Sequence
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from semid_spark.algorithms import codebook_sizes
 from semid_spark.exceptions import ModelMismatchError
+from semid_spark.spark.columns import RUN_ID
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ SUCCESSOR_SHA_PROPERTY = "semid.successor_model_sha256"
 SUCCESSOR_TABLE_PROPERTY = "semid.successor_table"
 SUCCESSOR_PATH_PROPERTY = "semid.successor_model_path"
 HISTORY_PROPERTY = "semid.model_history"
+# a keep_ids refit being published: its model, the run whose rows move the table onto it, where it is
+# saved. Set by a commit before that run's MERGE; the MERGE is the moment of the switch (the table is
+# bound to the pending model once rows of that run are in it); a last commit folds these into the
+# binding and empties them
+PENDING_SHA_PROPERTY = "semid.pending_model_sha256"
+PENDING_RUN_PROPERTY = "semid.pending_run_id"
+PENDING_PATH_PROPERTY = "semid.pending_model_path"
+PENDING_PROPERTIES = (PENDING_SHA_PROPERTY, PENDING_RUN_PROPERTY, PENDING_PATH_PROPERTY)
 STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 Mode = Literal["create", "claim", "append", "replace"]
 
@@ -134,13 +144,34 @@ def model_properties(encoder) -> dict[str, str]:
 
 
 def table_model_sha(spark: SparkSession, ref: TableRef) -> str | None:
-    return ref.properties(spark).get(SHA_PROPERTY)
+    """The model whose IDs *ref* holds (see ``bound_model``), or None."""
+    return bound_model(spark, ref, ref.properties(spark))
 
 
-def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_model: bool) -> Mode:
+def bound_model(spark: SparkSession, ref: TableRef, props: dict[str, str]) -> str | None:
+    """The model whose IDs the table (with properties *props*) holds: ``semid.model_sha256``, or the
+    pending model of a keep_ids refit once rows of its run are in the table (its MERGE committed)."""
+    pending = props.get(PENDING_SHA_PROPERTY)
+    if pending and pending_rows_in(spark, ref, props):
+        return pending
+    return props.get(SHA_PROPERTY)
+
+
+def pending_rows_in(spark: SparkSession, ref: TableRef, props: dict[str, str]) -> bool:
+    """Whether the pending refit's run has inserted its rows (one read that Delta's statistics on
+    ``run_id`` narrow to the files that may hold them)."""
+    run = props.get(PENDING_RUN_PROPERTY)
+    if not run:
+        return False
+    return bool(ref.read(spark).where(F.col(RUN_ID) == run).select(RUN_ID).limit(1).collect())
+
+
+def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_model: bool,
+                rebinding_from: str | None = None) -> Mode:
     """How this run writes *ref*:
 
-    - 'append': the table holds this model's IDs;
+    - 'append': the table holds this model's IDs (or is being moved onto it: it is the pending model of
+      a keep_ids refit, or *rebinding_from* is the model the table is bound to);
     - 'create': there is no table (a folder left by a killed create counts as none);
     - 'claim': an empty table that records no model yet (a run stopped right after creating it);
     - 'replace': another model's table, and replacing it is allowed.
@@ -150,21 +181,26 @@ def check_table(spark: SparkSession, ref: TableRef, encoder, *, replace_on_new_m
     detail = ref.detail(spark)
     if detail is None:
         return "create"
-    stored = (detail["properties"] or {}).get(SHA_PROPERTY)
-    if stored == encoder.sha256:
+    props = dict(detail["properties"] or {})
+    stored, sha = bound_model(spark, ref, props), encoder.sha256
+    if sha in (stored, props.get(PENDING_SHA_PROPERTY)) or (rebinding_from is not None and stored == rebinding_from):
         return "append"
     if stored is None and int(detail["numFiles"] or 0) == 0:
         return "claim"
     if replace_on_new_model:
         return "replace"
-    props = detail["properties"] or {}
-    if props.get(PARENT_SHA_PROPERTY) == encoder.sha256:  # `semid refit --set output.on_refit=keep_ids` moved it on
+    if stored != props.get(SHA_PROPERTY) and sha == props.get(SHA_PROPERTY):  # a keep_ids refit's rows are in
         raise ModelMismatchError(
-            f"table {ref} was refitted from this run's model {encoder.sha256[:12]}… to {str(stored)[:12]}…, saved at "
+            f"table {ref} was refitted from this run's model {sha[:12]}… to {stored[:12]}…, saved at "
+            f"{props.get(PENDING_PATH_PROPERTY, '?')}: set model.path to that (`semid refit` again finishes "
+            "recording the switch)")
+    if props.get(PARENT_SHA_PROPERTY) == sha:  # `semid refit --set output.on_refit=keep_ids` moved it on
+        raise ModelMismatchError(
+            f"table {ref} was refitted from this run's model {sha[:12]}… to {str(stored)[:12]}…, saved at "
             f"{props.get(MODEL_PATH_PROPERTY, '?')}: set model.path to that")
     held = f"IDs of model sha256={stored[:12]}…" if stored else "rows of no recorded model"
     raise ModelMismatchError(
-        f"table {ref} holds {held}, this run's model is {encoder.sha256[:12]}…; IDs of two models must not "
+        f"table {ref} holds {held}, this run's model is {sha[:12]}…; IDs of two models must not "
         "mix. Write to a new output table, or set output.new_table_on_model_change=true to replace it (the old "
         "version stays in Delta history), or move the table to a new model with `semid refit`"
     )
@@ -227,13 +263,36 @@ def _property_list(props: dict[str, str]) -> str:
     return ", ".join(f"'{key}' = '{_sql_string(value)}'" for key, value in props.items())
 
 
+def begin_rebinding(spark: SparkSession, ref: TableRef, old_sha: str, encoder, run_id: str, model_path: str) -> None:
+    """Name *encoder* (saved at *model_path*) as *ref*'s pending model, and *run_id* as the run whose rows
+    switch the table onto it (one commit; the table stays bound to *old_sha*, for every reader, until
+    that run's MERGE commits). A table already bound to *encoder* is left as it is."""
+    props = ref.properties(spark)
+    stored = bound_model(spark, ref, props)
+    if stored == encoder.sha256:
+        return
+    if stored != old_sha:
+        raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
+                                 f"refitted ({old_sha[:12]}…); nothing was changed")
+    set_properties(spark, ref, {PENDING_SHA_PROPERTY: encoder.sha256, PENDING_RUN_PROPERTY: run_id,
+                                PENDING_PATH_PROPERTY: model_path})
+
+
+def abandon_rebinding(spark: SparkSession, ref: TableRef, run_id: str) -> None:
+    """Forget *run_id*'s pending model when none of its rows got in (a publish that failed before its
+    MERGE committed); the table was bound to its old model all along."""
+    props = ref.properties(spark)
+    if props.get(PENDING_RUN_PROPERTY) == run_id and not pending_rows_in(spark, ref, props):
+        set_properties(spark, ref, dict.fromkeys(PENDING_PROPERTIES, ""))
+
+
 def rebind_table(spark: SparkSession, ref: TableRef, old_sha: str, encoder, lineage: dict[str, str]) -> None:
     """Bind *ref*, the table of model *old_sha*, to *encoder* (``output.on_refit: keep_ids``): one commit
-    of its model properties and *lineage*, with the model list ``semid.model_history`` extended. A
-    table already bound to *encoder* (a refit stopped after this) is left as it is.
+    of its model properties and *lineage*, with the model list ``semid.model_history`` extended and
+    the pending properties emptied. A table already bound to *encoder* is left as it is.
 
-    A run of the old model that merges after this commit conflicts with it, and its retry stops on
-    the model mismatch: no row of the old model lands after the switch.
+    A run of the old model that merges after this commit (or after the pending run's MERGE) conflicts
+    with it, and its retry stops on the model mismatch: no row of the old model lands after the switch.
     """
     props = ref.properties(spark)
     stored = props.get(SHA_PROPERTY)
@@ -243,7 +302,7 @@ def rebind_table(spark: SparkSession, ref: TableRef, old_sha: str, encoder, line
         raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
                                  f"refitted ({old_sha[:12]}…); nothing was changed")
     history = [sha for sha in props.get(HISTORY_PROPERTY, old_sha).split(",") if sha]
-    set_properties(spark, ref, {**model_properties(encoder), **lineage,
+    set_properties(spark, ref, {**model_properties(encoder), **lineage, **dict.fromkeys(PENDING_PROPERTIES, ""),
                                 HISTORY_PROPERTY: ",".join(history + [encoder.sha256])})
 
 
@@ -288,6 +347,8 @@ def append_idempotent(spark: SparkSession, ref: TableRef, rows: DataFrame, id_co
     """Insert the rows of *rows* whose *id_col* the table does not hold yet (created if absent): a retry adds nothing."""
     if not ref.exists(spark):
         _append_empty(spark, ref, rows.schema)
+    else:  # written by an earlier version of semid_spark, with fewer columns
+        _add_missing_columns(spark, ref, rows.schema)
     return merge_new_rows(spark, ref, rows, id_col)
 
 

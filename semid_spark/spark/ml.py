@@ -3,9 +3,10 @@
 pyspark.ml's conventions: ``@keyword_only`` constructors and ``setParams``, a getter and a
 setter per Param. ``fit`` validates the input, samples to the driver and fits RQ-KMeans or
 RQ-VAE there (as the job does); ``transform`` only plans (no Spark job until an action): it
-encodes on executors and ranks items sharing codes in ``rankBuckets`` buckets of their key's
-hash, then by key, so the output column holds IDs unique within the transformed DataFrame,
-identical on any partitioning. (IDs that must stay fixed as a catalog grows come from the Delta
+encodes on executors and makes IDs unique within the transformed DataFrame as the job does
+(``strategy``: ``relocate``, the default, moves items sharing a code to free last-level codes of
+their prefix; ``suffix`` keeps every item's nearest code), ranking the items that still share a
+code in ``rankBuckets`` buckets of their key's hash, then by key: identical on any partitioning. (IDs that must stay fixed as a catalog grows come from the Delta
 job, which continues counters after those already written.)
 
 Saved with Spark ML's own writer: params as Spark's metadata JSON, the model as data — its
@@ -28,7 +29,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from semid_spark.algorithms import codebook_sizes, input_dim
-from semid_spark.config import ModelConfig
+from semid_spark.config import ModelConfig, UniquenessConfig
 from semid_spark.exceptions import ConfigError, ModelFormatError, NotFittedError
 from semid_spark.spark.columns import CODES, PROBLEM
 from semid_spark.spark.compat import ml_context
@@ -36,7 +37,7 @@ from semid_spark.spark.compat import ml_context
 log = logging.getLogger(__name__)
 
 _DATA = "data"
-_JOB = ModelConfig()  # the estimator's defaults are the job's
+_JOB, _IDS = ModelConfig(), UniquenessConfig()  # the estimator's defaults are the job's
 RANK_BUCKETS = 16  # per code, for transform's lazy ranking (a code of 16M rows: 1M a task)
 
 
@@ -52,13 +53,19 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     sep = Param(Params._dummy(), "sep", "separator of the ID's parts", TypeConverters.toString)
     rankBuckets = Param(Params._dummy(), "rankBuckets", "buckets each code's rows are ranked in, by key hash, so "
                         "that no code lands in one task", TypeConverters.toInt)
+    strategy = Param(Params._dummy(), "strategy", "relocate (items sharing a code move to free last-level codes of "
+                     "their prefix, counters only where none is near) or suffix (every item keeps its nearest code, "
+                     "a counter tells items sharing it apart), as the job's uniqueness.strategy", TypeConverters.toString)
+    relocateCandidates = Param(Params._dummy(), "relocateCandidates", "last-level codes an item may move to (its own "
+                               "included), as the job's uniqueness.relocate_candidates", TypeConverters.toInt)
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
         # the job's defaults (ModelConfig): 3 levels of 256 codes, a 200k sample, seed 0, RQ-KMeans
         self._setDefault(inputCol="embedding", outputCol="semantic_id", keyCol="item_id", codesCol="codes",
                          algorithm=_JOB.kind, nLevels=_JOB.n_levels, nClusters=_JOB.n_clusters,
-                         sampleSize=_JOB.sample_size, seed=_JOB.seed, sep="-", rankBuckets=RANK_BUCKETS)
+                         sampleSize=_JOB.sample_size, seed=_JOB.seed, sep="-", rankBuckets=RANK_BUCKETS,
+                         strategy=_IDS.strategy, relocateCandidates=_IDS.relocate_candidates)
 
     def getKeyCol(self) -> str:
         return self.getOrDefault(self.keyCol)
@@ -83,6 +90,12 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
 
     def getRankBuckets(self) -> int:
         return self.getOrDefault(self.rankBuckets)
+
+    def getStrategy(self) -> str:
+        return self.getOrDefault(self.strategy)
+
+    def getRelocateCandidates(self) -> int:
+        return self.getOrDefault(self.relocateCandidates)
 
     def setInputCol(self, value: str):
         return self._set(inputCol=value)
@@ -117,6 +130,12 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     def setRankBuckets(self, value: int):
         return self._set(rankBuckets=value)
 
+    def setStrategy(self, value: str):
+        return self._set(strategy=value)
+
+    def setRelocateCandidates(self, value: int):
+        return self._set(relocateCandidates=value)
+
     def _columns(self) -> tuple[str, str]:
         return self.getKeyCol(), self.getInputCol()
 
@@ -131,7 +150,8 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                  codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
                  nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
-                 sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
+                 sep: str = "-", rankBuckets: int = RANK_BUCKETS,
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
 
@@ -139,7 +159,8 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                   codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
                   nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
-                  sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> "SemanticIdEstimator":
+                  sep: str = "-", rankBuckets: int = RANK_BUCKETS,
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> "SemanticIdEstimator":
         """Set the params named (the others keep their values)."""
         return self._set(**self._input_kwargs)
 
@@ -148,7 +169,6 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
         return _EstimatorReader(cls)
 
     def _fit(self, dataset: DataFrame) -> "SemanticIdModel":
-        from semid_spark.config import ModelConfig
         from semid_spark.spark.pipeline import fit_device, new_encoder
         from semid_spark.spark.sample import sample_embeddings
         from semid_spark.spark.validate import check_input, normalize_columns
@@ -175,14 +195,16 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
 
     @keyword_only
     def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
-                 codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> None:
+                 codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS,
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
         self._encoder = None
 
     @keyword_only
     def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
-                  codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS) -> "SemanticIdModel":
+                  codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS,
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> "SemanticIdModel":
         """Set the params named (the others keep their values)."""
         return self._set(**self._input_kwargs)
 
@@ -201,6 +223,7 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from semid_spark.spark.encode import FrozenModel, encode_embeddings
         from semid_spark.spark.ranking import assign_counters, with_code_key, with_semantic_id
+        from semid_spark.spark.relocate import relocated_rows
         from semid_spark.spark.validate import normalize_columns
 
         if self._encoder is None:
@@ -209,18 +232,22 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         codes_col, out_col, sep, buckets = self.getCodesCol(), self.getOutputCol(), self.getSep(), self.getRankBuckets()
         if buckets < 1:
             raise ConfigError(f"rankBuckets={buckets}; expected >= 1 (buckets each code's rows are ranked in)")
+        ids_cfg = UniquenessConfig(sep=sep, strategy=self.getStrategy(), relocate_candidates=self.getRelocateCandidates())
         dim, sizes = input_dim(self._encoder), codebook_sizes(self._encoder)
         df = normalize_columns(dataset, key, emb)  # the schema only
         encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,
-                                    embedding_col=emb, dim=dim, flag_problems=True)
+                                    embedding_col=emb, dim=dim, flag_problems=True, candidates=ids_cfg.candidates)
         encoded = encoded.withColumn(PROBLEM, _row_problem(key, dim))  # its text, null when the row can have an ID
         why = F.col(PROBLEM)
         encoded = encoded.withColumn(CODES, F.when(why.isNotNull(), F.raise_error(
             F.concat(F.lit(f"SemanticIdModel.transform: the row whose {key!r} is "),
                      F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), why))
         ).otherwise(F.col(CODES))).drop(PROBLEM)
-        ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0,
-                                 salts=buckets)
+        if ids_cfg.strategy == "relocate":  # as the job does it, planned only (no hot-code job)
+            ranked = relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col=key, n_new=0, hot=[],
+                                    hot_code_rows=0, salts=buckets)
+        else:
+            ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0, salts=buckets)
         ids = ranked.transform(with_semantic_id, sep, len(sizes), out_col).select(key, F.col(CODES).alias(codes_col), out_col)
         # a key twice would give its rows two IDs each after the join: fail instead (partitioned by key, as the join is)
         n_rows = F.count(F.lit(1)).over(Window.partitionBy(key))

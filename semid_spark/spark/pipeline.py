@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -35,6 +36,7 @@ from semid_spark.spark.columns import (
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.preflight import check_locations, check_model_matches_config, model_exists
+from semid_spark.spark.publish import unpublished_note
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
@@ -181,12 +183,18 @@ def new_encoder(model_cfg: ModelConfig, dim: int):
                  random_state=model_cfg.seed, **params)
 
 
-def load_encoder(path: str, cfg: JobConfig | None = None):
+def load_encoder(path: str, cfg: JobConfig | None = None, *, published: bool = True):
     """The model at ``model.path``, or an error that names the setting and what to do; with *cfg*, also
-    when the saved model's kind or shape is not the config's (never a silent reuse)."""
+    when the saved model's kind or shape is not the config's (never a silent reuse). *published*:
+    refuse a refit's version that was saved and not published (``spark.publish``)."""
     if not model_exists(path):
         raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
                                "when the model is missing), or point model.path at a saved model")
+    if published and (note := unpublished_note(path)) is not None:
+        raise ModelFormatError(
+            f"model.path={path!r} holds a version that refit {note.get('refit_id')} of table {note.get('table')} saved "
+            "and did not publish (it stopped, or failed, before the table named it). Run that `semid refit` again: it "
+            "publishes this version, or records the switch if its table already holds rows of it")
     if cfg is not None:
         check_model_matches_config(model_io.read_metadata(path), cfg)
     try:
@@ -239,15 +247,19 @@ def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobCon
 
 
 def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, cfg: JobConfig, report: RunReport,
-               *, save_model_to: str | None = None, whole_input: DataFrame | None = None) -> None:
+               *, before_write: Callable[[], None] | None = None, whole_input: DataFrame | None = None,
+               rebinding_from: str | None = None, ids_from: DataFrame | None = None) -> None:
     """Encode, rank new items after the written ones, insert them into the Delta table.
 
     *whole_input*: the input as read, when df holds all of it unfiltered: on a first run (every row
     new) executors may then read its files themselves (``spark.files``), so only keys and codes
     cross into the JVM.
 
-    When the input's rows were not checked yet, encoding checks them; a bad row raises before the
-    model is saved (*save_model_to*) or anything is written. When another run commits to the table
+    When the input's rows were not checked yet, encoding checks them; a bad row (or a quality gate)
+    raises before *before_write* runs (it saves a model fitted by this run, or starts a refit's
+    publish) and before anything is written. *rebinding_from*: the model the table is bound to, which
+    a keep_ids refit moves onto *encoder*. *ids_from*: a table of an earlier version whose ID strings
+    items keep where their codes are unchanged (see ``_ranked_rows``). When another run commits to the table
     first, the codes stay as encoded: only the ranking and the MERGE run again, against the new
     snapshot (``output.max_retries`` times, then ``ConcurrentRunError``).
     """
@@ -256,7 +268,8 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
     dim = input_dim(encoder)
     if dim != info.dim:
         raise_mismatch(info.dim, dim, emb)
-    mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
+    mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change,
+                       rebinding_from=rebinding_from)
     report.model_sha256 = encoder.sha256
     new_rows = (unwritten_rows(df, out.read(spark), key, n_input=info.n_rows) if mode == "append"
                 else contextlib.nullcontext(df))
@@ -296,15 +309,15 @@ def assign_ids(spark: SparkSession, df: DataFrame, info: InputReport, encoder, c
             except QualityGateError:
                 encoded.unpersist()
                 raise
-    if save_model_to is not None:  # a model fitted by this run is saved once its input proved valid
-        encoder.save(save_model_to)
-        log.info("model saved to %s", save_model_to)
     try:
+        if before_write is not None:  # once every row proved valid and every gate passed
+            before_write()
         if report.n_new == 0:
             report.n_inserted = 0
             log.info("no new items: the table already holds every key")
         else:
-            _rank_and_merge(spark, encoded, stats.hot, encoder, out, mode, cfg, report)
+            _rank_and_merge(spark, encoded, stats.hot, encoder, out, mode, cfg, report, rebinding_from=rebinding_from,
+                            ids_from=ids_from)
         write_rejects(spark, cfg, report)
     finally:
         encoded.unpersist()
@@ -319,13 +332,15 @@ def _kept(encoded: DataFrame, *, reads_table: bool) -> DataFrame:
 
 
 def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder, out: TableRef, mode: str,
-                    cfg: JobConfig, report: RunReport) -> None:
+                    cfg: JobConfig, report: RunReport, *, rebinding_from: str | None = None,
+                    ids_from: DataFrame | None = None) -> None:
     """Rank the encoded items (with their code key; *hot*: the codes over the hot-code threshold) after the
     table's counters and MERGE them in; on a commit conflict, again against the table as the other run left it."""
     key = cfg.input.key_col
     for attempt in range(cfg.output.max_retries + 1):
         if attempt:  # another run committed: its keys are not ours to insert, its counters are taken
-            mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change)
+            mode = check_table(spark, out, encoder, replace_on_new_model=cfg.output.new_table_on_model_change,
+                               rebinding_from=rebinding_from)
         new_items, unread = encoded, None
         written = out.read(spark) if mode == "append" else None
         if written is not None:  # the keys written by then are dropped by a read inside the MERGE
@@ -336,7 +351,7 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder,
                 new_items = encoded.join(written.select(key), key, "left_anti")
         with stage(spark, "semid: rank items by code, then key"), _timed(report, "rank"):  # lazy but for hot codes' key ranges
             rows = _ranked_rows(encoded=new_items, written=written, hot=hot, encoder=encoder, cfg=cfg,
-                                run_id=report.run_id, n_new=report.n_new)
+                                run_id=report.run_id, n_new=report.n_new, ids_from=ids_from)
         try:
             with stage(spark, "semid: insert-only MERGE into the Delta table"), _timed(report, "write"):
                 prepare_table(spark, out, rows.schema, encoder, mode, stats_columns=(key, RUN_ID, ASSIGNED_AT))
@@ -399,10 +414,21 @@ def check_quality(encoded: DataFrame, stats, sizes: list[int], written: DataFram
 
 
 def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder, cfg: JobConfig,
-                 run_id: str, n_new: int) -> DataFrame:
+                 run_id: str, n_new: int, ids_from: DataFrame | None = None) -> DataFrame:
     """The rows to insert: key, semantic_id, codes, counter, relocated, model, run, time. Lazy on purpose:
-    the written codes and counters are read by the MERGE itself, so a commit that lands before it is counted."""
+    the written codes and counters are read by the MERGE itself, so a commit that lands before it is counted.
+
+    *ids_from* (a refit's new table): the old version's table. An item whose code there equals its new
+    code keeps its ID string there (its counter): those strings are unique, so each is still free. The
+    other items are then ranked as new items after them, by the usual rule (their counters continue
+    after the kept ones; with relocation, the kept codes are taken)."""
     key, sizes = cfg.input.key_col, codebook_sizes(encoder)
+    kept = None
+    if ids_from is not None:
+        kept = kept_ids(encoded, ids_from, key)
+        encoded = encoded.join(kept.select(key), key, "left_anti")
+        taken = kept.select(CODES, COUNTER)
+        written = taken if written is None else written.select(CODES, COUNTER).unionByName(taken)
     if cfg.uniqueness.strategy == "relocate":
         ranked = relocated_rows(encoded, written, sizes, key_col=key, n_new=n_new, hot=hot,
                                 hot_code_rows=cfg.uniqueness.hot_code_rows)
@@ -410,11 +436,22 @@ def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, en
         counters = None if written is None else next_counters(written, encoded, sizes, n_new=n_new)
         ranked = assign_counters(encoded, counters, key_col=key, hot_code_rows=cfg.uniqueness.hot_code_rows,
                                  hot=hot).withColumn(RELOCATED, F.lit(False))
+    if kept is not None:
+        ranked = ranked.select(key, CODES, COUNTER, RELOCATED).unionByName(
+            kept.select(key, CODES, COUNTER, F.lit(False).alias(RELOCATED)))
     return ranked.transform(with_semantic_id, cfg.uniqueness.sep, len(sizes)).select(
         key, SEMANTIC_ID, CODES, COUNTER, RELOCATED,
         F.lit(encoder.sha256).alias(MODEL_SHA), F.lit(run_id).alias(RUN_ID),
         F.current_timestamp().alias(ASSIGNED_AT),
     )
+
+
+def kept_ids(encoded: DataFrame, previous: DataFrame, key_col: str) -> DataFrame:
+    """(key, codes, counter): the items of *encoded* whose codes in *previous* (an ID table) equal their
+    codes here, with their counter there. Keys and codes only cross the shuffle."""
+    old = previous.select(key_col, F.col(CODES).alias("_old_codes"), F.col(COUNTER).alias("_old_counter"))
+    same = encoded.select(key_col, CODES).join(old, key_col).where(F.col(CODES) == F.col("_old_codes"))
+    return same.select(key_col, CODES, F.col("_old_counter").alias(COUNTER))
 
 
 def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
@@ -451,7 +488,8 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
         if encoder is None:
             encoder = fit_model(spark, df, info, cfg, report, save=False)
             info = dataclasses.replace(info, dim=input_dim(encoder))  # learnt from the sample
-        assign_ids(spark, df, info, encoder, cfg, report, save_model_to=cfg.model.path if must_fit else None,
+        save = (lambda: _save_model(encoder, cfg.model.path)) if must_fit else None
+        assign_ids(spark, df, info, encoder, cfg, report, before_write=save,
                    whole_input=source.rows if source.whole and cfg.input.on_invalid == "fail" else None)
     else:  # no valid new row (a day of deletes, or of rejects only)
         write_rejects(spark, cfg, report)
@@ -487,6 +525,11 @@ def warn_if_mostly_counters(report: RunReport, cfg: JobConfig) -> None:
         "model.path and output table, or `semid refit`. quality.max_counter_share makes this an error",
         100 * share, report.n_new, "got a counter" if report.counter_share is not None else "share a code",
         "x".join(map(str, sizes)), f"{full:,}")
+
+
+def _save_model(encoder, path: str) -> None:
+    encoder.save(path)
+    log.info("model saved to %s", path)
 
 
 def _source(spark: SparkSession, cfg: JobConfig, out: TableRef, items: DataFrame | None, *,
@@ -527,7 +570,8 @@ def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int | None, choi
     df, info = _read_validated(spark, cfg, RunReport(), None)
     x = _training_sample(spark, df, info, cfg)
     target = info.n_rows if target_rows is None else target_rows
-    predictions = advice.advise(x, target, choices, random_state=cfg.model.seed)
+    predictions = advice.advise(x, target, choices, random_state=cfg.model.seed,
+                                strategy=cfg.uniqueness.strategy)
     return predictions, advice.recommend(predictions, max_counter_share)
 
 

@@ -6,27 +6,31 @@
    A cold fit (what a plain ``semid fit`` would give) is made too, for the report only.
 2. *Align*: each level of the new model is relabelled so that the table's sampled items keep as
    many of their codes as possible (``algorithms.align``): the version that would be published.
-3. *Report before publishing*: churn per prefix depth with and without alignment, reconstruction
-   error and collisions of both versions, to ``<out>/churn.md`` and ``churn.json`` and as one row
-   of the churn table beside the output. ``quality.max_churn`` refuses to publish a version that
-   changes more of the sampled items' full codes than that: no model saved, no table touched.
-4. *Publish* (``output.on_refit``):
+3. *Report*: churn per prefix depth with and without alignment, reconstruction error and
+   collisions of both versions, to ``<out>/churn.md`` and ``churn.json`` and as one row of the
+   churn table beside the output. ``quality.max_churn`` refuses to publish a version that changes
+   more of the sampled items' full codes than that: the report is written, no model saved, no
+   table touched.
+4. *Publish*, all or nothing (``spark.publish``): every row the version publishes is encoded with
+   it and checked, and the run's gates (``quality.max_counter_share``, ``min_utilisation``) pass,
+   before the model is saved (marked unpublished) or a table changes; one commit then publishes it.
+   A failure before that commit (a bad row, a gate, a concurrent run, kill -9) leaves the table
+   bound to the old model with its old rows; the same refit run again publishes the same version.
 
-   - ``new_table``: the aligned model is saved at ``model.refit_path``; a run of it writes every
-     item's ID to a new table (``output.refit_path``/``refit_table``); the old table keeps its
-     rows. Lineage properties: the new table names its parent model and table, the old one its
-     successor model, table and model path.
-   - ``keep_ids``: the table is bound to the aligned model (with the lineage and the list of its
-     models), then a run of it gives IDs to the items the table does not hold yet. Every written
-     ID stays; a new item whose code a written item holds moves to a free code of its prefix
-     (``uniqueness.strategy: relocate``) or takes the next counter; each row's ``model_sha256``
-     says which version encoded it. Needs the same codebook sizes as the current model. The
-     run's own gates (``quality.max_counter_share``, ``min_utilisation``) are checked after the
-     rebinding: one that refuses leaves the table bound to the new version with no new row, and
-     ``semid assign`` with the new model (or the refit again) completes it.
+   - ``new_table``: a run of the aligned model writes every item's ID to a new table
+     (``output.refit_path``/``refit_table``); an item whose full code is unchanged keeps its ID
+     string (its counter), the others are ranked after them. The old table keeps its rows; naming
+     its successor (model, table, model path) publishes the version.
+   - ``keep_ids``: the new items' IDs are merged into the table; that MERGE switches the table to
+     the new model (named pending by a commit before it), and every written ID stays. A new item
+     whose code a written item holds moves to a free code of its prefix (``uniqueness.strategy:
+     relocate``) or takes the next counter; each row's ``model_sha256`` says which version encoded
+     it. Needs the same codebook sizes as the current model.
 
-The same seed and catalog give the same aligned model (its digest names the default paths), so
-a refit stopped while publishing resumes where it stopped when it is run again.
+   The ID strings that changed, over the items in both tables, are reported beside the code churn
+   (``id_churn``; 0 for keep_ids).
+
+The same seed and catalog give the same aligned model (its digest names the default paths).
 """
 
 from __future__ import annotations
@@ -37,19 +41,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from semid_spark import storage
 from semid_spark.algorithms import codebook_sizes, input_dim
+from semid_spark.algorithms import load_encoder as load_saved_model
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import (
-    MODEL_PATH_PROPERTY, PARENT_SHA_PROPERTY, PARENT_TABLE_PROPERTY, SHA_PROPERTY, SUCCESSOR_PATH_PROPERTY,
-    SUCCESSOR_SHA_PROPERTY, SUCCESSOR_TABLE_PROPERTY, TableRef, append_idempotent, rebind_table, set_properties,
+    MODEL_PATH_PROPERTY, PARENT_SHA_PROPERTY, PARENT_TABLE_PROPERTY, PENDING_PATH_PROPERTY, PENDING_SHA_PROPERTY,
+    SHA_PROPERTY, SUCCESSOR_PATH_PROPERTY, SUCCESSOR_SHA_PROPERTY, SUCCESSOR_TABLE_PROPERTY, TableRef,
+    abandon_rebinding, append_idempotent, begin_rebinding, pending_rows_in, rebind_table, set_properties,
 )
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, QualityGateError
-from semid_spark.spark.columns import CODES
+from semid_spark.spark.changes import current_version, input_ref, record_input_version
+from semid_spark.spark.columns import CODES, SEMANTIC_ID
 from semid_spark.spark.preflight import check_locations
+from semid_spark.spark.publish import mark_published, save_unpublished, unpublished_note
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings, sample_with_codes
 from semid_spark.spark.session import stage
 from semid_spark.versions import VersionComparison, compare_versions
@@ -77,6 +86,8 @@ CHURN_SCHEMA = T.StructType([
     T.StructField("published", T.BooleanType()),
     T.StructField("ids_table", T.StringType()),  # where the new version's IDs are (null when not published)
     T.StructField("new_model_path", T.StringType()),
+    # share of the items in both tables whose ID string changed (keep_ids: 0, no written ID changes)
+    T.StructField("id_churn", T.DoubleType()),
 ])
 
 
@@ -109,8 +120,9 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     report = RefitReport(on_refit=cfg.output.on_refit)
     check_locations(spark, cfg, extra={"--out": out_dir, **({"model.refit_path": cfg.model.refit_path}
                                                           if cfg.model.refit_path else {})})
-    current = pipeline.load_encoder(cfg.model.path)
     out = TableRef(cfg.output.path, cfg.output.table)
+    finish_interrupted_publish(spark, out)
+    current = pipeline.load_encoder(cfg.model.path)
     detail = out.detail(spark)
     if detail is None:
         raise InvalidInputError(f"no ID table at {out} (output.path/output.table) to refit: `semid run` writes the "
@@ -125,7 +137,9 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
                           f"model.n_levels/n_clusters ask for {sizes}: use output.on_refit=new_table for another shape")
 
     run_report = pipeline.RunReport()
-    df, info = pipeline._read_validated(spark, cfg, run_report, None, dim=input_dim(current), rows_checked_later=True)
+    version = current_version(spark, cfg)  # before reading: the publish records at most what it read
+    source = pipeline.read_input(spark, cfg)
+    df, info = pipeline._read_validated(spark, cfg, run_report, source, dim=input_dim(current), rows_checked_later=True)
     started = time.perf_counter()
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     with stage(spark, "semid: sample the catalog, with the table's codes, to the driver"), \
@@ -142,8 +156,7 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
 
     started = time.perf_counter()
     encoder = pipeline.new_encoder(cfg.model, info.dim)
-    report.warm_start = cfg.model.kind == "rq_kmeans" and type(current).__name__ == "RQKMeans" \
-        and codebook_sizes(current) == sizes
+    report.warm_start = _can_warm_start(cfg, encoder, current)
     init = {"init": current} if report.warm_start else {}
     device = pipeline.fit_device(cfg.model)
     new = encoder.fit(x, device=device, **init)
@@ -157,10 +170,10 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     report.comparison, model = comparison, alignment.model
     log.info("refit %s: %d sampled rows (%d in the table), full-ID churn %.4f aligned, %.4f unaligned",
              report.refit_id, len(x), int(in_table.sum()), comparison.churn_aligned[-1], comparison.churn_unaligned[-1])
-    report.files = _write_files(comparison, out_dir, "churn", REFIT_TITLE)
 
     limit = cfg.quality.max_churn
     if limit is not None and comparison.churn_aligned[-1] > limit:
+        report.files = _write_files(comparison, out_dir, "churn", REFIT_TITLE)
         _record(spark, cfg, report)
         raise QualityGateError(
             f"the new version {comparison.new_model_sha256[:12]}… would change the full code of "
@@ -168,30 +181,90 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
             f"quality.max_churn={limit}; nothing was published: no model saved, no ID table changed (report: "
             f"{report.files['md']})")
 
-    report.new_model_path = cfg.model.refit_path or _versioned(cfg.model.path, model.sha256, "_v")
+    report.new_model_path = path = cfg.model.refit_path or _versioned(cfg.model.path, model.sha256, "_v")
+    note = {"refit_id": report.refit_id, "table": str(out), "on_refit": cfg.output.on_refit,
+            "model_sha256": model.sha256, "parent_model_sha256": current.sha256}
     started = time.perf_counter()
-    model.save(report.new_model_path)  # the same sha256 every time: a resumed refit rewrites the same files
-    publish_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=report.new_model_path, refit=False))
+    # every row the version publishes is encoded and checked, and every gate passed, before the model is
+    # saved (marked unpublished) and before a table changes; the version is published by one commit
     if cfg.output.on_refit == "new_table":
         target = _new_table(cfg, model.sha256)
-        publish_cfg = dataclasses.replace(publish_cfg, output=dataclasses.replace(
+        publish_cfg = dataclasses.replace(cfg, output=dataclasses.replace(
             cfg.output, path=target.path, table=target.name, new_table_on_model_change=False))
-        published = pipeline.run(spark, publish_cfg, fit=False)
+        pipeline.assign_ids(spark, df, info, model, publish_cfg, run_report,
+                            before_write=lambda: save_unpublished(model, path, note), ids_from=out.read(spark),
+                            whole_input=source if cfg.input.on_invalid == "fail" else None)
         set_properties(spark, target, {PARENT_SHA_PROPERTY: current.sha256, PARENT_TABLE_PROPERTY: str(out),
-                                       MODEL_PATH_PROPERTY: report.new_model_path})
+                                       MODEL_PATH_PROPERTY: path})
         set_properties(spark, out, {SUCCESSOR_SHA_PROPERTY: model.sha256, SUCCESSOR_TABLE_PROPERTY: str(target),
-                                    SUCCESSOR_PATH_PROPERTY: report.new_model_path})
-    else:  # keep_ids: the table moves on to the new version first, so that no old-model run lands after it
+                                    SUCCESSOR_PATH_PROPERTY: path})  # the version is published
+        with stage(spark, "semid: ID strings changed between the two tables"):
+            report.comparison = dataclasses.replace(comparison, **id_churn(out.read(spark), target.read(spark), key))
+    else:
         target = out
-        rebind_table(spark, out, current.sha256, model, {PARENT_SHA_PROPERTY: current.sha256,
-                                                         MODEL_PATH_PROPERTY: report.new_model_path})
-        published = pipeline.run(spark, publish_cfg, fit=False)
+
+        def before_write() -> None:
+            save_unpublished(model, path, note)
+            begin_rebinding(spark, out, current.sha256, model, run_report.run_id, path)
+
+        try:
+            pipeline.assign_ids(spark, df, info, model, cfg, run_report, before_write=before_write,
+                                rebinding_from=current.sha256)
+        except BaseException:
+            _quietly(abandon_rebinding, spark, out, run_report.run_id)
+            raise
+        # the MERGE switched the table (bound_model); this records it in the table's own properties
+        rebind_table(spark, out, current.sha256, model, {PARENT_SHA_PROPERTY: current.sha256, MODEL_PATH_PROPERTY: path})
+        # insert-only: no written ID changed
+        report.comparison = dataclasses.replace(comparison, id_churn=0.0, id_churn_items=None)
+    mark_published(path)
+    record_input_version(spark, target, input_ref(cfg), version)
     report.seconds["publish"] = time.perf_counter() - started
-    report.published, report.ids_table, report.run = True, str(target), published.as_dict()
+    report.published, report.ids_table, report.run = True, str(target), run_report.as_dict()
+    report.files = _write_files(report.comparison, out_dir, "churn", REFIT_TITLE)
     _record(spark, cfg, report)
     log.info("refit %s published model %s (%s) to %s: %d items inserted", report.refit_id, model.sha256[:12],
-             cfg.output.on_refit, target, published.n_inserted)
+             cfg.output.on_refit, target, run_report.n_inserted)
     return report
+
+
+def _can_warm_start(cfg: JobConfig, encoder, current) -> bool:
+    """Whether the new model can start from the current one: the same kind, shape and (RQ-VAE) layers."""
+    return (type(encoder) is type(current) and cfg.model.sizes == codebook_sizes(current)
+            and getattr(encoder, "architecture", None) == getattr(current, "architecture", None))
+
+
+def finish_interrupted_publish(spark: SparkSession, out: TableRef) -> None:
+    """Complete what a refit stopped after its version was published left undone: the table's record
+    of a keep_ids switch, and the unpublished mark of a model the table names (a no-op otherwise)."""
+    props = out.properties(spark)
+    pending, old = props.get(PENDING_SHA_PROPERTY), props.get(SHA_PROPERTY)
+    if pending and pending_rows_in(spark, out, props):
+        path = props[PENDING_PATH_PROPERTY]
+        log.warning("table %s: a refit stopped after its rows switched the table to model %s; recording the switch",
+                    out, pending[:12])
+        rebind_table(spark, out, old, load_saved_model(path), {PARENT_SHA_PROPERTY: old, MODEL_PATH_PROPERTY: path})
+        props = out.properties(spark)
+    for name in (MODEL_PATH_PROPERTY, SUCCESSOR_PATH_PROPERTY):  # published models the table names
+        if props.get(name) and unpublished_note(props[name]) is not None:
+            log.warning("table %s names model %s, left marked unpublished by a stopped refit: marking it published",
+                        out, props[name])
+            mark_published(props[name])
+
+
+def id_churn(old: DataFrame, new: DataFrame, key_col: str) -> dict:
+    """Over the items in both ID tables: how many, and the share whose ID string differs."""
+    both = old.select(key_col, F.col(SEMANTIC_ID).alias("_old_id")).join(new.select(key_col, SEMANTIC_ID), key_col)
+    n, changed = both.agg(F.count(F.lit(1)), F.sum((F.col("_old_id") != F.col(SEMANTIC_ID)).cast("long"))).first()
+    return {"id_churn": (changed or 0) / n if n else 0.0, "id_churn_items": int(n)}
+
+
+def _quietly(function, *args) -> None:
+    """Clean-up after a failure: its own error is logged, never raised over the failure's."""
+    try:
+        function(*args)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("clean-up %s failed: %s", function.__name__, exc)
 
 
 def churn_table(cfg: JobConfig) -> TableRef:
@@ -228,7 +301,8 @@ def _record(spark: SparkSession, cfg: JobConfig, report: RefitReport) -> None:
     c = report.comparison
     row = (report.refit_id, datetime.datetime.now(), c.old_model_sha256, c.new_model_sha256, report.on_refit,
            c.n_items, c.churn_unaligned, c.churn_aligned, c.churn_reference, c.error_old, c.error_new,
-           c.collision_old, c.collision_new, cfg.quality.max_churn, report.published, report.ids_table, report.new_model_path)
+           c.collision_old, c.collision_new, cfg.quality.max_churn, report.published, report.ids_table, report.new_model_path,
+           c.id_churn)
     ref = churn_table(cfg)
     append_idempotent(spark, ref, spark.createDataFrame([row], CHURN_SCHEMA), REFIT_ID)
     report.files["churn_table"] = str(ref)
@@ -242,7 +316,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, other_path: str, *, out_
     of both. Writes ``compare.md`` and ``compare.json`` into *out_dir*."""
     from semid_spark.spark import pipeline
 
-    current, other = pipeline.load_encoder(cfg.model.path), pipeline.load_encoder(other_path)
+    current, other = pipeline.load_encoder(cfg.model.path), pipeline.load_encoder(other_path, published=False)
     if input_dim(current) != input_dim(other):
         raise ModelMismatchError(f"model.path's model takes embeddings of length {input_dim(current)}, the one at "
                                  f"{other_path!r} of length {input_dim(other)}: they cannot encode the same items")

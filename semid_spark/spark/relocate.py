@@ -54,11 +54,13 @@ def full_code(prefix: Column, last: Column, sizes: Sequence[int]) -> Column:
 
 
 def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
-                   n_new: int, hot: list, hot_code_rows: int) -> DataFrame:
+                   n_new: int, hot: list, hot_code_rows: int, salts: int = 0) -> DataFrame:
     """encoded (key, codes, code key, candidates, distances) [+ the written table] -> (key, codes, code
     key, counter, relocated): the codes after relocation and each row's counter, every one unique.
     *hot*: the codes of *encoded* over *hot_code_rows* rows (``code_stats``); the items left on one keep
-    it, so no other code can hold more of them than that."""
+    it, so no other code can hold more of them than that. *salts* > 0: the counters are ranked as
+    ``assign_counters`` ranks them with *salts* (planned only, no job)."""
+
     k = int(sizes[-1])
     items = encoded.withColumn(_PREFIX, prefix_of(sizes))
     held_written = _written_code_keys(written, items, sizes, n_new=n_new)
@@ -106,7 +108,8 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     rest = decided.where(F.col(_NEW).isNull()).select(*columns, RELOCATED)
     counters = None if written is None else next_counters(written, rest, sizes, n_new=n_new)
     # the group's code is held by a written item (counters follow its) or kept by a placed item (counter 0)
-    ranked = assign_counters(rest, counters, key_col=key_col, hot_code_rows=hot_code_rows, hot=hot, start=1)
+    ranked = assign_counters(rest, counters, key_col=key_col, hot_code_rows=hot_code_rows, hot=hot, start=1,
+                             salts=salts)
     out = [*columns, RELOCATED, COUNTER]
     return (alone.select(*columns, F.lit(False).alias(RELOCATED), F.lit(0).alias(COUNTER))
             .unionByName(placed.withColumn(COUNTER, F.lit(0)).select(*out))

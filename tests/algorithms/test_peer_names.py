@@ -38,6 +38,12 @@ def test_rq_kmeans_torch_takes_the_peers_constructor_and_tensors(X):
     assert isinstance(model, RQKMeans) and isinstance(model.codebooks_[0], np.ndarray)
     with pytest.raises(TypeError):
         RQKMeansTorch(3, 10)  # as there, the arguments are required
+    # a refit's warm start reaches RQKMeans.fit
+    warm = RQKMeansTorch(3, 10, "l2", "kmeans", 100, 1e-4, 7, False, "cpu").fit(torch.from_numpy(X), init=same)
+    assert all(np.array_equal(a, b) for a, b in zip(warm.codebooks_, RQKMeans(3, 10, random_state=7).fit(X, init=same)
+                                                    .codebooks_))
+    with pytest.raises(ConfigError, match="init has codebooks"):
+        RQKMeansTorch(3, 12, "l2", "kmeans", 100, 1e-4, 7, False, "cpu").fit(X, init=same)
 
 
 def test_rq_vae_module_is_the_network_a_user_calls(X):

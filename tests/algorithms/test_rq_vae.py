@@ -233,3 +233,20 @@ def test_engine_saves_and_loads_an_rq_vae(vae, X, tmp_path):
     loaded = SemanticIdEngine.load(tmp_path / "e")
     assert isinstance(loaded.encoder, RQVAE) and loaded.unique_ids(X[:100]) == engine.unique_ids(X[:100])
     assert len(set(first)) == 100
+
+
+def test_a_warm_start_begins_at_the_given_model_and_keeps_its_codes(vae, X, tmp_path):
+    vae.save(str(tmp_path / "current"))
+    current = RQVAE.load(str(tmp_path / "current"))
+    same = RQVAE(**SMALL, epochs=0, random_state=1).fit(X, init=current)  # no training: the weights as given
+    assert same.sha256 == current.sha256 and np.array_equal(same.encode(X), current.encode(X))
+
+    drifted = X + np.random.default_rng(3).normal(0, 0.05, X.shape).astype(np.float32)
+    warm = RQVAE(**SMALL, epochs=5, lr=1e-3, batch_size=256, random_state=1).fit(drifted, init=current)
+    cold = RQVAE(**SMALL, epochs=5, lr=1e-3, batch_size=256, random_state=1).fit(drifted)
+    old = current.encode(drifted)
+    kept_warm, kept_cold = ((m.encode(drifted)[:, 0] == old[:, 0]).mean() for m in (warm, cold))
+    assert kept_warm > 0.5 > kept_cold  # a cold fit numbers its codes anew
+
+    with pytest.raises(ConfigError, match=r"init has the architecture .* this RQVAE's is"):
+        RQVAE(**{**SMALL, "layers": [16]}, epochs=1).fit(X, init=current)

@@ -141,6 +141,7 @@ def test_cli_advise(spark, written, tmp_path, capsys):
     advice = json.loads((tmp_path / "adv" / "advice.json").read_text())
     by = {p["choice"]: p for p in advice["predictions"]}
     assert set(by) == {"1x8", "2x8", "3x8"} and all(p["target_rows"] == 1500 for p in by.values())
+    assert all(p["strategy"] == "relocate" and p["counter_share"] <= p["suffix_counter_share"] for p in by.values())
     assert by["1x8"]["counter_share"] > by["3x8"]["counter_share"]  # more codes, fewer counters
     meeting = [c for c in ("1x8", "2x8", "3x8") if by[c]["counter_share"] <= 0.5]
     assert advice["recommended"] == (meeting[0] if meeting else min(by, key=lambda c: by[c]["counter_share"]))

@@ -12,6 +12,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
 from semid_spark.spark.ml import RANK_BUCKETS, SemanticIdEstimator, SemanticIdModel
+from semid_spark.uniqueness.relocate import relocate_codes
 from tests.spark.test_pipeline import catalog
 
 
@@ -41,9 +42,19 @@ def test_pipeline_fit_transform_gives_unique_ids_of_the_fitted_codes(raw, fitted
     assert len(rows) == 900 and len({r.semantic_id for r in rows}) == 900
     model = fitted.stages[-1]
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    np.testing.assert_array_equal(np.array([r.codes for r in rows]), model.encoder.encode(unit))
+    # the job's default strategy: items sharing a code move to free last-level codes of their prefix
+    assert model.getStrategy() == "relocate"
+    relocation = relocate_codes(model.encoder, unit, keys=[r.item_id for r in rows])
+    np.testing.assert_array_equal(np.array([r.codes for r in rows]), relocation.codes)
+    assert relocation.relocated.any()
     for r in rows:  # the ID is its codes, plus a counter when another item shares them
         assert r.semantic_id.split("-")[:3] == [str(c) for c in r.codes]
+    # suffix: every item keeps its nearest code
+    suffix = model.copy().setStrategy("suffix").transform(fitted.stages[0].transform(df)).orderBy("item_id").collect()
+    np.testing.assert_array_equal(np.array([r.codes for r in suffix]), model.encoder.encode(unit))
+    assert len({r.semantic_id for r in suffix}) == 900
+    counters = lambda got: sum(r.semantic_id.count("-") == 3 for r in got)  # noqa: E731
+    assert counters(rows) < counters(suffix)
 
 
 def test_saved_pipeline_loads_and_transforms_identically(spark, raw, fitted, tmp_path):
@@ -130,7 +141,7 @@ def test_bad_rows_and_duplicate_keys_fail_the_action_naming_the_key(spark, raw, 
 
 
 def test_one_code_of_many_rows_is_ranked_over_several_buckets_into_unique_ids(spark, fitted):
-    model = fitted.stages[-1]
+    model = fitted.stages[-1].copy().setStrategy("suffix")
     vec = [1.0] + [0.0] * 15  # every row the same embedding: one code
     df = spark.createDataFrame([(f"k{i:04d}", vec) for i in range(600)], "item_id string, embedding array<float>")
     rows = model.transform(df).collect()
