@@ -425,8 +425,7 @@ def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, en
     key, sizes = cfg.input.key_col, codebook_sizes(encoder)
     kept = None
     if ids_from is not None:
-        kept = kept_ids(encoded, ids_from, key)
-        encoded = encoded.join(kept.select(key), key, "left_anti")
+        kept, encoded = split_kept_ids(encoded, ids_from, key)
         taken = kept.select(CODES, COUNTER)
         written = taken if written is None else written.select(CODES, COUNTER).unionByName(taken)
     if cfg.uniqueness.strategy == "relocate":
@@ -446,12 +445,16 @@ def _ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, en
     )
 
 
-def kept_ids(encoded: DataFrame, previous: DataFrame, key_col: str) -> DataFrame:
-    """(key, codes, counter): the items of *encoded* whose codes in *previous* (an ID table) equal their
-    codes here, with their counter there. Keys and codes only cross the shuffle."""
+def split_kept_ids(encoded: DataFrame, previous: DataFrame, key_col: str) -> tuple[DataFrame, DataFrame]:
+    """(kept, rest): the items of *encoded* whose codes in *previous* (an ID table) equal their codes
+    here, as (key, codes, counter there), and the other rows of *encoded*. One join on the key (no
+    embedding crosses it), computed once: the ranking reads both several times, and *previous* is
+    not the table being written, so nothing it reads can change under the MERGE."""
     old = previous.select(key_col, F.col(CODES).alias("_old_codes"), F.col(COUNTER).alias("_old_counter"))
-    same = encoded.select(key_col, CODES).join(old, key_col).where(F.col(CODES) == F.col("_old_codes"))
-    return same.select(key_col, CODES, F.col("_old_counter").alias(COUNTER))
+    keep = F.coalesce(F.col(CODES) == F.col("_old_codes"), F.lit(False))
+    flagged = encoded.join(old, key_col, "left").withColumn("_kept", keep).localCheckpoint(eager=True)
+    kept = flagged.where(F.col("_kept")).select(key_col, CODES, F.col("_old_counter").alias(COUNTER))
+    return kept, flagged.where(~F.col("_kept")).drop("_old_codes", "_old_counter", "_kept")
 
 
 def raise_mismatch(data_dim: int, model_dim, col: str) -> None:
