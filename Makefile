@@ -27,7 +27,7 @@ demo: $(DEMO_STAMP)
 	$(PY) -m semid_spark.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not heavy" -q
+	$(PY) -m pytest -m "not heavy" -q --durations=20
 
 test-heavy: $(STAMP)
 	$(PY) -m pytest -m heavy -q
