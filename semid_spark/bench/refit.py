@@ -103,7 +103,7 @@ def job(args, current: np.ndarray, grown: np.ndarray) -> None:
     from semid_spark.config import JobConfig
     from semid_spark.spark import pipeline
     from semid_spark.spark.compat import from_arrow
-    from semid_spark.spark.refit import refit
+    from semid_spark.spark.refit import refit, table_churn
     from semid_spark.spark.session import get_session
 
     root = os.path.abspath(os.path.join(args.out, "refit_job"))
@@ -143,25 +143,14 @@ def job(args, current: np.ndarray, grown: np.ndarray) -> None:
               f"{c.id_churn:.4f}" + (f" of the {c.id_churn_items:,} items in both tables" if c.id_churn_items else "")
               + f", full codes {c.churn_aligned[-1]:.4f} of the sampled ones")
         if mode == "new_table":
-            results[mode]["table_churn"] = _table_churn(spark, f"{base}/ids", report.ids_table)
+            read = spark.read.format("delta").load
+            results[mode]["table_churn"] = table_churn(read(f"{base}/ids"), read(report.ids_table), "item_id")
             print(f"  over the tables: full codes changed {results[mode]['table_churn']['codes']:.4f}, ID strings "
                   f"{results[mode]['table_churn']['strings']:.4f} (goal <= codes + 0.05: "
                   f"{'met' if results[mode]['table_churn']['strings'] <= results[mode]['table_churn']['codes'] + 0.05 else 'MISSED'})")
     print(c.markdown(f"semid refit on {len(current):,} + {len(grown) - len(current):,} items (the table's sampled items)"))
     with open(os.path.join(args.out, "refit_job.json"), "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2, default=str)
-
-
-def _table_churn(spark, old_path: str, new_path: str) -> dict:
-    """Over the items of both ID tables: the share whose full code (the codes column) changed and whose ID string did."""
-    from pyspark.sql import functions as F
-
-    old = spark.read.format("delta").load(old_path).select("item_id", F.col("codes").alias("c0"),
-                                                             F.col("semantic_id").alias("s0"))
-    both = old.join(spark.read.format("delta").load(new_path).select("item_id", "codes", "semantic_id"), "item_id")
-    row = both.agg(F.count(F.lit(1)).alias("n"), F.sum((F.col("c0") != F.col("codes")).cast("long")).alias("codes"),
-                   F.sum((F.col("s0") != F.col("semantic_id")).cast("long")).alias("strings")).first()
-    return {"items": row["n"], "codes": row["codes"] / row["n"], "strings": row["strings"] / row["n"]}
 
 
 if __name__ == "__main__":

@@ -268,12 +268,8 @@ def begin_rebinding(spark: SparkSession, ref: TableRef, old_sha: str, encoder, r
     switch the table onto it (one commit; the table stays bound to *old_sha*, for every reader, until
     that run's MERGE commits). A table already bound to *encoder* is left as it is."""
     props = ref.properties(spark)
-    stored = bound_model(spark, ref, props)
-    if stored == encoder.sha256:
+    if not _moves_on(ref, bound_model(spark, ref, props), old_sha, encoder):
         return
-    if stored != old_sha:
-        raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
-                                 f"refitted ({old_sha[:12]}…); nothing was changed")
     set_properties(spark, ref, {PENDING_SHA_PROPERTY: encoder.sha256, PENDING_RUN_PROPERTY: run_id,
                                 PENDING_PATH_PROPERTY: model_path})
 
@@ -295,15 +291,22 @@ def rebind_table(spark: SparkSession, ref: TableRef, old_sha: str, encoder, line
     with it, and its retry stops on the model mismatch: no row of the old model lands after the switch.
     """
     props = ref.properties(spark)
-    stored = props.get(SHA_PROPERTY)
-    if stored == encoder.sha256:
+    if not _moves_on(ref, props.get(SHA_PROPERTY), old_sha, encoder):
         return
-    if stored != old_sha:
-        raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
-                                 f"refitted ({old_sha[:12]}…); nothing was changed")
     history = [sha for sha in props.get(HISTORY_PROPERTY, old_sha).split(",") if sha]
     set_properties(spark, ref, {**model_properties(encoder), **lineage, **dict.fromkeys(PENDING_PROPERTIES, ""),
                                 HISTORY_PROPERTY: ",".join(history + [encoder.sha256])})
+
+
+def _moves_on(ref: TableRef, stored: str | None, old_sha: str, encoder) -> bool:
+    """Whether a table bound to *stored* is still to move from *old_sha* to *encoder* (False: it has);
+    bound to another model, it raises."""
+    if stored == encoder.sha256:
+        return False
+    if stored != old_sha:
+        raise ModelMismatchError(f"table {ref} holds IDs of model {str(stored)[:12]}…, not of the model being "
+                                 f"refitted ({old_sha[:12]}…); nothing was changed")
+    return True
 
 
 def _add_missing_columns(spark: SparkSession, ref: TableRef, schema: T.StructType) -> None:

@@ -19,10 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from semid_spark.algorithms import io as model_io
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, bound_model
-from semid_spark.exceptions import ModelFormatError, ModelMismatchError, SemanticIdError, exit_code
+from semid_spark.exceptions import ModelMismatchError, SemanticIdError, exit_code
 from semid_spark.spark.pipeline import read_input
 from semid_spark.spark.preflight import check_locations, check_model_matches_config, model_exists, saved_model_summary
-from semid_spark.spark.publish import unpublished_note
+from semid_spark.spark.publish import check_published
 from semid_spark.spark.validate import check_input, check_keys, normalize_columns
 
 
@@ -112,9 +112,7 @@ def _locations(spark: SparkSession, cfg: JobConfig):
 def _saved_model(cfg: JobConfig):
     if not model_exists(cfg.model.path):
         return f"none at {cfg.model.path} yet: `semid run` fits one on {cfg.model.sample_size:,} sampled rows", None
-    if (note := unpublished_note(cfg.model.path)) is not None:
-        raise ModelFormatError(f"model.path={cfg.model.path!r} holds a version that refit {note.get('refit_id')} of table "
-                               f"{note.get('table')} saved and did not publish: run that `semid refit` again")
+    check_published(cfg.model.path)
     meta = model_io.read_metadata(cfg.model.path)  # one read of the manifest for both
     check_model_matches_config(meta, cfg)
     kind, sizes, dim, sha = saved_model_summary(meta)

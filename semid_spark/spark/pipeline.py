@@ -36,7 +36,7 @@ from semid_spark.spark.columns import (
 from semid_spark.spark.encode import FrozenModel, arrow_batch_rows, encode_embeddings
 from semid_spark.spark.files import encode_files, input_files
 from semid_spark.spark.preflight import check_locations, check_model_matches_config, model_exists
-from semid_spark.spark.publish import unpublished_note
+from semid_spark.spark.publish import check_published
 from semid_spark.spark.session import stage
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings
 from semid_spark.spark.validate import InputReport, check_input, check_keys, normalize_columns, split_invalid
@@ -190,11 +190,8 @@ def load_encoder(path: str, cfg: JobConfig | None = None, *, published: bool = T
     if not model_exists(path):
         raise ModelFormatError(f"no model at model.path={path!r}: run `semid fit --config …` (or `semid run`, which fits "
                                "when the model is missing), or point model.path at a saved model")
-    if published and (note := unpublished_note(path)) is not None:
-        raise ModelFormatError(
-            f"model.path={path!r} holds a version that refit {note.get('refit_id')} of table {note.get('table')} saved "
-            "and did not publish (it stopped, or failed, before the table named it). Run that `semid refit` again: it "
-            "publishes this version, or records the switch if its table already holds rows of it")
+    if published:
+        check_published(path)
     if cfg is not None:
         check_model_matches_config(model_io.read_metadata(path), cfg)
     try:

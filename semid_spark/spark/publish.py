@@ -36,6 +36,17 @@ def mark_published(path: str) -> None:
     storage.delete(storage.join(path, UNPUBLISHED_FILE))
 
 
+def check_published(path: str) -> None:
+    """Refuse the model at *path* (``model.path``) when a refit saved it and did not publish it."""
+    from semid_spark.exceptions import ModelFormatError
+
+    if (note := unpublished_note(path)) is not None:
+        raise ModelFormatError(
+            f"model.path={path!r} holds a version that refit {note.get('refit_id')} of table {note.get('table')} saved "
+            "and did not publish (it stopped, or failed, before the table named it). Run that `semid refit` again: it "
+            "publishes this version, or records the switch if its table already holds rows of it")
+
+
 def unpublished_note(path: str) -> dict | None:
     """The note of an unpublished model at *path* (which refit saved it, for which table), or None."""
     try:

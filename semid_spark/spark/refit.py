@@ -121,13 +121,12 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
     check_locations(spark, cfg, extra={"--out": out_dir, **({"model.refit_path": cfg.model.refit_path}
                                                           if cfg.model.refit_path else {})})
     out = TableRef(cfg.output.path, cfg.output.table)
-    finish_interrupted_publish(spark, out)
     current = pipeline.load_encoder(cfg.model.path)
     detail = out.detail(spark)
     if detail is None:
         raise InvalidInputError(f"no ID table at {out} (output.path/output.table) to refit: `semid run` writes the "
                                 "first version")
-    props = dict(detail["properties"] or {})
+    props = finish_interrupted_publish(spark, out, dict(detail["properties"] or {}))
     if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
         raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
                                  f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
@@ -199,7 +198,8 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
         set_properties(spark, out, {SUCCESSOR_SHA_PROPERTY: model.sha256, SUCCESSOR_TABLE_PROPERTY: str(target),
                                     SUCCESSOR_PATH_PROPERTY: path})  # the version is published
         with stage(spark, "semid: ID strings changed between the two tables"):
-            report.comparison = dataclasses.replace(comparison, **id_churn(out.read(spark), target.read(spark), key))
+            changed = table_churn(out.read(spark), target.read(spark), key)
+            report.comparison = dataclasses.replace(comparison, id_churn=changed["strings"], id_churn_items=changed["items"])
     else:
         target = out
 
@@ -234,10 +234,10 @@ def _can_warm_start(cfg: JobConfig, encoder, current) -> bool:
             and getattr(encoder, "architecture", None) == getattr(current, "architecture", None))
 
 
-def finish_interrupted_publish(spark: SparkSession, out: TableRef) -> None:
+def finish_interrupted_publish(spark: SparkSession, out: TableRef, props: dict[str, str]) -> dict[str, str]:
     """Complete what a refit stopped after its version was published left undone: the table's record
-    of a keep_ids switch, and the unpublished mark of a model the table names (a no-op otherwise)."""
-    props = out.properties(spark)
+    of a keep_ids switch, and the unpublished mark of a model the table names (a no-op otherwise).
+    *props*: the table's properties; returns them as they are after."""
     pending, old = props.get(PENDING_SHA_PROPERTY), props.get(SHA_PROPERTY)
     if pending and pending_rows_in(spark, out, props):
         path = props[PENDING_PATH_PROPERTY]
@@ -250,13 +250,17 @@ def finish_interrupted_publish(spark: SparkSession, out: TableRef) -> None:
             log.warning("table %s names model %s, left marked unpublished by a stopped refit: marking it published",
                         out, props[name])
             mark_published(props[name])
+    return props
 
 
-def id_churn(old: DataFrame, new: DataFrame, key_col: str) -> dict:
-    """Over the items in both ID tables: how many, and the share whose ID string differs."""
-    both = old.select(key_col, F.col(SEMANTIC_ID).alias("_old_id")).join(new.select(key_col, SEMANTIC_ID), key_col)
-    n, changed = both.agg(F.count(F.lit(1)), F.sum((F.col("_old_id") != F.col(SEMANTIC_ID)).cast("long"))).first()
-    return {"id_churn": (changed or 0) / n if n else 0.0, "id_churn_items": int(n)}
+def table_churn(old: DataFrame, new: DataFrame, key_col: str) -> dict:
+    """Over the items in both ID tables: how many (``items``), and the shares whose full code (``codes``)
+    and whose ID string (``strings``) differ. One join of keys, codes and strings."""
+    both = old.select(key_col, F.col(CODES).alias("_old_codes"), F.col(SEMANTIC_ID).alias("_old_id")).join(
+        new.select(key_col, CODES, SEMANTIC_ID), key_col)
+    n, codes, strings = both.agg(F.count(F.lit(1)), F.sum((F.col("_old_codes") != F.col(CODES)).cast("long")),
+                                 F.sum((F.col("_old_id") != F.col(SEMANTIC_ID)).cast("long"))).first()
+    return {"items": int(n), "codes": (codes or 0) / n if n else 0.0, "strings": (strings or 0) / n if n else 0.0}
 
 
 def _quietly(function, *args) -> None:
