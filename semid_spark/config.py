@@ -11,6 +11,7 @@ from typing import Any, Literal, Sequence, get_args, get_origin, get_type_hints
 
 import yaml
 
+from semid_spark import storage
 from semid_spark.exceptions import ConfigError
 
 
@@ -117,6 +118,11 @@ class EncodeConfig:
             raise ConfigError(f"encode.batch_rows={self.batch_rows}; expected >= 1")
 
 
+# uniqueness.strategy's values: the job's implementations are ``spark.strategies.STRATEGIES`` (a test
+# holds the two equal; this module stays free of pyspark)
+STRATEGY_NAMES = ("relocate", "suffix")
+
+
 @dataclass(frozen=True)
 class UniquenessConfig:
     sep: str = "-"  # between the ID's parts: 12-4-9, 12-4-9-1 with a counter
@@ -129,16 +135,12 @@ class UniquenessConfig:
     def __post_init__(self) -> None:
         if self.hot_code_rows < 1:
             raise ConfigError(f"uniqueness.hot_code_rows={self.hot_code_rows}; expected >= 1")
-        if self.strategy not in ("relocate", "suffix"):
-            raise ConfigError(f"uniqueness.strategy={self.strategy!r}; expected 'relocate' or 'suffix'")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"uniqueness.strategy={self.strategy!r}; expected "
+                              + " or ".join(repr(name) for name in STRATEGY_NAMES))
         if isinstance(self.relocate_candidates, bool) or not isinstance(self.relocate_candidates, int) \
                 or self.relocate_candidates < 2:
             raise ConfigError(f"uniqueness.relocate_candidates={self.relocate_candidates!r}; expected an int >= 2")
-
-    @property
-    def candidates(self) -> int:
-        """Last-level candidates encode computes per item: 0 unless relocating."""
-        return self.relocate_candidates if self.strategy == "relocate" else 0
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,6 @@ class JobConfig:
     def from_yaml(cls, path: str, overrides: Sequence[str] = ()) -> "JobConfig":
         """Read *path* (a local file or any fsspec URL: ``s3://``, ``abfss://``, ``gs://``, ``dbfs:/Volumes/…``),
         apply ``section.key=value`` overrides (values parsed as YAML), validate."""
-        from semid_spark import storage
-
         try:
             text = storage.read_bytes(path).decode("utf-8")
         except (OSError, ValueError) as exc:  # a missing file or object, no permission, an unknown URL scheme

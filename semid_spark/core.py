@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import string
 from abc import ABC, abstractmethod
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Literal, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
@@ -175,6 +175,11 @@ class BaseSemanticEncoder(ABC):
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
 
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per level of the fitted codebooks (``codebooks_``, which a subclass sets in ``fit``)."""
+        return [len(books) for books in self.codebooks_]
+
     @abstractmethod
     def fit(self, X: ArrayLike, *, device: str = "cpu") -> "BaseSemanticEncoder":
         """Learn the codebooks from embeddings of shape (N, D); return ``self``."""
@@ -206,6 +211,26 @@ class BaseSemanticEncoder(ABC):
     @abstractmethod
     def load(cls, path: str, *, device: str = "cpu") -> "BaseSemanticEncoder":
         """Read a model written by ``save``."""
+
+
+@runtime_checkable
+class FittedEncoder(Protocol):
+    """What the Spark job needs of a fitted encoder, beyond ``BaseSemanticEncoder``'s fit/encode/save/load:
+    its codebooks and their sizes per level, the embedding length it takes, its digest (stamped on
+    every row it assigns) and its bytes (shipped to executors). ``RQKMeans`` and ``RQVAE`` are both."""
+
+    codebooks_: list[np.ndarray]  # L arrays of shape (K_l, d_l)
+    n_features_in_: int  # D, the embedding length
+
+    @property
+    def codebook_sizes(self) -> list[int]: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    def to_bytes(self) -> bytes: ...
+
+    def encode(self, X: ArrayLike, *, device: str = "cpu", batch_size: int | None = None) -> np.ndarray: ...
 
 
 def _same(a, b) -> bool:

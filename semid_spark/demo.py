@@ -16,15 +16,19 @@ import time
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+from pyspark.sql import functions as F
 
+from semid_spark.config import JobConfig
+from semid_spark.delta.table import TableRef
+from semid_spark.spark import pipeline
+from semid_spark.spark.compat import from_arrow
+from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+from semid_spark.spark.session import get_session
 from semid_spark.synthetic import generated_catalog
 
 
 def catalog_frame(spark, x: np.ndarray, start: int):
-    import pyarrow as pa
-
-    from semid_spark.spark.compat import from_arrow
-
     keys = pa.array([f"item{i:07d}" for i in range(start, start + len(x))])
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]).cast(pa.list_(pa.float32()))
     return from_arrow(spark, pa.table({"item_id": keys, "embedding": emb}))
@@ -40,11 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "semid_spark.algorithms"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from semid_spark.config import JobConfig
-    from semid_spark.delta.table import TableRef
-    from semid_spark.spark import pipeline
-    from semid_spark.spark.session import get_session
-
     cfg = JobConfig.from_yaml(args.config, args.set)
     for path in (cfg.input.path, cfg.model.path, cfg.output.path):
         shutil.rmtree(path, ignore_errors=True)  # the demo starts from nothing each time
@@ -79,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("FAILED: IDs are not unique and stable")
         return 1
 
-    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
-
     report_dir = os.path.join(os.path.dirname(os.path.abspath(cfg.output.path)), "report")
     quality, paths = evaluate_job(spark, cfg, EvaluateOptions(out_dir=report_dir))
     agreement = ", ".join(f"{a:.3f} (random {r:.2g})" for a, r in zip(quality.prefix_agreement, quality.random_pair_agreement))
@@ -93,8 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def changed_ids(spark, path: str, version: int) -> tuple[int, int]:
     """(rows of the table at *version*, how many of their keys have another semantic_id, codes or
     counter now, or are gone): the stability check of run 2."""
-    from pyspark.sql import functions as F
-
     before = spark.read.format("delta").option("versionAsOf", version).load(path).alias("a")
     after = spark.read.format("delta").load(path).alias("b")
     changed = before.join(after, "item_id", "left").where(

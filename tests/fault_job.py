@@ -29,9 +29,9 @@ def _passthrough(df, step):
 
 
 def stall_merge(signal_dir: str):
-    from semid_spark.spark import pipeline
+    from semid_spark.spark import assign
 
-    real = pipeline.merge_new_rows
+    real = assign.merge_new_rows
 
     def step(batches):
         yield from batches  # the writer has these rows in its open data file ...
@@ -39,13 +39,13 @@ def stall_merge(signal_dir: str):
         while True:  # ... and never gets to close it
             time.sleep(1)
 
-    pipeline.merge_new_rows = lambda spark, ref, rows, key, **kw: real(spark, ref, _passthrough(rows, step), key, **kw)
+    assign.merge_new_rows = lambda spark, ref, rows, key, **kw: real(spark, ref, _passthrough(rows, step), key, **kw)
 
 
 def kill_python_worker(signal_dir: str):
-    from semid_spark.spark import pipeline
+    from semid_spark.spark import assign
 
-    real, real_files = pipeline.encode_embeddings, pipeline.encode_files
+    real, real_files = assign.encode_embeddings, assign.encode_files
 
     def step(batches):
         from pyspark import TaskContext
@@ -56,9 +56,9 @@ def kill_python_worker(signal_dir: str):
             os.kill(os.getpid(), signal.SIGKILL)
         yield from batches
 
-    pipeline.encode_embeddings = lambda df, *a, **kw: _passthrough(real(df, *a, **kw), step)
+    assign.encode_embeddings = lambda df, *a, **kw: _passthrough(real(df, *a, **kw), step)
     # a first run reads the input's files on executors: that pass's worker is the one killed
-    pipeline.encode_files = lambda *a, **kw: _passthrough(real_files(*a, **kw), step)
+    assign.encode_files = lambda *a, **kw: _passthrough(real_files(*a, **kw), step)
 
 
 def stall_at(signal_dir: str, where: str):
@@ -77,9 +77,9 @@ def stall_at(signal_dir: str, where: str):
 
 
 def barrier_merge(signal_dir: str, name: str, peer: str):
-    from semid_spark.spark import pipeline
+    from semid_spark.spark import assign
 
-    real = pipeline.merge_new_rows
+    real = assign.merge_new_rows
     calls = []
 
     def merge(spark, ref, rows, key, **kw):
@@ -91,7 +91,7 @@ def barrier_merge(signal_dir: str, name: str, peer: str):
                 time.sleep(0.2)
         return real(spark, ref, rows, key, **kw)
 
-    pipeline.merge_new_rows = merge
+    assign.merge_new_rows = merge
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ import pytest
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.synthetic import generated_catalog
 from semid_spark.uniqueness.relocate import relocate_codes
-from semid_spark.utils.advise import (
+from semid_spark.advise import (
     advise, code_distribution, parse_choice, predicted_figures, recommend, relocated_counter_share,
 )
 from semid_spark.utils.metrics import collision_share

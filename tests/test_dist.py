@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from semid_spark.spark.session import delta_package
-from tests.spark.test_pipeline import catalog, frame, write_input
+from tests.spark.conftest import catalog, frame, write_input
 
 ROOT = Path(__file__).resolve().parents[1]
 

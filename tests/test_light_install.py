@@ -16,7 +16,7 @@ from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.spark.session import delta_package
 from semid_spark.uniqueness.relocate import relocate_codes
 from tests.clusters import DELTA_CONF, SPARK_HOME
-from tests.spark.test_pipeline import catalog, frame, write_input
+from tests.spark.conftest import catalog, frame, write_input
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a core install holds: pyspark's own SQL needs (numpy, pandas with its three, pyarrow), scipy, and

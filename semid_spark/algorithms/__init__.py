@@ -7,6 +7,7 @@ the CLI all load through here).
 
 from __future__ import annotations
 
+from semid_spark.algorithms import io
 from semid_spark.exceptions import MissingExtraError, ModelFormatError
 
 MODEL_TYPES = ("RQKMeans", "RQVAE")
@@ -69,26 +70,11 @@ def load_encoder(path: str, *, device: str = "cpu"):
     ModelFormatError
         No model there (no ``metadata.json``), an unknown type, or damaged files.
     """
-    from semid_spark.algorithms import io
-
     return encoder_class(io.read_metadata(path).get("type")).load(path, device=device)
 
 
 def encoder_from_bytes(data: bytes):
     """Rebuild an encoder from ``encoder.to_bytes()`` (numpy only; the digest is checked)."""
-    from semid_spark.algorithms import io
-
     meta, arrays = io.loads_model(data)
     return encoder_class(meta.get("type"))._from_parts(meta, arrays, "<bytes>")
 
-
-def input_dim(encoder) -> int | None:
-    """The embedding length an encoder takes (RQ-KMeans ``D_``, RQ-VAE ``in_dim``); None if it does not say."""
-    dim = getattr(encoder, "D_", None) or getattr(encoder, "in_dim", None)
-    return None if dim is None else int(dim)
-
-
-def codebook_sizes(encoder) -> list[int] | None:
-    """Codes per level of a fitted encoder (its ``codebooks_``); None if it does not say."""
-    books = getattr(encoder, "codebooks_", None)  # NotFittedError is an AttributeError
-    return [len(c) for c in books] if books else None

@@ -18,7 +18,9 @@ import numpy as np
 
 from semid_spark import storage
 from semid_spark.algorithms import _ops, io, require_torch
-from semid_spark.algorithms.rq_kmeans import _torch_device
+from semid_spark.algorithms._vae_shape import hidden_layers, level_sizes
+from semid_spark.algorithms.rq_kmeans import RQKMeans, _torch_device
+from semid_spark.algorithms.rq_kmeans_plus import load_original, warm_start
 from semid_spark.core import ArrayLike, BaseSemanticEncoder, check_codes, check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
 from semid_spark.utils.progress import progress
@@ -168,7 +170,7 @@ class RQVAE(BaseSemanticEncoder):
         torch = require_torch("RQ-VAE training")
         torch_device = _torch_device(device or self.device)
 
-        from semid_spark.algorithms import _vae_nn, rq_kmeans_plus
+        from semid_spark.algorithms import _vae_nn  # torch
 
         seed = int(np.random.SeedSequence(self.random_state).generate_state(1)[0])
         fork_devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
@@ -183,7 +185,7 @@ class RQVAE(BaseSemanticEncoder):
                 net.residual_encoder = bool(init.residual_encoder_)
                 net.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in init._weights.items()})
             elif pretrained_codebook_path is not None:
-                rq_kmeans_plus.warm_start(net, pretrained_codebook_path)
+                warm_start(net, pretrained_codebook_path)
             elif self.kmeans_init:
                 self._kmeans_init(net, x, torch_device, seed)
             gen = torch.Generator().manual_seed(seed)
@@ -194,8 +196,6 @@ class RQVAE(BaseSemanticEncoder):
     def _kmeans_init(self, net, x: np.ndarray, device, seed: int) -> None:
         """Codebooks from RQ-KMeans on the encoder's latents of a sample of X."""
         import torch
-
-        from semid_spark.algorithms.rq_kmeans import RQKMeans
 
         rng = np.random.default_rng(seed)
         n = min(len(x), KMEANS_INIT_ROWS_PER_CODE * max(self._sizes))
@@ -439,8 +439,6 @@ class RQVAE(BaseSemanticEncoder):
         is migrated with torch's weights-only loader (never unpickling code)."""
         path = os.fspath(path)
         if not storage.exists(storage.join(path, WEIGHTS_FILE)) and storage.exists(storage.join(path, "model.pt")):
-            from semid_spark.algorithms.rq_kmeans_plus import load_original
-
             return load_original(cls, path, device=device)
         meta, weights = io.load_model(path, expected_type="RQVAE", arrays_file=WEIGHTS_FILE)
         return cls._from_parts(meta, weights, path, device=device)
@@ -473,16 +471,6 @@ class RQVAE(BaseSemanticEncoder):
         self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
         self._module, self._frozen = None, None
         self.n_features_in_ = self.in_dim
-
-
-def level_sizes(num_emb_list: Sequence[int] | None) -> list[int]:
-    """Codebook sizes per level: *num_emb_list*, or semantic-id's default of four levels of 256."""
-    return [256] * 4 if num_emb_list is None else [int(k) for k in num_emb_list]
-
-
-def hidden_layers(layers: Sequence[int] | None) -> list[int]:
-    """Hidden widths of the encoder MLP: *layers*, or semantic-id's default."""
-    return [512, 256, 128] if layers is None else [int(n) for n in layers]
 
 
 @contextlib.contextmanager

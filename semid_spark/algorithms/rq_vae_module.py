@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semid_spark.algorithms._vae_nn import RQVAENet
-from semid_spark.algorithms.rq_vae import hidden_layers, level_sizes
+from semid_spark.algorithms._vae_shape import hidden_layers, level_sizes
 from semid_spark.exceptions import ConfigError
 
 

@@ -138,12 +138,13 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     import pyarrow as pa
 
     from semid_spark.bench.suite import best_of, single_thread_blas
-    from semid_spark.spark import pipeline
     from semid_spark.spark.compat import to_arrow
     from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
-    from semid_spark.spark.files import encode_files, input_files
+    from semid_spark.spark.files import encode_files
+    from semid_spark.spark.models import load_encoder
+    from semid_spark.spark.source import input_files
 
-    model = pipeline.load_encoder(cfg.model.path)
+    model = load_encoder(cfg.model.path)
     frozen = FrozenModel(spark, model)
     df = spark.read.format("delta").load(cfg.input.path)
     files = input_files(spark, df, None, key_col="item_id", embedding_col="embedding", reader="files")

@@ -264,6 +264,7 @@ def job_row(n: int, dim: int, codes: int) -> Row:
     from semid_spark.spark import pipeline
     from semid_spark.spark.compat import from_arrow
     from semid_spark.spark.encode import FrozenModel, encode_embeddings
+    from semid_spark.spark.models import load_encoder
     from semid_spark.spark.session import get_session
 
     spark = get_session()
@@ -286,7 +287,7 @@ def job_row(n: int, dim: int, codes: int) -> Row:
     start = time.perf_counter()
     report = pipeline.run(spark, cfg)
     job_s = time.perf_counter() - start
-    model = pipeline.load_encoder(cfg.model.path)
+    model = load_encoder(cfg.model.path)
     items = spark.read.format("delta").load(f"{tmp}/in")
     start = time.perf_counter()
     (encode_embeddings(items, FrozenModel(spark, model), key_col="item_id", embedding_col="embedding", dim=dim)

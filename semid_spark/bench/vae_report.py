@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from semid_spark.algorithms import codebook_sizes
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.synthetic import generated_catalog
@@ -21,7 +20,7 @@ from semid_spark.synthetic import generated_catalog
 def quality(model, x: np.ndarray, codes: np.ndarray) -> dict:
     n_levels = codes.shape[1]
     # ours say their fitted sizes by their codebooks; semantic-id's models by their list parameters
-    sizes = codebook_sizes(model) or list(getattr(model, "n_clusters", None) or model.num_emb_list)
+    sizes = getattr(model, "codebook_sizes", None) or list(getattr(model, "n_clusters", None) or model.num_emb_list)
     _, counts = np.unique(codes, axis=0, return_counts=True)
     return {
         "utilization": [round(len(np.unique(codes[:, lv])) / sizes[lv], 3) for lv in range(n_levels)],

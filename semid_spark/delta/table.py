@@ -28,9 +28,8 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from semid_spark.algorithms import codebook_sizes
 from semid_spark.exceptions import ModelMismatchError
-from semid_spark.spark.columns import RUN_ID
+from semid_spark.delta.schema import RUN_ID, missing_columns
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ def is_commit_conflict(exc: BaseException) -> bool:
 
 
 def model_properties(encoder) -> dict[str, str]:
-    sizes = codebook_sizes(encoder)
+    sizes = encoder.codebook_sizes
     return {
         SHA_PROPERTY: encoder.sha256,
         "semid.model_type": type(encoder).__name__,
@@ -310,10 +309,9 @@ def _moves_on(ref: TableRef, stored: str | None, old_sha: str, encoder) -> bool:
 
 
 def _add_missing_columns(spark: SparkSession, ref: TableRef, schema: T.StructType) -> None:
-    """Columns of *schema* a table written by an earlier version lacks (``relocated``), added as nullable:
-    its rows read null there, which no later MERGE changes."""
-    have = set(ref.read(spark).columns)
-    missing = [f for f in schema.fields if f.name not in have]
+    """Columns of *schema* a table written by an earlier version lacks (``schema.ADDED_COLUMNS``), added
+    as nullable: its rows read null there, which no later MERGE changes."""
+    missing = missing_columns(set(ref.read(spark).columns), schema)
     if missing:
         columns = ", ".join("`{}` {}".format(f.name.replace("`", "``"), f.dataType.simpleString()) for f in missing)
         log.info("table %s: adding column(s) %s", ref, columns)

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+
+from semid_spark.config import JobConfig
+from semid_spark.spark import pipeline
+from semid_spark.spark.compat import from_arrow
+from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
+from semid_spark.spark.session import get_session
 
 
 def emoji_names() -> list[tuple[str, str]]:
@@ -63,14 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="balanced clusters spread 1.9k names over more IDs (collision rate 0.19 against 0.74)")
     parser.add_argument("--groups", type=int, default=8, help="prefix groups to print")
     args = parser.parse_args(argv)
-    import pyarrow as pa
-
-    from semid_spark.config import JobConfig
-    from semid_spark.spark import pipeline
-    from semid_spark.spark.compat import from_arrow
-    from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
-    from semid_spark.spark.session import get_session
-
     items = emoji_names()
     x = embed([name for _, name in items], os.path.join(args.out + "_cache"))
     print(f"{len(items):,} emoji names embedded by WordLlama: {x.shape}")

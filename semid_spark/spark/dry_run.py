@@ -20,9 +20,10 @@ from semid_spark.algorithms import io as model_io
 from semid_spark.config import JobConfig
 from semid_spark.delta.table import TableRef, bound_model
 from semid_spark.exceptions import ModelMismatchError, SemanticIdError, exit_code
-from semid_spark.spark.pipeline import read_input
-from semid_spark.spark.preflight import check_locations, check_model_matches_config, model_exists, saved_model_summary
+from semid_spark.spark.models import check_model_matches_config, model_exists, saved_model_summary
+from semid_spark.spark.preflight import check_locations
 from semid_spark.spark.publish import check_published
+from semid_spark.spark.source import read_input
 from semid_spark.spark.validate import check_input, check_keys, normalize_columns
 
 

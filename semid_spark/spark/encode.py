@@ -16,7 +16,11 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from semid_spark.spark.columns import CANDIDATES, CODES, DISTANCES, PROBLEM
+from semid_spark.algorithms import encoder_from_bytes
+from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES, PROBLEM
+from semid_spark.spark.session import spark_context
+from semid_spark.spark.validate import row_problems
+from semid_spark.uniqueness.relocate import last_level_candidates
 
 _MODELS: dict[str, object] = {}  # model sha256 -> encoder, per Python worker; the one deliberate global
 
@@ -26,8 +30,6 @@ class FrozenModel:
 
     def __init__(self, spark: SparkSession, encoder) -> None:
         self.sha256 = encoder.sha256
-        from semid_spark.spark.session import spark_context
-
         payload = encoder.to_bytes()
         sc = spark_context(spark)
         if sc is not None:
@@ -47,8 +49,6 @@ class FrozenModel:
 
 def cached_encoder(model: FrozenModel):
     if model.sha256 not in _MODELS:
-        from semid_spark.algorithms import encoder_from_bytes
-
         encoder = encoder_from_bytes(model.payload())
         if encoder.sha256 != model.sha256:
             raise RuntimeError(f"executor received model {encoder.sha256[:12]}, expected {model.sha256[:12]}")
@@ -124,15 +124,11 @@ def encode_batch(encoder, keys: pa.Array, emb: pa.Array, *, dim: int, device: st
     """One Arrow batch of (keys, embeddings) -> record batches of *schema* (``codes_schema``).
 
     With *flag_problems*, rows that cannot be encoded come back with null codes and their problem."""
-    from semid_spark.spark.validate import row_problems
-
     def encoded(keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
         x = arrow_embeddings(emb, dim)
         codes = encoder.encode(x, device=device)
         columns = [keys, codes_column(codes)]
         if candidates:
-            from semid_spark.uniqueness.relocate import last_level_candidates
-
             cand, dist = last_level_candidates(encoder, x, codes, candidates)
             columns += [codes_column(cand), _float_lists(dist)]
         return pa.RecordBatch.from_arrays([*columns, *extra], schema=schema)

@@ -19,16 +19,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from semid_spark import storage
-from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.config import JobConfig
+from semid_spark.delta.schema import CODES, COUNTER, RELOCATED, SEMANTIC_ID
 from semid_spark.delta.table import TableRef, table_model_sha
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError
-from semid_spark.spark.columns import CODES, COUNTER, RELOCATED, SEMANTIC_ID
 from semid_spark.spark.compat import to_arrow
 from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
+from semid_spark.spark.models import load_encoder, model_exists
 from semid_spark.spark.ranking import base_id
 from semid_spark.spark.sample import HASH, hash_filtered
 from semid_spark.spark.session import stage
+from semid_spark.spark.source import read_input
+from semid_spark.spark.validate import normalize_columns
 from semid_spark.utils import metrics
 from semid_spark.utils.progress import Steps
 from semid_spark.utils.quality import CodeCounts, DepthCounts, QualityReport, build_report, prefix_agreement, projection_2d
@@ -76,9 +78,6 @@ def code_counts(ids: DataFrame, n_levels: int, codes_col: str = CODES) -> CodeCo
 def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions = EvaluateOptions()) -> tuple[QualityReport, dict[str, str]]:
     """Compute the report for ``cfg``'s output table (or its catalog encoded with its model) and
     write report.md / report.json / PNGs / atlas.parquet into ``options.out_dir``."""
-    from semid_spark.spark.pipeline import load_encoder, model_exists, read_input
-    from semid_spark.spark.validate import normalize_columns
-
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     out = TableRef(cfg.output.path, cfg.output.table)
     has_model = model_exists(cfg.model.path)
@@ -95,7 +94,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
     text_cols = [f.name for f in catalog.schema.fields if isinstance(f.dataType, T.StringType) and f.name != key]
     items = normalize_columns(catalog, key, emb).join(catalog.select(key, *text_cols), key)
 
-    sizes = codebook_sizes(encoder) if encoder is not None else _table_sizes(spark, out)
+    sizes = encoder.codebook_sizes if encoder is not None else _table_sizes(spark, out)
     n_levels = len(sizes)
     if source == "table":
         stored = table_model_sha(spark, out)
@@ -105,7 +104,7 @@ def evaluate_job(spark: SparkSession, cfg: JobConfig, options: EvaluateOptions =
         table = out.read(spark)
         ids = table.select(key, SEMANTIC_ID, CODES)
     else:
-        dim = input_dim(encoder)
+        dim = encoder.n_features_in_
         encoded = encode_embeddings(items.select(key, emb), FrozenModel(spark, encoder), key_col=key,
                                     embedding_col=emb, dim=dim, device=cfg.encode.device)
         ids = encoded.withColumn(SEMANTIC_ID, base_id(cfg.uniqueness.sep, n_levels))  # codes only: no counters without the table
@@ -155,7 +154,7 @@ def _uniqueness(table: DataFrame, encoder, x: np.ndarray, codes: np.ndarray) -> 
 
 def _sampled_report(sample, counts: CodeCounts, sizes: list[int], encoder, emb: str, n_levels: int,
                     options: EvaluateOptions) -> tuple[QualityReport, np.ndarray, np.ndarray]:
-    x = arrow_embeddings(sample.column(emb), input_dim(encoder) if encoder else len(sample.column(emb)[0]), copy=True)
+    x = arrow_embeddings(sample.column(emb), encoder.n_features_in_ if encoder else len(sample.column(emb)[0]), copy=True)
     codes = np.array(sample.column(CODES).to_pylist(), dtype=np.int64).reshape(len(x), n_levels)
     k = min(options.k, len(x) - 1)
     sample_metrics = metrics.evaluate(x, codes, encoder, k=k, seed=options.seed) if k >= 1 else {}

@@ -8,103 +8,24 @@ and returns (key, codes). The codes are the same either way: the same rows meet 
 
 Spark's reader stays in charge where a file is not the table: Delta deletion vectors (a file's rows
 are not all live), column mapping (physical column names differ from the schema's) and type
-widening; ``input_files`` then answers None and the job uses ``encode_embeddings``.
+widening; ``source.input_files`` then answers None and the job uses ``encode_embeddings``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import types as T
 
 from semid_spark import storage
-from semid_spark.delta.table import TableRef
-from semid_spark.exceptions import ConfigError
 from semid_spark.spark.encode import FrozenModel, cached_encoder, codes_schema, encode_batch
+from semid_spark.spark.source import InputFiles
 
 log = logging.getLogger(__name__)
 
 SPLIT_BYTES = 128 * 1024 * 1024  # a task reads about this much (Spark's spark.sql.files.maxPartitionBytes)
-_NEEDS_SPARK_READER = ("deletionVectors", "columnMapping", "typeWidening")  # Delta table features
-
-
-@dataclass(frozen=True)
-class InputFiles:
-    """The data files of one input snapshot and the columns to read from them."""
-
-    paths: tuple[str, ...]  # readable by the executors' pyarrow (local, FUSE, or an fsspec URL)
-    sizes: tuple[int, ...]  # bytes of each file: splits big ones over several tasks
-    key_col: str
-    embedding_col: str
-    key_type: T.DataType
-
-
-def input_files(spark: SparkSession, df: DataFrame, ref: TableRef | None, *, key_col: str, embedding_col: str,
-                reader: str) -> InputFiles | None:
-    """The files under *df* (a whole, unfiltered read of the input *ref*, Delta; None: Parquet), or None
-    when Spark's reader must read them. *reader*: ``auto`` (local and FUSE files only), ``files``
-    (any fsspec URL too; an input that needs Spark's reader is then an error) or ``spark`` (None)."""
-    if reader == "spark":
-        return None
-    why = _needs_spark_reader(spark, df, ref, key_col, embedding_col)
-    paths = [_reachable(p) for p in df.inputFiles()] if why is None else []
-    if why is None and reader == "auto" and any(storage.is_url(p) for p in paths):
-        why = "its files are on remote storage (set encode.reader=files to read them with pyarrow and fsspec)"
-    if why is not None:
-        if reader == "files":
-            raise ConfigError(f"encode.reader=files: the input cannot be read from its files: {why}; "
-                              "set encode.reader=auto or spark")
-        log.info("encoding through Spark's reader: %s", why)
-        return None
-    return InputFiles(tuple(paths), tuple(_size(p) for p in paths), key_col, embedding_col,
-                      df.schema[key_col].dataType)
-
-
-def _needs_spark_reader(spark: SparkSession, df: DataFrame, ref: TableRef | None, key_col: str,
-                        embedding_col: str) -> str | None:
-    emb_type = df.schema[embedding_col].dataType
-    if not (isinstance(emb_type, T.ArrayType) and isinstance(emb_type.elementType, (T.FloatType, T.DoubleType))):
-        return f"{embedding_col!r} is {emb_type.simpleString()}, not an array of floats"
-    if ref is None:
-        return None
-    detail = ref.detail(spark)
-    if detail is None:
-        return f"no Delta table at {ref}"
-    props = detail["properties"] or {}
-    features = set(detail.asDict().get("tableFeatures") or ())
-    if props.get("delta.columnMapping.mode", "none") != "none":
-        features.add("columnMapping")
-    if str(props.get("delta.enableDeletionVectors", "false")).lower() == "true":
-        features.add("deletionVectors")
-    needs = sorted(features.intersection(_NEEDS_SPARK_READER))
-    if needs:
-        return f"Delta table {ref} uses {', '.join(needs)}"
-    if {key_col, embedding_col} & set(detail["partitionColumns"] or ()):
-        return f"Delta table {ref} is partitioned by {key_col!r} or {embedding_col!r}"
-    return None
-
-
-def _reachable(uri: str) -> str:
-    """A path the executors' pyarrow opens: Spark's ``file:`` URIs (percent-encoded) as local paths,
-    ``dbfs:`` as FUSE paths, other URLs as they are (fsspec's)."""
-    from urllib.parse import unquote, urlsplit
-
-    if urlsplit(uri).scheme == "file":
-        return unquote(urlsplit(uri).path)
-    local = storage.local_path(uri)
-    return local if local is not None else uri
-
-
-def _size(path: str) -> int:
-    if not storage.is_url(path):
-        return os.path.getsize(path)
-    fs, inner = storage.filesystem(path)
-    return int(fs.size(inner))
 
 
 def encode_files(spark: SparkSession, files: InputFiles, model: FrozenModel, *, dim: int, device: str = "cpu",

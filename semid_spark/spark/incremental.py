@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from semid_spark.spark.columns import CODES, COUNTER
+from semid_spark.delta.schema import CODES, COUNTER
 from semid_spark.spark.ranking import CODE_KEY, with_code_key
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,8 @@ import time
 from importlib import resources
 from typing import Iterator
 
+from semid_spark.utils.progress import progress_enabled
+
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 30.0  # a progress line this often where no bar shows
@@ -117,8 +119,6 @@ class StageProgress:
         return text
 
     def _poll(self) -> None:
-        from semid_spark.utils.progress import progress_enabled
-
         bar = progress_enabled()
         last_log = time.perf_counter()
         while not self._stop.wait(POLL_S):

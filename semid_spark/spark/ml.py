@@ -28,11 +28,17 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from semid_spark.algorithms import codebook_sizes, input_dim
+from semid_spark.algorithms import encoder_from_bytes
 from semid_spark.config import ModelConfig, UniquenessConfig
+from semid_spark.delta.schema import CODES, PROBLEM
 from semid_spark.exceptions import ConfigError, ModelFormatError, NotFittedError
-from semid_spark.spark.columns import CODES, PROBLEM
 from semid_spark.spark.compat import ml_context
+from semid_spark.spark.encode import FrozenModel, encode_embeddings
+from semid_spark.spark.models import fit_device, new_encoder
+from semid_spark.spark.ranking import with_code_key, with_semantic_id
+from semid_spark.spark.sample import sample_embeddings
+from semid_spark.spark.strategies import strategy_for
+from semid_spark.spark.validate import NON_FINITE, NULL_EMBEDDING, WRONG_LENGTH, check_input, normalize_columns
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +175,6 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
         return _EstimatorReader(cls)
 
     def _fit(self, dataset: DataFrame) -> "SemanticIdModel":
-        from semid_spark.spark.pipeline import fit_device, new_encoder
-        from semid_spark.spark.sample import sample_embeddings
-        from semid_spark.spark.validate import check_input, normalize_columns
-
         key, emb = self._columns()
         df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
         cfg = ModelConfig(kind=self.getAlgorithm(), n_levels=self.getNLevels(), n_clusters=self.getNClusters(),
@@ -221,33 +223,27 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         return self._encoder.sha256
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from semid_spark.spark.encode import FrozenModel, encode_embeddings
-        from semid_spark.spark.ranking import assign_counters, with_code_key, with_semantic_id
-        from semid_spark.spark.relocate import relocated_rows
-        from semid_spark.spark.validate import normalize_columns
-
         if self._encoder is None:
             raise NotFittedError("SemanticIdModel has no model: get one from SemanticIdEstimator.fit or SemanticIdModel.load")
         key, emb = self._columns()
         codes_col, out_col, sep, buckets = self.getCodesCol(), self.getOutputCol(), self.getSep(), self.getRankBuckets()
         if buckets < 1:
             raise ConfigError(f"rankBuckets={buckets}; expected >= 1 (buckets each code's rows are ranked in)")
-        ids_cfg = UniquenessConfig(sep=sep, strategy=self.getStrategy(), relocate_candidates=self.getRelocateCandidates())
-        dim, sizes = input_dim(self._encoder), codebook_sizes(self._encoder)
+        strategy = strategy_for(UniquenessConfig(sep=sep, strategy=self.getStrategy(),
+                                                 relocate_candidates=self.getRelocateCandidates()))
+        dim, sizes = self._encoder.n_features_in_, self._encoder.codebook_sizes
         df = normalize_columns(dataset, key, emb)  # the schema only
         encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,
-                                    embedding_col=emb, dim=dim, flag_problems=True, candidates=ids_cfg.candidates)
+                                    embedding_col=emb, dim=dim, flag_problems=True, candidates=strategy.candidates)
         encoded = encoded.withColumn(PROBLEM, _row_problem(key, dim))  # its text, null when the row can have an ID
         why = F.col(PROBLEM)
         encoded = encoded.withColumn(CODES, F.when(why.isNotNull(), F.raise_error(
             F.concat(F.lit(f"SemanticIdModel.transform: the row whose {key!r} is "),
                      F.coalesce(F.col(key).cast("string"), F.lit("null")), F.lit(" has "), why))
         ).otherwise(F.col(CODES))).drop(PROBLEM)
-        if ids_cfg.strategy == "relocate":  # as the job does it, planned only (no hot-code job)
-            ranked = relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col=key, n_new=0, hot=[],
-                                    hot_code_rows=0, salts=buckets)
-        else:
-            ranked = assign_counters(with_code_key(encoded, sizes), None, key_col=key, hot_code_rows=0, salts=buckets)
+        # as the job ranks, planned only (no hot-code job): each code's rows in key-hash buckets
+        ranked = strategy.ranked_rows(with_code_key(encoded, sizes), None, sizes, key_col=key, n_new=0, hot=[],
+                                      salts=buckets)
         ids = ranked.transform(with_semantic_id, sep, len(sizes), out_col).select(key, F.col(CODES).alias(codes_col), out_col)
         # a key twice would give its rows two IDs each after the join: fail instead (partitioned by key, as the join is)
         n_rows = F.count(F.lit(1)).over(Window.partitionBy(key))
@@ -267,8 +263,6 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
 
 def _row_problem(key: str, dim: int) -> Column:
     """Why a row of encode's output (with ``PROBLEM``) cannot have an ID, as text; null when it can."""
-    from semid_spark.spark.validate import NON_FINITE, NULL_EMBEDDING, WRONG_LENGTH
-
     problem = F.col(PROBLEM)
     return (F.when(F.col(key).isNull(), F.lit("a null key"))
             .when(problem == NULL_EMBEDDING, F.lit("a null embedding"))
@@ -291,8 +285,6 @@ class _ModelWriter(MLWriter):
 
 class _ModelReader(MLReader):
     def load(self, path: str) -> SemanticIdModel:
-        from semid_spark.algorithms import encoder_from_bytes
-
         metadata = DefaultParamsReader.loadMetadata(path, ml_context(self))
         row = self.sparkSession.read.parquet(os.path.join(path, _DATA)).first()
         if row is None:

@@ -2,7 +2,6 @@
 
 ``check_locations`` runs at the start of every writing verb, before the input is sampled: an output,
 model or reject location that cannot be written fails there, with nothing fitted or saved.
-``check_model_matches_config``: a saved model of another kind or shape than the config's is an error.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import time
 from pyspark.sql import SparkSession
 
 from semid_spark import storage
-from semid_spark.algorithms import io as model_io
 from semid_spark.config import JobConfig
 from semid_spark.exceptions import ConfigError
 
@@ -77,39 +75,3 @@ def check_locations(spark: SparkSession, cfg: JobConfig, *, model: bool = True, 
         _writable(cfg.input.reject_path, "input.reject_path")
     for setting, location in (extra or {}).items():
         _writable(location, setting)
-
-
-KIND_CLASSES = {"rq_kmeans": ("RQKMeans",), "rq_vae": ("RQVAE",)}
-
-
-def _meta_sizes(meta: dict) -> list[int]:
-    sizes = meta.get("n_clusters") if meta.get("type") == "RQKMeans" else meta.get("num_emb_list")
-    if isinstance(sizes, int):
-        sizes = [sizes] * int(meta.get("n_levels") or 1)
-    return [int(k) for k in sizes or []]
-
-
-def _meta_dim(meta: dict):
-    return meta.get("D") if meta.get("type") == "RQKMeans" else meta.get("in_dim")
-
-
-def model_exists(path: str) -> bool:
-    """Whether a finished model is saved at *path* (local or URL): its manifest is written last."""
-    return storage.exists(storage.join(path, model_io.METADATA_FILE))
-
-
-def saved_model_summary(meta: dict) -> tuple[str, list[int], int | None, str]:
-    """(type, codes per level, input dimension, sha256) of a saved model, from its manifest *meta*."""
-    return str(meta.get("type")), _meta_sizes(meta), _meta_dim(meta), str(meta.get("sha256"))
-
-
-def check_model_matches_config(meta: dict, cfg: JobConfig) -> None:
-    """A saved model whose kind or shape differs from the config's is an error, never a silent reuse."""
-    kind, sizes = meta.get("type"), _meta_sizes(meta)
-    wants = cfg.model.sizes
-    if kind and kind not in KIND_CLASSES[cfg.model.kind] or (sizes and sizes != wants):
-        raise ConfigError(
-            f"model.path={cfg.model.path!r} holds a {kind} model of {'x'.join(map(str, sizes))} codes, and the config "
-            f"asks for {cfg.model.kind} {'x'.join(map(str, wants))} (model.kind, model.n_levels, model.n_clusters): "
-            "a saved model is never refitted silently. Use `semid refit` for a new version aligned to the table's "
-            "IDs, or set model.path (and the output) to a new location for a new model")

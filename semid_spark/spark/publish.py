@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 
 from semid_spark import storage
+from semid_spark.exceptions import ModelFormatError
 
 UNPUBLISHED_FILE = "UNPUBLISHED.json"
 
@@ -38,8 +39,6 @@ def mark_published(path: str) -> None:
 
 def check_published(path: str) -> None:
     """Refuse the model at *path* (``model.path``) when a refit saved it and did not publish it."""
-    from semid_spark.exceptions import ModelFormatError
-
     if (note := unpublished_note(path)) is not None:
         raise ModelFormatError(
             f"model.path={path!r} holds a version that refit {note.get('refit_id')} of table {note.get('table')} saved "

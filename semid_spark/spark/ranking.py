@@ -26,7 +26,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from semid_spark.spark.columns import CODES, COUNTER, SEMANTIC_ID
+from semid_spark.delta.schema import CODES, COUNTER, SEMANTIC_ID
 
 CODE_KEY = "_code"  # the ranking's group: codes packed in a long, or the codes array
 _BUCKET, _RN, _BEFORE = "_bucket", "_rank_in_bucket", "_rows_before"

@@ -36,59 +36,42 @@ The same seed and catalog give the same aligned model (its digest names the defa
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from semid_spark import storage
-from semid_spark.algorithms import codebook_sizes, input_dim
 from semid_spark.algorithms import load_encoder as load_saved_model
 from semid_spark.config import JobConfig
+from semid_spark.core import FittedEncoder
+from semid_spark.delta.schema import CHURN_SCHEMA, CODES, REFIT_ID, SEMANTIC_ID
 from semid_spark.delta.table import (
     MODEL_PATH_PROPERTY, PARENT_SHA_PROPERTY, PARENT_TABLE_PROPERTY, PENDING_PATH_PROPERTY, PENDING_SHA_PROPERTY,
     SHA_PROPERTY, SUCCESSOR_PATH_PROPERTY, SUCCESSOR_SHA_PROPERTY, SUCCESSOR_TABLE_PROPERTY, TableRef,
     abandon_rebinding, append_idempotent, begin_rebinding, pending_rows_in, rebind_table, set_properties,
 )
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, QualityGateError
-from semid_spark.spark.changes import current_version, input_ref, record_input_version
-from semid_spark.spark.columns import CODES, SEMANTIC_ID
+from semid_spark.spark.assign import assign_ids
+from semid_spark.spark.intake import Intake, read_validated, write_rejects
+from semid_spark.spark.models import fit_device, load_encoder, new_encoder
+from semid_spark.spark.pipeline import RunReport
 from semid_spark.spark.preflight import check_locations
 from semid_spark.spark.publish import mark_published, save_unpublished, unpublished_note
 from semid_spark.spark.sample import bad_rows_named, sample_embeddings, sample_with_codes
-from semid_spark.spark.session import stage
+from semid_spark.spark.session import Seconds, stage
+from semid_spark.spark.source import current_version, input_ref, read_input, record_input_version
 from semid_spark.versions import VersionComparison, compare_versions
 
 log = logging.getLogger(__name__)
 
-REFIT_ID = "refit_id"
 REFIT_TITLE = "Refit: churn of the current table's items"
 COMPARE_TITLE = "Two model versions on the same catalog items"
-CHURN_SCHEMA = T.StructType([
-    T.StructField(REFIT_ID, T.StringType()),
-    T.StructField("refit_at", T.TimestampType()),
-    T.StructField("old_model_sha256", T.StringType()),
-    T.StructField("new_model_sha256", T.StringType()),
-    T.StructField("on_refit", T.StringType()),
-    T.StructField("n_items", T.LongType()),
-    T.StructField("churn_unaligned", T.ArrayType(T.DoubleType())),
-    T.StructField("churn_aligned", T.ArrayType(T.DoubleType())),
-    T.StructField("churn_cold_refit", T.ArrayType(T.DoubleType())),  # a plain cold refit's, unaligned (or null)
-    T.StructField("error_old", T.DoubleType()),
-    T.StructField("error_new", T.DoubleType()),
-    T.StructField("collision_old", T.DoubleType()),
-    T.StructField("collision_new", T.DoubleType()),
-    T.StructField("max_churn", T.DoubleType()),
-    T.StructField("published", T.BooleanType()),
-    T.StructField("ids_table", T.StringType()),  # where the new version's IDs are (null when not published)
-    T.StructField("new_model_path", T.StringType()),
-    # share of the items in both tables whose ID string changed (keep_ids: 0, no written ID changes)
-    T.StructField("id_churn", T.DoubleType()),
-])
 
 
 @dataclass
@@ -113,62 +96,47 @@ class RefitReport:
         return out
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A new version fitted on today's sample (``fit_version``), before it is compared and aligned."""
+
+    x: np.ndarray  # the training sample (n, d)
+    old_codes: np.ndarray  # (n, L) their codes in the table; -1 where an item is not in it
+    model: FittedEncoder  # warm-started from the current model where it can be
+    cold: FittedEncoder | None  # what a plain refit gives (only beside a warm start, for the report)
+    warm_start: bool
+    seconds: Seconds
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Where a version was published, and the run that wrote its IDs."""
+
+    target: TableRef
+    run: RunReport
+    comparison: VersionComparison  # with id_churn, the ID strings that changed
+    seconds: Seconds
+
+
 def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refit") -> RefitReport:
-    """Fit, align, report and (unless ``quality.max_churn`` refuses) publish a new model version."""
-    from semid_spark.spark import pipeline
-
+    """Check, fit, compare (and align), then publish a new model version unless ``quality.max_churn`` refuses."""
     report = RefitReport(on_refit=cfg.output.on_refit)
-    check_locations(spark, cfg, extra={"--out": out_dir, **({"model.refit_path": cfg.model.refit_path}
-                                                          if cfg.model.refit_path else {})})
-    out = TableRef(cfg.output.path, cfg.output.table)
-    current = pipeline.load_encoder(cfg.model.path)
-    detail = out.detail(spark)
-    if detail is None:
-        raise InvalidInputError(f"no ID table at {out} (output.path/output.table) to refit: `semid run` writes the "
-                                "first version")
-    props = finish_interrupted_publish(spark, out, dict(detail["properties"] or {}))
-    if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
-        raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
-                                 f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
-    sizes = cfg.model.sizes
-    if cfg.output.on_refit == "keep_ids" and sizes != codebook_sizes(current):
-        raise ConfigError(f"output.on_refit=keep_ids keeps the table's IDs of {codebook_sizes(current)} codes per level; "
-                          f"model.n_levels/n_clusters ask for {sizes}: use output.on_refit=new_table for another shape")
-
-    run_report = pipeline.RunReport()
+    current, out = check_refit(spark, cfg, out_dir)
+    run_report = RunReport()
     version = current_version(spark, cfg)  # before reading: the publish records at most what it read
-    source = pipeline.read_input(spark, cfg)
-    df, info = pipeline._read_validated(spark, cfg, run_report, source, dim=input_dim(current), rows_checked_later=True)
-    started = time.perf_counter()
-    key, emb = cfg.input.key_col, cfg.input.embedding_col
-    with stage(spark, "semid: sample the catalog, with the table's codes, to the driver"), \
-            bad_rows_named(df, key, emb, info.dim):
-        x, old_codes = sample_with_codes(df, out.read(spark), key_col=key, embedding_col=emb, codes_col=CODES,
-                                         n_levels=len(codebook_sizes(current)), dim=info.dim, n_rows=info.n_rows,
-                                         sample_size=cfg.model.sample_size, seed=cfg.model.seed)
-    report.seconds["sample"] = time.perf_counter() - started
-    report.n_sampled = len(x)
-    in_table = (old_codes >= 0).all(axis=1)
-    if not in_table.any():
-        raise InvalidInputError(f"none of the {len(x)} sampled input items is in table {out}: nothing to align the new "
-                                "version to (is input the catalog the table was written from?)")
+    source = read_input(spark, cfg)
+    intake = read_validated(spark, cfg, source, dim=current.n_features_in_, rows_checked_later=True)
+    run_report.took_input(intake)
 
-    started = time.perf_counter()
-    encoder = pipeline.new_encoder(cfg.model, info.dim)
-    report.warm_start = _can_warm_start(cfg, encoder, current)
-    init = {"init": current} if report.warm_start else {}
-    device = pipeline.fit_device(cfg.model)
-    new = encoder.fit(x, device=device, **init)
-    # what a plain refit gives, for the report: warm-started, the new model's own labels already
-    # follow the current ones, so "unaligned" alone would hide what a cold refit churns
-    cold = pipeline.new_encoder(cfg.model, info.dim).fit(x, device=device) if report.warm_start else None
-    report.seconds["fit"] = time.perf_counter() - started
-    started = time.perf_counter()
-    comparison, alignment = compare_versions(current, new, x[in_table], old_codes=old_codes[in_table], reference=cold)
-    report.seconds["compare"] = time.perf_counter() - started
-    report.comparison, model = comparison, alignment.model
+    candidate = fit_version(spark, cfg, intake, current, out)
+    report.n_sampled, report.warm_start = len(candidate.x), candidate.warm_start
+    seconds = Seconds().add(candidate.seconds)
+    with seconds.timed("compare"):
+        comparison, model = compare_version(current, candidate)
+    report.comparison, report.seconds = comparison, seconds
     log.info("refit %s: %d sampled rows (%d in the table), full-ID churn %.4f aligned, %.4f unaligned",
-             report.refit_id, len(x), int(in_table.sum()), comparison.churn_aligned[-1], comparison.churn_unaligned[-1])
+             report.refit_id, len(candidate.x), comparison.n_items, comparison.churn_aligned[-1],
+             comparison.churn_unaligned[-1])
 
     limit = cfg.quality.max_churn
     if limit is not None and comparison.churn_aligned[-1] > limit:
@@ -180,57 +148,130 @@ def refit(spark: SparkSession, cfg: JobConfig, *, out_dir: str = "artifacts/refi
             f"quality.max_churn={limit}; nothing was published: no model saved, no ID table changed (report: "
             f"{report.files['md']})")
 
-    report.new_model_path = path = cfg.model.refit_path or _versioned(cfg.model.path, model.sha256, "_v")
-    note = {"refit_id": report.refit_id, "table": str(out), "on_refit": cfg.output.on_refit,
-            "model_sha256": model.sha256, "parent_model_sha256": current.sha256}
-    started = time.perf_counter()
-    # every row the version publishes is encoded and checked, and every gate passed, before the model is
-    # saved (marked unpublished) and before a table changes; the version is published by one commit
-    if cfg.output.on_refit == "new_table":
-        target = _new_table(cfg, model.sha256)
-        publish_cfg = dataclasses.replace(cfg, output=dataclasses.replace(
-            cfg.output, path=target.path, table=target.name, new_table_on_model_change=False))
-        pipeline.assign_ids(spark, df, info, model, publish_cfg, run_report,
-                            before_write=lambda: save_unpublished(model, path, note), ids_from=out.read(spark),
-                            whole_input=source if cfg.input.on_invalid == "fail" else None)
-        set_properties(spark, target, {PARENT_SHA_PROPERTY: current.sha256, PARENT_TABLE_PROPERTY: str(out),
-                                       MODEL_PATH_PROPERTY: path})
-        set_properties(spark, out, {SUCCESSOR_SHA_PROPERTY: model.sha256, SUCCESSOR_TABLE_PROPERTY: str(target),
-                                    SUCCESSOR_PATH_PROPERTY: path})  # the version is published
-        with stage(spark, "semid: ID strings changed between the two tables"):
-            changed = table_churn(out.read(spark), target.read(spark), key)
-            report.comparison = dataclasses.replace(comparison, id_churn=changed["strings"], id_churn_items=changed["items"])
-    else:
-        target = out
-
-        def before_write() -> None:
-            save_unpublished(model, path, note)
-            begin_rebinding(spark, out, current.sha256, model, run_report.run_id, path)
-
-        try:
-            pipeline.assign_ids(spark, df, info, model, cfg, run_report, before_write=before_write,
-                                rebinding_from=current.sha256)
-        except BaseException:
-            _quietly(abandon_rebinding, spark, out, run_report.run_id)
-            raise
-        # the MERGE switched the table (bound_model); this records it in the table's own properties
-        rebind_table(spark, out, current.sha256, model, {PARENT_SHA_PROPERTY: current.sha256, MODEL_PATH_PROPERTY: path})
-        # insert-only: no written ID changed
-        report.comparison = dataclasses.replace(comparison, id_churn=0.0, id_churn_items=None)
-    mark_published(path)
-    record_input_version(spark, target, input_ref(cfg), version)
-    report.seconds["publish"] = time.perf_counter() - started
-    report.published, report.ids_table, report.run = True, str(target), run_report.as_dict()
+    report.new_model_path = cfg.model.refit_path or _versioned(cfg.model.path, model.sha256, "_v")
+    published = publish_version(spark, cfg, intake, source, current, model, comparison, out, run_report,
+                                path=report.new_model_path, refit_id=report.refit_id)
+    record_input_version(spark, published.target, input_ref(cfg), version)
+    seconds.add(published.seconds)
+    report.comparison = published.comparison
+    report.published, report.ids_table, report.run = True, str(published.target), published.run.as_dict()
     report.files = _write_files(report.comparison, out_dir, "churn", REFIT_TITLE)
     _record(spark, cfg, report)
     log.info("refit %s published model %s (%s) to %s: %d items inserted", report.refit_id, model.sha256[:12],
-             cfg.output.on_refit, target, run_report.n_inserted)
+             cfg.output.on_refit, published.target, published.run.n_inserted)
     return report
+
+
+def check_refit(spark: SparkSession, cfg: JobConfig, out_dir: str) -> tuple[FittedEncoder, TableRef]:
+    """(the current model, its ID table), once every location the refit writes is writable, an
+    interrupted publish is finished, the table is the model's and the shape suits ``output.on_refit``."""
+    check_locations(spark, cfg, extra={"--out": out_dir, **({"model.refit_path": cfg.model.refit_path}
+                                                          if cfg.model.refit_path else {})})
+    out = TableRef(cfg.output.path, cfg.output.table)
+    current = load_encoder(cfg.model.path)
+    detail = out.detail(spark)
+    if detail is None:
+        raise InvalidInputError(f"no ID table at {out} (output.path/output.table) to refit: `semid run` writes the "
+                                "first version")
+    props = finish_interrupted_publish(spark, out, dict(detail["properties"] or {}))
+    if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
+        raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
+                                 f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
+    sizes = cfg.model.sizes
+    if cfg.output.on_refit == "keep_ids" and sizes != current.codebook_sizes:
+        raise ConfigError(f"output.on_refit=keep_ids keeps the table's IDs of {current.codebook_sizes} codes per level; "
+                          f"model.n_levels/n_clusters ask for {sizes}: use output.on_refit=new_table for another shape")
+    return current, out
+
+
+def fit_version(spark: SparkSession, cfg: JobConfig, intake: Intake, current: FittedEncoder, out: TableRef
+                ) -> Candidate:
+    """Today's training sample with each item's codes in *out*, and the new version fitted on it
+    (warm-started from *current* where kind and shape allow), with a cold fit beside a warm one."""
+    seconds = Seconds()
+    key, emb, info = cfg.input.key_col, cfg.input.embedding_col, intake.info
+    with seconds.timed("sample"), stage(spark, "semid: sample the catalog, with the table's codes, to the driver"), \
+            bad_rows_named(intake.rows, key, emb, info.dim):
+        x, old_codes = sample_with_codes(intake.rows, out.read(spark), key_col=key, embedding_col=emb, codes_col=CODES,
+                                         n_levels=len(current.codebook_sizes), dim=info.dim, n_rows=info.n_rows,
+                                         sample_size=cfg.model.sample_size, seed=cfg.model.seed)
+    if not (old_codes >= 0).all(axis=1).any():
+        raise InvalidInputError(f"none of the {len(x)} sampled input items is in table {out}: nothing to align the new "
+                                "version to (is input the catalog the table was written from?)")
+    with seconds.timed("fit"):
+        encoder = new_encoder(cfg.model, info.dim)
+        warm = _can_warm_start(cfg, encoder, current)
+        device = fit_device(cfg.model)
+        model = encoder.fit(x, device=device, **({"init": current} if warm else {}))
+        # what a plain refit gives, for the report: warm-started, the new model's own labels already
+        # follow the current ones, so "unaligned" alone would hide what a cold refit churns
+        cold = new_encoder(cfg.model, info.dim).fit(x, device=device) if warm else None
+    return Candidate(x, old_codes, model, cold, warm, seconds)
+
+
+def compare_version(current: FittedEncoder, candidate: Candidate) -> tuple[VersionComparison, FittedEncoder]:
+    """The candidate against the current version on the sampled items the table holds (their codes there),
+    and the candidate aligned to those codes: the version that would be published."""
+    in_table = (candidate.old_codes >= 0).all(axis=1)
+    comparison, alignment = compare_versions(current, candidate.model, candidate.x[in_table],
+                                             old_codes=candidate.old_codes[in_table], reference=candidate.cold)
+    return comparison, alignment.model
+
+
+def publish_version(spark: SparkSession, cfg: JobConfig, intake: Intake, source: DataFrame, current: FittedEncoder,
+                    model: FittedEncoder, comparison: VersionComparison, out: TableRef, run_report: RunReport, *,
+                    path: str, refit_id: str) -> Publication:
+    """Write the version's IDs and publish it in one commit (``spark.publish``): every row it publishes
+    is encoded and checked, and every gate passed, before the model is saved at *path* (marked
+    unpublished) and before a table changes. Fills *run_report* with the publishing run."""
+    seconds = Seconds()
+    note = {"refit_id": refit_id, "table": str(out), "on_refit": cfg.output.on_refit,
+            "model_sha256": model.sha256, "parent_model_sha256": current.sha256}
+    with seconds.timed("publish"):
+        if cfg.output.on_refit == "new_table":
+            target = _new_table(cfg, model.sha256)
+            publish_cfg = dataclasses.replace(cfg, output=dataclasses.replace(
+                cfg.output, path=target.path, table=target.name, new_table_on_model_change=False))
+            done = assign_ids(spark, intake.rows, intake.info, model, publish_cfg, run_id=run_report.run_id,
+                              before_write=lambda: save_unpublished(model, path, note), ids_from=out.read(spark),
+                              whole_input=source if cfg.input.on_invalid == "fail" else None)
+            run_report.took_assignment(done)
+            write_rejects(spark, cfg, intake, run_report.run_id)
+            set_properties(spark, target, {PARENT_SHA_PROPERTY: current.sha256, PARENT_TABLE_PROPERTY: str(out),
+                                           MODEL_PATH_PROPERTY: path})
+            set_properties(spark, out, {SUCCESSOR_SHA_PROPERTY: model.sha256, SUCCESSOR_TABLE_PROPERTY: str(target),
+                                        SUCCESSOR_PATH_PROPERTY: path})  # the version is published
+            with stage(spark, "semid: ID strings changed between the two tables"):
+                changed = table_churn(out.read(spark), target.read(spark), cfg.input.key_col)
+                comparison = dataclasses.replace(comparison, id_churn=changed["strings"],
+                                                 id_churn_items=changed["items"])
+        else:
+            target = out
+
+            def before_write() -> None:
+                save_unpublished(model, path, note)
+                begin_rebinding(spark, out, current.sha256, model, run_report.run_id, path)
+
+            try:
+                done = assign_ids(spark, intake.rows, intake.info, model, cfg, run_id=run_report.run_id,
+                                  before_write=before_write, rebinding_from=current.sha256)
+                run_report.took_assignment(done)
+                write_rejects(spark, cfg, intake, run_report.run_id)
+            except BaseException:
+                _quietly(abandon_rebinding, spark, out, run_report.run_id)
+                raise
+            # the MERGE switched the table (bound_model); this records it in the table's own properties
+            rebind_table(spark, out, current.sha256, model, {PARENT_SHA_PROPERTY: current.sha256,
+                                                             MODEL_PATH_PROPERTY: path})
+            # insert-only: no written ID changed
+            comparison = dataclasses.replace(comparison, id_churn=0.0, id_churn_items=None)
+        mark_published(path)
+    return Publication(target, run_report, comparison, seconds)
 
 
 def _can_warm_start(cfg: JobConfig, encoder, current) -> bool:
     """Whether the new model can start from the current one: the same kind, shape and (RQ-VAE) layers."""
-    return (type(encoder) is type(current) and cfg.model.sizes == codebook_sizes(current)
+    return (type(encoder) is type(current) and cfg.model.sizes == current.codebook_sizes
             and getattr(encoder, "architecture", None) == getattr(current, "architecture", None))
 
 
@@ -300,8 +341,6 @@ def _write_files(comparison: VersionComparison, out_dir: str, name: str, title: 
 
 def _record(spark: SparkSession, cfg: JobConfig, report: RefitReport) -> None:
     """The refit's row of the churn table (written once: a retry of the same refit adds no copy)."""
-    import datetime
-
     c = report.comparison
     row = (report.refit_id, datetime.datetime.now(), c.old_model_sha256, c.new_model_sha256, report.on_refit,
            c.n_items, c.churn_unaligned, c.churn_aligned, c.churn_reference, c.error_old, c.error_new,
@@ -318,14 +357,12 @@ def compare_models(spark: SparkSession, cfg: JobConfig, other_path: str, *, out_
     *other_path* on the same sampled catalog items (*sample_size*, drawn by key hash as for fitting):
     churn from the current model's codes to the other's, unaligned and aligned, error and collisions
     of both. Writes ``compare.md`` and ``compare.json`` into *out_dir*."""
-    from semid_spark.spark import pipeline
-
-    current, other = pipeline.load_encoder(cfg.model.path), pipeline.load_encoder(other_path, published=False)
-    if input_dim(current) != input_dim(other):
-        raise ModelMismatchError(f"model.path's model takes embeddings of length {input_dim(current)}, the one at "
-                                 f"{other_path!r} of length {input_dim(other)}: they cannot encode the same items")
-    df, info = pipeline._read_validated(spark, cfg, pipeline.RunReport(), None, dim=input_dim(current),
-                                        rows_checked_later=True)
+    current, other = load_encoder(cfg.model.path), load_encoder(other_path, published=False)
+    if current.n_features_in_ != other.n_features_in_:
+        raise ModelMismatchError(f"model.path's model takes embeddings of length {current.n_features_in_}, the one at "
+                                 f"{other_path!r} of length {other.n_features_in_}: they cannot encode the same items")
+    intake = read_validated(spark, cfg, None, dim=current.n_features_in_, rows_checked_later=True)
+    df, info = intake.rows, intake.info
     key, emb = cfg.input.key_col, cfg.input.embedding_col
     with stage(spark, "semid: sample the catalog to the driver"), bad_rows_named(df, key, emb, info.dim):
         x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from semid_spark.exceptions import InvalidInputError
 from semid_spark.spark.compat import to_arrow
 from semid_spark.spark.encode import arrow_embeddings
+from semid_spark.spark.validate import check_input, infer_dim, most_common_length, row_problems
 
 _HASH_RANGE = 1 << 30
 HASH = "_h"
@@ -86,16 +87,12 @@ def bad_rows_named(df: DataFrame, key_col: str, embedding_col: str, dim: int | N
     try:
         yield
     except BadSampleError as exc:
-        from semid_spark.spark.validate import check_input
-
         check_input(df, key_col, embedding_col, dim=dim if dim is not None else exc.dim)
         raise
 
 
 def _embeddings(column, df: DataFrame, embedding_col: str, dim: int | None) -> np.ndarray:
     """Sampled embeddings (an Arrow list column) as (n, dim) float32; BadSampleError for a bad row."""
-    from semid_spark.spark.validate import infer_dim, most_common_length, row_problems
-
     if dim is None:
         lengths = np.diff(column.offsets.to_numpy())[~np.asarray(column.is_null().to_numpy(zero_copy_only=False))]
         dim = most_common_length(lengths.tolist())

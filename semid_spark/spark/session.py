@@ -235,6 +235,24 @@ def stage(spark: SparkSession, description: str, rows: int | None = None) -> Ite
         log.info("%s: %.1f s", description, time.perf_counter() - start)
 
 
+class Seconds(dict):
+    """Seconds per stage of a run, by name, in the order the stages ran; a stage timed twice (the
+    ranking of a retried MERGE) adds up. Stage results carry one; the run's report adds them."""
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+
+    def add(self, other: dict[str, float]) -> "Seconds":
+        for name, seconds in other.items():
+            self[name] = self.get(name, 0.0) + seconds
+        return self
+
+
 def delta_package() -> str:
     """The Maven coordinate of Delta's jar for this pyspark and delta-spark: what ``--packages`` needs.
 

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from semid_spark.exceptions import InvalidInputError, ShapeMismatchError
-from semid_spark.spark.columns import KEY_TYPES, REASON
+from semid_spark.delta.schema import KEY_TYPES, REASON
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from semid_spark.core import check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError
 
 N_CANDIDATES = 16  # last-level codes per item an item may move to (its own included)
@@ -144,9 +145,7 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
     *keys*: item keys, which order ties (default: the row positions). *codes*: the items' nearest
     codes, when already encoded. *held*: (M, L) codes that earlier items hold (they count as taken).
     """
-    from semid_spark.core import check_embeddings
-
-    x = check_embeddings(embeddings, dim=_input_dim(model))
+    x = check_embeddings(embeddings, dim=model.n_features_in_)
     if codes is None:
         codes = model.encode(x, device=device)
     codes = np.asarray(codes, dtype=np.int64)
@@ -214,8 +213,3 @@ def key_ranks(keys: Sequence[Hashable] | None, n: int) -> np.ndarray:
         raise InvalidInputError(f"keys holds {n - len(first)} duplicates among {n} items; each item key must appear once")
     return inverse.ravel()
 
-
-def _input_dim(model: Any) -> int | None:
-    from semid_spark.algorithms import input_dim
-
-    return input_dim(model)

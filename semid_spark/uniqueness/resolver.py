@@ -19,9 +19,10 @@ from typing import Any, Hashable, Literal, Sequence
 
 import numpy as np
 
+from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.core import TOKEN_LETTERS, ArrayLike
-
 from semid_spark.exceptions import ConfigError, CounterOverflowError, DuplicateIdError, InvalidInputError
+from semid_spark.uniqueness.relocate import check_n_candidates, key_ranks, relocate_codes
 from semid_spark.uniqueness.stores import CollisionStore, InMemoryCollisionStore
 
 
@@ -221,8 +222,6 @@ class RelocatingResolver(BaseResolver):
 
     def __init__(self, store: CollisionStore | None = None, *, n_candidates: int = 16, fixed_length: bool = False,
                  counter_size: int = 256) -> None:
-        from semid_spark.uniqueness.relocate import check_n_candidates
-
         self.n_candidates = check_n_candidates(n_candidates)
         self.counters = UniqueIdResolver(store, fixed_length=fixed_length, counter_size=counter_size)
         self.last_relocation = None  # the last call's Relocation (moved share, error ratio)
@@ -237,8 +236,6 @@ class RelocatingResolver(BaseResolver):
                fmt: Literal["plain", "token"] = "plain", formatter: Any = None,
                item_ids: Sequence[Hashable] | None = None, model_sha256: str | None = None) -> list[str]:
         """One unique ID per item, in input order (see the class docstring)."""
-        from semid_spark.uniqueness.relocate import key_ranks, relocate_codes
-
         encoder = _fitted_encoder(encoder if encoder is not None else model)
         if embeddings is None or encoder is None:
             raise ConfigError("RelocatingResolver.assign() requires 'embeddings' and 'model' (or encoder=): a fitted "
@@ -443,7 +440,5 @@ def _fitted_encoder(model: Any):
     if model is None or hasattr(model, "latent_residuals"):
         return model
     if hasattr(model, "quantizer") and hasattr(model, "state_dict"):
-        from semid_spark.algorithms.rq_vae import RQVAE
-
         return RQVAE.from_module(model)
     return None

@@ -248,10 +248,9 @@ def evaluate(X: np.ndarray, codes: np.ndarray, encoder=None, k: int = 10, n_pair
         results[f"ndcg_at_{k}"] = ndcg_at_k(X, codes, k=k, seed=seed)
     results["distance_correlation"] = distance_correlation(X, codes, n_pairs=n_pairs, seed=seed)
     sizes = None
-    if encoder is not None:
-        from semid_spark.algorithms import codebook_sizes
-
-        sizes = codebook_sizes(encoder)
+    if encoder is not None:  # ours, or another library's with codebooks_ (NotFittedError is an AttributeError)
+        books = getattr(encoder, "codebooks_", None)
+        sizes = [len(c) for c in books] if books else None
     results["code_utilization_per_level"] = code_utilization_per_level(codes, n_clusters=sizes)
     results["code_entropy_per_level"] = code_entropy_per_level(codes)
     if encoder is not None:

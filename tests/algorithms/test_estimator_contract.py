@@ -127,7 +127,7 @@ def test_the_job_and_the_estimator_share_defaults_that_differ_from_the_classes_o
     pytest.importorskip("pyspark")
     from semid_spark.config import RQ_VAE_JOB_PARAMS, ModelConfig
     from semid_spark.spark.ml import SemanticIdEstimator
-    from semid_spark.spark.pipeline import new_encoder
+    from semid_spark.spark.models import new_encoder
 
     job = ModelConfig()
     estimator = SemanticIdEstimator()

@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 from semid_spark.config import JobConfig
 from semid_spark.spark import pipeline
 from semid_spark.spark.session import CONNECT_SAFE_CONF, is_connect_safe
-from tests.spark.test_pipeline import catalog, frame
+from tests.spark.conftest import catalog, frame
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "jobs" / "databricks" / "semantic_ids.py"
 

@@ -14,7 +14,7 @@ from semid_spark.cli import config_location, main
 from semid_spark.demo import changed_ids
 from semid_spark.spark import pipeline
 from tests.s3server import new_bucket, s3_server
-from tests.spark.test_pipeline import catalog, config, frame, write_input
+from tests.spark.conftest import catalog, config, frame, write_input
 
 
 def test_a_config_shipped_with_files_is_found_in_spark_files(spark, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from semid_spark.spark.evaluate import EvaluateOptions, code_counts, evaluate_jo
 from semid_spark.utils import metrics
 from semid_spark.utils.quality import CodeCounts, build_report, level_figures, prefix_agreement, random_pair_agreement
 from semid_spark.spark.compat import from_arrow
-from tests.spark.test_pipeline import catalog, config, write_input
+from tests.spark.conftest import catalog, config, write_input
 
 
 def codes_frame(spark, codes):

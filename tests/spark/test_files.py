@@ -5,11 +5,12 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
+from semid_spark.delta.table import TableRef
 from semid_spark.exceptions import ConfigError, InvalidInputError
 from semid_spark.spark import files as files_module
-from semid_spark.spark import pipeline
-from semid_spark.spark.files import input_files
-from tests.spark.test_pipeline import catalog, config, frame, ids, write_input
+from semid_spark.spark import assign, pipeline
+from semid_spark.spark.source import input_files
+from tests.spark.conftest import catalog, config, frame, ids, write_input
 
 
 def _ids_of(spark, tmp, reader, **sections):
@@ -27,7 +28,7 @@ def test_the_files_path_and_sparks_reader_give_the_same_ids(spark, tmp_path, mon
     monkeypatch.setattr(files_module, "SPLIT_BYTES", 4096)
     chosen = []
     real = files_module.encode_files
-    monkeypatch.setattr(pipeline, "encode_files", lambda *a, **k: chosen.append("files") or real(*a, **k))
+    monkeypatch.setattr(assign, "encode_files", lambda *a, **k: chosen.append("files") or real(*a, **k))
     with_files, report = _ids_of(spark, tmp_path / "a", "files")
     assert chosen == ["files"] and report.n_inserted == 1500
     with_spark, _ = _ids_of(spark, tmp_path / "b", "spark")
@@ -63,7 +64,7 @@ def test_deletion_vectors_need_sparks_reader(spark, tmp_path):
     spark.sql(f"DELETE FROM delta.`{tmp_path}/in` WHERE item_id < 'sku000100'")  # rows deleted in place
     df = spark.read.format("delta").load(f"{tmp_path}/in")
     with pytest.raises(ConfigError, match="deletionVectors"):
-        input_files(spark, df, pipeline.TableRef(f"{tmp_path}/in"), key_col="item_id", embedding_col="embedding",
+        input_files(spark, df, TableRef(f"{tmp_path}/in"), key_col="item_id", embedding_col="embedding",
                     reader="files")
     report = pipeline.run(spark, config(tmp_path))  # auto: Spark's reader, which honours the deletions
     assert report.n_inserted == 500
@@ -77,7 +78,7 @@ def test_a_bad_row_read_from_a_file_is_named_and_nothing_is_written(spark, tmp_p
     cfg = config(tmp_path, encode={"reader": "files"}, model={"sample_size": 100})
     with pytest.raises(InvalidInputError, match="1 rows with NaN, inf or null values in .embedding."):
         pipeline.run(spark, cfg)
-    assert not pipeline.TableRef(cfg.output.path).exists(spark) or ids(spark, cfg).count() == 0
+    assert not TableRef(cfg.output.path).exists(spark) or ids(spark, cfg).count() == 0
 
 
 def test_remote_files_are_left_to_spark_unless_asked(spark, tmp_path, monkeypatch):

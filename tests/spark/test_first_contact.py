@@ -18,7 +18,7 @@ from semid_spark.cli import main
 from semid_spark.exceptions import EXIT_INPUT, EXIT_OK, EXIT_USAGE
 from semid_spark.spark import pipeline
 from semid_spark.spark.dry_run import validate
-from tests.spark.test_pipeline import catalog, config, frame, write_input
+from tests.spark.conftest import catalog, config, frame, write_input
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from semid_spark.exceptions import ConfigError, InvalidInputError, ModelFormatError, NotFittedError
 from semid_spark.spark.ml import RANK_BUCKETS, SemanticIdEstimator, SemanticIdModel
 from semid_spark.uniqueness.relocate import relocate_codes
-from tests.spark.test_pipeline import catalog
+from tests.spark.conftest import catalog
 
 
 @pytest.fixture(scope="module")

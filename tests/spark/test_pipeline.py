@@ -5,56 +5,20 @@ import os
 from collections import defaultdict
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
-from semid_spark.config import JobConfig
-from semid_spark.synthetic import generated_catalog
 from semid_spark.exceptions import InvalidInputError, ModelMismatchError, ShapeMismatchError
 from semid_spark.spark import pipeline
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
 from semid_spark.uniqueness.relocate import relocate_codes
 from semid_spark.uniqueness.resolver import RelocatingResolver
-from semid_spark.spark.compat import from_arrow
-
-DIM = 16
-ID_COLS = ["item_id", "semantic_id", "codes", "counter"]
-
-
-def catalog(n, seed=0, start=0):
-    x = generated_catalog(n + start, DIM, 12, seed)[start:]
-    keys = [f"sku{i:06d}" for i in range(start, start + n)]
-    return keys, x
-
-
-def frame(spark, keys, x, key_type=pa.string()):
-    table = pa.table({"item_id": pa.array(keys, type=key_type),
-                      "embedding": pa.array(list(np.asarray(x, dtype=np.float32)), type=pa.list_(pa.float32()))})
-    return from_arrow(spark, table)
-
-
-def config(tmp, **sections):
-    raw = {"input": {"path": f"{tmp}/in"}, "model": {"path": f"{tmp}/model", "n_clusters": 8, "sample_size": 1000},
-           "output": {"path": f"{tmp}/out"}}
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return JobConfig.from_dict(raw)
-
-
-def write_input(spark, df, path, mode="overwrite"):
-    df.write.format("delta").mode(mode).save(path)
-
-
-def ids(spark, cfg):
-    return spark.read.format("delta").load(cfg.output.path).select(*ID_COLS)
-
+from tests.spark.conftest import DIM, bad_frame, catalog, config, frame, ids, write_input
 
 @pytest.fixture(scope="module")
 def first_run(spark, tmp_path_factory):
@@ -209,27 +173,6 @@ def test_new_table_on_model_change_replaces_it(spark, tmp_path):
     assert table.select("model_sha256").distinct().collect()[0][0] == second.model_sha256
 
 
-def bad_frame(spark, problem):
-    keys, x = catalog(50)
-    keys, x = list(keys), [list(map(float, row)) for row in x]
-    if problem == "null key":
-        keys[3] = None
-    elif problem == "duplicate key":
-        keys[4] = keys[5] = "dup"
-    elif problem == "nan":
-        x[7][2] = float("nan")
-    elif problem == "inf":
-        x[8][0] = -float("inf")
-    elif problem == "null element":
-        x[11][3] = None
-    elif problem == "length":
-        x[9] = x[9][:5]
-    elif problem == "null embedding":
-        x[10] = None
-    schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("embedding", T.ArrayType(T.DoubleType()))])
-    return spark.createDataFrame(list(zip(keys, x)), schema)
-
-
 @pytest.mark.parametrize(
     "problem, error, message",
     [
@@ -362,7 +305,10 @@ def test_valid_input_is_scanned_once_for_its_embeddings(spark, tmp_path, monkeyp
     def full_check(*args, **kwargs):
         raise AssertionError("check_input ran on valid input")
 
-    monkeypatch.setattr(pipeline, "check_input", full_check)
+    from semid_spark.spark import assign, intake
+
+    for module in (intake, assign):
+        monkeypatch.setattr(module, "check_input", full_check)
     keys, x = catalog(500)
     cfg = config(tmp_path)
     write_input(spark, frame(spark, keys, x), cfg.input.path)

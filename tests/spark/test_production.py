@@ -24,9 +24,9 @@ from pyspark.sql import functions as F
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.delta.table import TableRef
 from semid_spark.exceptions import ConcurrentRunError, ShapeMismatchError
-from semid_spark.spark import pipeline
+from semid_spark.spark import assign, pipeline
 from tests.s3server import new_bucket, s3_server
-from tests.spark.test_pipeline import DIM, ID_COLS, catalog, config, frame, write_input
+from tests.spark.conftest import DIM, ID_COLS, catalog, config, frame, write_input
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,7 +240,7 @@ def test_two_concurrent_writers_both_land_with_unique_ids(spark, tmp_path):
 @pytest.fixture
 def stalled_merge(monkeypatch):
     """merge_new_rows of runs on *worker* threads waits (in its source's first task) for a release file."""
-    real, state = pipeline.merge_new_rows, {"workers": set()}
+    real, state = assign.merge_new_rows, {"workers": set()}
 
     def merge(spark, ref, rows, key, **kw):
         if threading.current_thread() in state["workers"]:
@@ -257,7 +257,7 @@ def stalled_merge(monkeypatch):
             rows = rows.mapInArrow(step, rows.schema)
         return real(spark, ref, rows, key, **kw)
 
-    monkeypatch.setattr(pipeline, "merge_new_rows", merge)
+    monkeypatch.setattr(assign, "merge_new_rows", merge)
     return state
 
 
@@ -315,7 +315,7 @@ def test_a_commit_between_counter_computation_and_merge_never_duplicates_an_id(s
     write_input(spark, frame(spark, keys[300:450], x[300:450]), cfg_a.input.path, mode="append")
     cfg_b = config(tmp_path, input={"path": str(tmp_path / "in-b")}, model={"path": model})
     write_input(spark, frame(spark, keys[450:], x[450:]), cfg_b.input.path)
-    real, calls = pipeline.merge_new_rows, []
+    real, calls = assign.merge_new_rows, []
 
     def merge(spark_, ref, rows, key, **kw):
         calls.append(key)
@@ -323,7 +323,7 @@ def test_a_commit_between_counter_computation_and_merge_never_duplicates_an_id(s
             assert pipeline.run(spark, cfg_b).n_inserted == 150
         return real(spark_, ref, rows, key, **kw)
 
-    monkeypatch.setattr(pipeline, "merge_new_rows", merge)
+    monkeypatch.setattr(assign, "merge_new_rows", merge)
     report = pipeline.run(spark, cfg_a)
     table = table_ids(spark, cfg_a.output.path).collect()
     assert report.n_inserted == 150 and len(table) == 600
@@ -337,22 +337,22 @@ def test_a_commit_between_counter_computation_and_merge_never_duplicates_an_id(s
 # ---------------------------------------------------------------- reject mode, input checks, settings
 
 def test_rejects_are_written_once_when_the_run_commits(spark, tmp_path, monkeypatch):
-    from tests.spark.test_pipeline import bad_frame
+    from tests.spark.conftest import bad_frame
 
     rejects = tmp_path / "rejects"
     cfg = config(tmp_path, input={"on_invalid": "reject", "reject_path": str(rejects)})
     write_input(spark, bad_frame(spark, "nan").union(bad_frame(spark, "null key").where(F.col("item_id").isNull())),
                 cfg.input.path)
-    real = pipeline.merge_new_rows
+    real = assign.merge_new_rows
 
     def failing_merge(*args, **kwargs):
         raise RuntimeError("the executors were lost")
 
-    monkeypatch.setattr(pipeline, "merge_new_rows", failing_merge)
+    monkeypatch.setattr(assign, "merge_new_rows", failing_merge)
     with pytest.raises(RuntimeError, match="executors were lost"):
         pipeline.run(spark, cfg)
     assert not TableRef(str(rejects)).exists(spark)  # nothing rejected is written by a run that did not commit
-    monkeypatch.setattr(pipeline, "merge_new_rows", real)
+    monkeypatch.setattr(assign, "merge_new_rows", real)
     assert pipeline.run(spark, cfg).n_inserted == 49  # Airflow's retry
     assert pipeline.run(spark, cfg).n_inserted == 0  # and another one
     got = spark.read.format("delta").load(str(rejects))
@@ -434,20 +434,20 @@ def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, 
     write_input(spark, frame(spark, keys[800:], x[800:]), cfg.input.path, mode="append")
     if broadcast_keys is not None:
         monkeypatch.setattr(incremental, "BROADCAST_KEYS", broadcast_keys)
-    real, seen = pipeline.encode_embeddings, []
+    real, seen = assign.encode_embeddings, []
 
     def encode(df, *args, **kwargs):
         seen.append(df)
         return real(df, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "encode_embeddings", encode)
-    real_merge, merges = pipeline.merge_new_rows, []
+    monkeypatch.setattr(assign, "encode_embeddings", encode)
+    real_merge, merges = assign.merge_new_rows, []
 
     def merge_rows(*args, unread_rows=None, **kwargs):
         merges.append(unread_rows)
         return real_merge(*args, unread_rows=unread_rows, **kwargs)
 
-    monkeypatch.setattr(pipeline, "merge_new_rows", merge_rows)
+    monkeypatch.setattr(assign, "merge_new_rows", merge_rows)
     # as at catalog scale: the written table far too big for Spark to broadcast on its own
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
     try:
@@ -535,7 +535,7 @@ def test_since_last_run_reads_only_the_rows_of_new_input_versions(spark, tmp_pat
 
 @pytest.mark.parametrize("broadcast_keys", [None, 0])  # few repeated keys (broadcast back); too many
 def test_a_key_changed_in_several_versions_keeps_its_latest_image(spark, tmp_path, broadcast_keys):
-    from semid_spark.spark.changes import latest_images
+    from semid_spark.spark.source import latest_images
 
     keys, x = catalog(40, seed=5)
     path = str(tmp_path / "in")

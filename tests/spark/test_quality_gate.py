@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from semid_spark.config import JobConfig
 from semid_spark.exceptions import ConfigError, QualityGateError
 from semid_spark.spark import pipeline
-from tests.spark.test_pipeline import catalog, config, frame, write_input
+from tests.spark.conftest import catalog, config, frame, write_input
 
 
 def counter_share_in(spark, cfg, run_id):

@@ -25,7 +25,7 @@ from semid_spark.uniqueness.relocate import relocate_codes
 from tests.clusters import DELTA_CONF, connect_server, standalone_cluster
 from tests.s3server import new_bucket, s3_server
 from tests.spark.test_connect_safe import NOTEBOOK, notebook_cells
-from tests.spark.test_pipeline import ID_COLS, catalog, config, frame, write_input
+from tests.spark.conftest import ID_COLS, catalog, config, frame, write_input
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.heavy  # servers and clusters with their own JVMs: `make test-heavy`, run by .ci/run

@@ -12,6 +12,7 @@ from pyspark.sql import types as T
 
 from semid_spark.algorithms import load_encoder
 from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.delta.schema import CHURN_SCHEMA
 from semid_spark.delta.table import (
     HISTORY_PROPERTY, MODEL_PATH_PROPERTY, PARENT_SHA_PROPERTY, PARENT_TABLE_PROPERTY, PENDING_SHA_PROPERTY,
     SHA_PROPERTY, SUCCESSOR_PATH_PROPERTY, SUCCESSOR_SHA_PROPERTY, SUCCESSOR_TABLE_PROPERTY, TableRef, bound_model,
@@ -21,10 +22,11 @@ from semid_spark.exceptions import (
 )
 from semid_spark.spark import pipeline
 from semid_spark.spark.publish import UNPUBLISHED_FILE
-from semid_spark.spark.refit import CHURN_SCHEMA, churn_table, compare_models, refit
+from semid_spark.spark.models import load_encoder as load_model
+from semid_spark.spark.refit import churn_table, compare_models, refit
 from semid_spark.spark.sample import hash_filtered
 from semid_spark.synthetic import drifted_items
-from tests.spark.test_pipeline import DIM, catalog, config, frame, write_input
+from tests.spark.conftest import DIM, catalog, config, frame, write_input
 
 N_CURRENT, N_GROWN = 1200, 360  # +30%, drawn with shifted topic weights
 WRITTEN = ["item_id", "semantic_id", "codes", "counter", "relocated", "model_sha256", "run_id"]
@@ -263,7 +265,7 @@ def test_a_refit_killed_while_publishing_leaves_one_state_and_a_rerun_publishes(
     note = json.loads((new_model / UNPUBLISHED_FILE).read_text())
     new_sha = note["model_sha256"]
     with pytest.raises(ModelFormatError, match=r"saved and did not publish .* Run that `semid refit` again"):
-        pipeline.load_encoder(str(new_model))
+        load_model(str(new_model))
     out = TableRef(str(state / "out"))
     if at is None:  # before the commit that publishes: the old state, whatever else the kill left
         assert_old_state(spark, state, before, folders=sorted(os.listdir(state)))
@@ -279,7 +281,7 @@ def test_a_refit_killed_while_publishing_leaves_one_state_and_a_rerun_publishes(
 
     report = refit(spark, cfg, out_dir=str(state / "report"))  # the same refit again: published, once
     assert report.published and report.comparison.new_model_sha256 == new_sha
-    assert not (new_model / UNPUBLISHED_FILE).exists() and pipeline.load_encoder(str(new_model)).sha256 == new_sha
+    assert not (new_model / UNPUBLISHED_FILE).exists() and load_model(str(new_model)).sha256 == new_sha
     ids = table(spark, report.ids_table)
     assert ids.count() == N_CURRENT + N_GROWN == ids.select("semantic_id").distinct().count()
     props = out.properties(spark)

@@ -11,7 +11,7 @@ from semid_spark.exceptions import QualityGateError
 from semid_spark.spark import pipeline
 from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
 from semid_spark.uniqueness.relocate import relocate_codes
-from tests.spark.test_pipeline import catalog, config, frame, write_input
+from tests.spark.conftest import catalog, config, frame, write_input
 
 
 def table_rows(spark, cfg):

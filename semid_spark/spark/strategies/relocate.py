@@ -1,4 +1,7 @@
-"""Relocation on Spark (``uniqueness.strategy: relocate``): the rule of ``uniqueness.relocate``, distributed.
+"""``uniqueness.strategy: relocate`` (the default): the rule of ``uniqueness.relocate``, distributed.
+
+An item whose code another item has moves to a free last-level code of its prefix, among the
+``relocate_candidates`` nearest (encode kept them); counters only where none is free near it.
 
 Every step is a join, a window or a group over small rows (key, code key, one candidate code, one
 distance); no embedding crosses a shuffle (encode computed the candidates where it read the rows):
@@ -20,7 +23,8 @@ Lazy throughout: the written codes are read when the MERGE runs, as the counters
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,15 +32,44 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from semid_spark.spark.columns import CANDIDATES, CODES, COUNTER, DISTANCES, RELOCATED
+from semid_spark.config import UniquenessConfig
+from semid_spark.delta.schema import CANDIDATES, CODES, COUNTER, DISTANCES, RELOCATED
 from semid_spark.spark.incremental import broadcast_limit, next_counters
-from semid_spark.spark.ranking import CODE_KEY, assign_counters, is_packed, with_code_key
+from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, is_packed, with_code_key
+from semid_spark.spark.session import stage
+from semid_spark.spark.strategies.base import StrategyFigures
 from semid_spark.uniqueness.relocate import place_items
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
 PRUNE_SALTS = 32  # first-stage tasks per code in the pruning
 PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment
+
+
+@dataclass(frozen=True)
+class RelocateStrategy:
+    ids: UniquenessConfig
+    name = "relocate"
+
+    @property
+    def candidates(self) -> int:
+        return self.ids.relocate_candidates
+
+    def ranked_rows(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
+                    n_new: int, hot: list, salts: int = 0) -> DataFrame:
+        return relocated_rows(encoded, written, sizes, key_col=key_col, n_new=n_new, hot=hot,
+                              hot_code_rows=self.ids.hot_code_rows, salts=salts)
+
+    def n_counters(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], stats: CodeStats, *,
+                   key_col: str) -> int:  # the relocation itself, which the MERGE then runs again
+        rows = self.ranked_rows(encoded, written, sizes, key_col=key_col, n_new=stats.n_rows, hot=stats.hot)
+        return rows.where(F.col(COUNTER) > 0).count()
+
+    def figures(self, inserted: Callable[[], DataFrame], encoded: DataFrame, *, key_col: str, n_levels: int
+                ) -> StrategyFigures:
+        rows = inserted()
+        with stage(rows.sparkSession, "semid: relocation figures"):
+            return StrategyFigures(**relocation_figures(rows, encoded, key_col=key_col, n_levels=n_levels))
 
 
 def prefix_of(sizes: Sequence[int]) -> Column:

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.utils.metrics import collision_share
 
 DEFAULT_CHOICES = ("2x256", "3x256", "4x256", "3x1024")
@@ -109,8 +110,6 @@ def advise(x: np.ndarray, target_rows: int, choices: Sequence[tuple[int, int]], 
     convergence on at most 256 rows a centroid, as faiss trains; greedy, no joint passes: the
     predictions were calibrated on that fit, and on a sample of a few dozen rows a code the passes
     would spread the sample's codes more than the catalog's)."""
-    from semid_spark.algorithms.rq_kmeans import RQKMeans
-
     if target_rows < 1:
         raise ValueError(f"target_rows={target_rows}; expected >= 1")
     out = []
