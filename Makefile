@@ -39,7 +39,7 @@ test-heavy: $(STAMP)
 SPARK35 := 3.5.8:3.3.2:numpy==1.23.5,pandas==1.5.3,pyarrow==14.0.1,scipy==1.11.1
 SPARK40 := 4.0.2:4.0.1
 MATRIX ?= $(SPARK35) $(SPARK40)
-MATRIX_TESTS ?= tests/spark --ignore=tests/spark/test_real_deployments.py tests/uniqueness tests/properties \
+MATRIX_TESTS ?= tests/spark --ignore=tests/spark/test_real_deployments.py tests/delta tests/uniqueness tests/properties \
   tests/test_core.py tests/test_relocate.py tests/test_session.py tests/test_storage.py tests/test_config.py tests/test_metrics.py
 test-matrix:
 	@set -e; for entry in $(MATRIX); do \
