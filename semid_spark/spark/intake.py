@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -74,7 +74,7 @@ def read_validated(spark: SparkSession, cfg: JobConfig, items: DataFrame | None,
     with stage(spark, "semid: read and validate input"), seconds.timed("validate"):
         source = items if items is not None else read_input(spark, cfg)
         intake = validated_input(source, cfg, dim, rows_checked_later=rows_checked_later, allow_empty=allow_empty)
-    return Intake(intake.rows, intake.info, intake.rejected, intake.n_rejected, seconds)
+    return replace(intake, seconds=seconds)
 
 
 def _reject_id(source: DataFrame, key: str, emb: str) -> Column:

@@ -83,7 +83,6 @@ class Fitted:
     """A model fitted by the run, and the seconds its sample and fit took."""
 
     encoder: FittedEncoder
-    n_sampled: int
     seconds: Seconds
 
 
@@ -106,9 +105,9 @@ def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobCon
     with seconds.timed("fit"):
         encoder = new_encoder(cfg.model, x.shape[1]).fit(x, device=device)
         if save:
-            encoder.save(cfg.model.path)
+            save_model(encoder, cfg.model.path)
     log.info("fitted %s on %d sampled rows (%s), sha256 %s", type(encoder).__name__, len(x), device, encoder.sha256[:12])
-    return Fitted(encoder, len(x), seconds)
+    return Fitted(encoder, seconds)
 
 
 def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: DataFrame | None = None) -> RunReport:

@@ -227,16 +227,19 @@ def publish_version(spark: SparkSession, cfg: JobConfig, intake: Intake, source:
     seconds = Seconds()
     note = {"refit_id": refit_id, "table": str(out), "on_refit": cfg.output.on_refit,
             "model_sha256": model.sha256, "parent_model_sha256": current.sha256}
+
+    def write_ids(run_cfg: JobConfig, **options) -> None:  # the version's IDs, then the run's rejects
+        done = assign_ids(spark, intake.rows, intake.info, model, run_cfg, run_id=run_report.run_id, **options)
+        run_report.took_assignment(done)
+        write_rejects(spark, cfg, intake, run_report.run_id)
+
     with seconds.timed("publish"):
         if cfg.output.on_refit == "new_table":
             target = _new_table(cfg, model.sha256)
             publish_cfg = dataclasses.replace(cfg, output=dataclasses.replace(
                 cfg.output, path=target.path, table=target.name, new_table_on_model_change=False))
-            done = assign_ids(spark, intake.rows, intake.info, model, publish_cfg, run_id=run_report.run_id,
-                              before_write=lambda: save_unpublished(model, path, note), ids_from=out.read(spark),
-                              whole_input=source if cfg.input.on_invalid == "fail" else None)
-            run_report.took_assignment(done)
-            write_rejects(spark, cfg, intake, run_report.run_id)
+            write_ids(publish_cfg, before_write=lambda: save_unpublished(model, path, note), ids_from=out.read(spark),
+                      whole_input=source if cfg.input.on_invalid == "fail" else None)
             set_properties(spark, target, {PARENT_SHA_PROPERTY: current.sha256, PARENT_TABLE_PROPERTY: str(out),
                                            MODEL_PATH_PROPERTY: path})
             set_properties(spark, out, {SUCCESSOR_SHA_PROPERTY: model.sha256, SUCCESSOR_TABLE_PROPERTY: str(target),
@@ -253,10 +256,7 @@ def publish_version(spark: SparkSession, cfg: JobConfig, intake: Intake, source:
                 begin_rebinding(spark, out, current.sha256, model, run_report.run_id, path)
 
             try:
-                done = assign_ids(spark, intake.rows, intake.info, model, cfg, run_id=run_report.run_id,
-                                  before_write=before_write, rebinding_from=current.sha256)
-                run_report.took_assignment(done)
-                write_rejects(spark, cfg, intake, run_report.run_id)
+                write_ids(cfg, before_write=before_write, rebinding_from=current.sha256)
             except BaseException:
                 _quietly(abandon_rebinding, spark, out, run_report.run_id)
                 raise
