@@ -2,10 +2,14 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from semid_spark.engine import SemanticIdEngine
 from semid_spark.exceptions import ConfigError, InvalidInputError
-from semid_spark.uniqueness.relocate import place_items, relocate_codes
+from semid_spark.uniqueness.relocate import place_edges, place_items, relocate_codes
 from semid_spark.uniqueness.resolver import RelocatingResolver
 
 
@@ -31,6 +35,51 @@ def test_place_items_places_as_many_as_it_can_then_the_cheapest():
     given = place_items(3, np.array([0, 1, 1, 2]), np.array([7, 7, 8, 8]), np.array([0.1, 0.2, 0.9, 0.5]))
     assert given.tolist() == [7, -1, 8]
     assert place_items(2, np.array([], dtype=np.int64), np.array([], dtype=np.int64), np.array([])).tolist() == [-1, -1]
+
+
+def one_prefix_alone(n_items, item, code, cost):
+    """The rule as the job solved it before prefixes were batched: one solver call for one prefix."""
+    out = np.full(n_items, -1, dtype=np.int64)
+    order = np.lexsort((code, item))
+    item, code, cost = item[order], code[order], cost[order].astype(np.float64)
+    codes, column = np.unique(code, return_inverse=True)
+    top = float(cost.max())
+    weight = 1.0 + (cost / top if top > 0 else cost)
+    rows, cols = np.r_[item, np.arange(n_items)], np.r_[column, len(codes) + np.arange(n_items)]
+    graph = csr_matrix((np.r_[weight, np.full(n_items, 2.0 * n_items + 1.0)], (rows, cols)),
+                       shape=(n_items, len(codes) + n_items))
+    matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
+    real = matched_cols < len(codes)
+    out[matched_rows[real]] = codes[matched_cols[real]]
+    return out
+
+
+@st.composite
+def prefixes(draw):
+    """Edges (prefix, rank, code, cost) of 1-40 prefixes in any order: each prefix holds 1-6 items of
+    sparse ranks, each item 1-6 distinct codes of 8 at costs of 0-2 (ties everywhere). Drawn from a
+    seed: hypothesis picks the sizes and the seed, numpy the edges (thousands of draws otherwise)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    edges = []
+    for prefix in rng.permutation(draw(st.integers(1, 40))) * 3:
+        for rank in rng.choice(50, size=rng.integers(1, 7), replace=False):
+            for code in rng.choice(8, size=rng.integers(1, 7), replace=False):
+                edges.append((prefix, rank, code, rng.integers(0, 3)))
+    return np.array(edges, dtype=np.int64)[rng.permutation(len(edges))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(prefixes(), st.integers(1, 9))
+def test_prefixes_solved_together_get_what_each_gets_alone(edges, chunk):
+    prefix, rank, code, cost = edges.T
+    got_prefix, got_rank, given = place_edges(prefix, rank, code, cost.astype(np.float32), chunk=chunk)
+    assert np.array_equal(got_prefix, np.sort(got_prefix))
+    for p in np.unique(prefix):
+        mine = prefix == p
+        ranks, item = np.unique(rank[mine], return_inverse=True)
+        alone = one_prefix_alone(len(ranks), item, code[mine], cost[mine])
+        assert np.array_equal(got_rank[got_prefix == p], ranks)
+        assert np.array_equal(given[got_prefix == p], alone)
 
 
 def test_the_engine_passes_the_model_and_the_ids_are_unique(fitted, X):

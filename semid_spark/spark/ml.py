@@ -47,13 +47,21 @@ _JOB, _IDS = ModelConfig(), UniquenessConfig()  # the estimator's defaults are t
 RANK_BUCKETS = 16  # per code, for transform's lazy ranking (a code of 16M rows: 1M a task)
 
 
+def _int_or_ints(value) -> int | list[int]:
+    """nClusters' converter: one size, or one per level (as the job's model.n_clusters)."""
+    if TypeConverters._can_convert_to_list(value):
+        return TypeConverters.toListInt(value)
+    return TypeConverters.toInt(value)
+
+
 class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     keyCol = Param(Params._dummy(), "keyCol", "item key column (string, bigint or int); ranks items sharing codes",
                    TypeConverters.toString)
     codesCol = Param(Params._dummy(), "codesCol", "output column of the codes, array<int>", TypeConverters.toString)
     algorithm = Param(Params._dummy(), "algorithm", "rq_kmeans or rq_vae", TypeConverters.toString)
     nLevels = Param(Params._dummy(), "nLevels", "code levels (the ID's length)", TypeConverters.toInt)
-    nClusters = Param(Params._dummy(), "nClusters", "codes per level", TypeConverters.toInt)
+    nClusters = Param(Params._dummy(), "nClusters", "codes per level: one size for every level, or a list of one "
+                      "size per level ([2048, 1024, 512], whose length is then the ID's)", _int_or_ints)
     sampleSize = Param(Params._dummy(), "sampleSize", "at most this many rows go to the driver for fitting",
                        TypeConverters.toInt)
     sep = Param(Params._dummy(), "sep", "separator of the ID's parts", TypeConverters.toString)
@@ -85,7 +93,7 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     def getNLevels(self) -> int:
         return self.getOrDefault(self.nLevels)
 
-    def getNClusters(self) -> int:
+    def getNClusters(self) -> int | list[int]:
         return self.getOrDefault(self.nClusters)
 
     def getSampleSize(self) -> int:
@@ -124,7 +132,7 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     def setNLevels(self, value: int):
         return self._set(nLevels=value)
 
-    def setNClusters(self, value: int):
+    def setNClusters(self, value: int | list[int]):
         return self._set(nClusters=value)
 
     def setSampleSize(self, value: int):
@@ -155,7 +163,7 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     @keyword_only
     def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                  codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
-                 nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
+                 nClusters: int | list[int] = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
                  sep: str = "-", rankBuckets: int = RANK_BUCKETS,
                  strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> None:
         super().__init__()
@@ -164,7 +172,7 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     @keyword_only
     def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                   codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
-                  nClusters: int = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
+                  nClusters: int | list[int] = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
                   sep: str = "-", rankBuckets: int = RANK_BUCKETS,
                  strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> "SemanticIdEstimator":
         """Set the params named (the others keep their values)."""
@@ -177,7 +185,10 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
     def _fit(self, dataset: DataFrame) -> "SemanticIdModel":
         key, emb = self._columns()
         df, info = check_input(normalize_columns(dataset, key, emb), key, emb)
-        cfg = ModelConfig(kind=self.getAlgorithm(), n_levels=self.getNLevels(), n_clusters=self.getNClusters(),
+        sizes = self.getNClusters()
+        # a list of sizes gives the levels; nLevels, when set too, must agree (ModelConfig says so)
+        levels = self.getNLevels() if not isinstance(sizes, list) or self.isSet(self.nLevels) else None
+        cfg = ModelConfig(kind=self.getAlgorithm(), n_levels=levels, n_clusters=sizes,
                           sample_size=self.getSampleSize(), seed=self.getSeed())
         x = sample_embeddings(df, key_col=key, embedding_col=emb, dim=info.dim, n_rows=info.n_rows,
                               sample_size=cfg.sample_size, seed=cfg.seed)

@@ -172,3 +172,25 @@ def test_a_model_saved_with_a_param_since_removed_still_loads(spark, fitted, tmp
     os.remove(os.path.join(meta_dir, f".{part}.crc"))  # the local file system checks it
     loaded = SemanticIdModel.load(path)
     assert loaded.sha256 == fitted.stages[-1].sha256 and not loaded.hasParam("hotCodeRows")
+
+
+def test_one_size_per_level_fits_saves_and_transforms(spark, raw, tmp_path):
+    from pyspark.ml.functions import vector_to_array
+
+    df = Normalizer(inputCol="raw", outputCol="unit").transform(raw[0]) \
+        .select("item_id", vector_to_array("unit", "float32").alias("embedding"))
+    estimator = SemanticIdEstimator(nClusters=[8, 4, 6], sampleSize=500, seed=1)
+    model = estimator.fit(df)
+    assert [len(c) for c in model.encoder.codebooks_] == [8, 4, 6] and model.getNLevels() == 3
+    path = str(tmp_path / "model")
+    model.write().save(path)
+    loaded = SemanticIdModel.load(path)
+    assert loaded.getNClusters() == [8, 4, 6]
+    rows = loaded.transform(df).collect()
+    codes = np.array([r.codes for r in rows])
+    assert codes.shape == (900, 3) and (codes.max(axis=0) < [8, 4, 6]).all()
+    assert len({r.semantic_id for r in rows}) == 900
+    with pytest.raises(ConfigError, match=r"n_levels=2 but n_clusters lists 3 sizes"):
+        SemanticIdEstimator(nLevels=2, nClusters=[8, 4, 6], sampleSize=500).fit(df)
+    with pytest.raises(TypeError, match="nClusters"):
+        SemanticIdEstimator(nClusters="many")

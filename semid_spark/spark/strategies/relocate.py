@@ -12,7 +12,7 @@ distance); no embedding crosses a shuffle (encode computed the candidates where 
    any other candidate no item holds (an anti-join on the held code keys).
 3. Pruning: per code, the K nearest edges by (distance, key), in two windows: first per (code, key
    salt), then per code over the survivors, so a code millions of items want spans many tasks.
-4. Per prefix, the assignment (``place_items``) in a grouped pandas function: after the pruning a
+4. Per prefix, the assignment (``place_edges``) in a grouped pandas function: after the pruning a
    prefix holds at most K codes x K edges, whatever its number of items.
 5. Placed items and items that never collided get counter 0 (their code is theirs alone); the
    items left without a code are ranked by key after the written counters (and after the group's
@@ -38,7 +38,7 @@ from semid_spark.spark.incremental import broadcast_limit, next_counters
 from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, is_packed, with_code_key
 from semid_spark.spark.session import stage
 from semid_spark.spark.strategies.base import StrategyFigures
-from semid_spark.uniqueness.relocate import place_items
+from semid_spark.uniqueness.relocate import place_edges
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
@@ -178,21 +178,11 @@ def _placement_function(key_col: str):
         if prefixes.dtype == object:  # codes arrays (codebooks too large to pack): a tuple per prefix
             prefixes = prefixes.map(tuple)
         group = pd.factorize(prefixes)[0]
-        keys_out, new_out = [], []
-        order = np.argsort(group, kind="stable")
-        starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1, len(order)]
-        key_values = edges[key_col].to_numpy()
-        last, dist = edges[_LAST].to_numpy(np.int64), edges[_DIST].to_numpy(np.float32)
-        for lo, hi in zip(starts[:-1], starts[1:]):
-            rows = order[lo:hi]
-            keys, item = np.unique(key_values[rows], return_inverse=True)  # the prefix's items in key order
-            given = place_items(len(keys), item.ravel(), last[rows], dist[rows])
-            placed = given >= 0
-            keys_out.append(keys[placed])
-            new_out.append(given[placed].astype(np.int32))
-        if not keys_out:
-            return pd.DataFrame({key_col: key_values[:0], _NEW: np.zeros(0, dtype=np.int32)})
-        return pd.DataFrame({key_col: np.concatenate(keys_out), _NEW: np.concatenate(new_out)})
+        keys, rank = np.unique(edges[key_col].to_numpy(), return_inverse=True)  # items in key order
+        _, item_rank, given = place_edges(group, rank.ravel(), edges[_LAST].to_numpy(np.int64),
+                                          edges[_DIST].to_numpy(np.float32))
+        placed = given >= 0
+        return pd.DataFrame({key_col: keys[item_rank[placed]], _NEW: given[placed].astype(np.int32)})
 
     return place
 
