@@ -11,7 +11,8 @@ distance); no embedding crosses a shuffle (encode computed the candidates where 
 2. Edges: each participant's candidates, exploded; the own code where no written item holds it,
    any other candidate no item holds (an anti-join on the held code keys).
 3. Pruning: per code, the K nearest edges by (distance, key), in two windows: first per (code, key
-   salt), then per code over the survivors, so a code millions of items want spans many tasks.
+   salt), then per code over the survivors, so a code millions of items want spans many tasks. Only
+   in prefixes of more than K new items: elsewhere no code has more than K edges.
 4. Per prefix, the assignment (``place_edges``) in a grouped pandas function: after the pruning a
    prefix holds at most K codes x K edges, whatever its number of items.
 5. Placed items and items that never collided get counter 0 (their code is theirs alone); the
@@ -42,6 +43,7 @@ from semid_spark.uniqueness.relocate import place_edges
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
+_HELD, _CROWDED = "_held", "_crowded"
 PRUNE_SALTS = 32  # first-stage tasks per code in the pruning
 PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment
 
@@ -92,20 +94,36 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     key, counter, relocated): the codes after relocation and each row's counter, every one unique.
     *hot*: the codes of *encoded* over *hot_code_rows* rows (``code_stats``); the items left on one keep
     it, so no other code can hold more of them than that. *salts* > 0: the counters are ranked as
-    ``assign_counters`` ranks them with *salts* (planned only, no job)."""
+    ``assign_counters`` ranks them with *salts* (planned only, no job). *n_new*: encoded's row count where
+    known (the job's), 0 where not (Spark ML's transform: then nothing runs until an action). Known, the
+    new items' codes are counted in a job of their own (over encoded only; the table stays read inside
+    the MERGE) and, up to ``broadcast_limit`` items, go to every task, so no new row is shuffled to
+    find the colliding ones."""
 
     k = int(sizes[-1])
+    # n_new 0: unknown (Spark ML's transform, which only plans: nothing is computed, nothing broadcast)
+    small = 0 < n_new <= broadcast_limit()  # the new items' codes go to every task: no new row is shuffled to split them
+    shared_only = lambda frame: F.broadcast(frame) if small else frame  # noqa: E731
     items = encoded.withColumn(_PREFIX, prefix_of(sizes))
     held_written = _written_code_keys(written, items, sizes, n_new=n_new)
-    per_code = items.groupBy(CODE_KEY).agg(F.count(F.lit(1)).alias(_COUNT))
+    # the new items' codes and how many share each, computed once (a job over the cached codes, never the
+    # table, which stays read inside the MERGE): the plan reads them four times, and a shuffle of every new
+    # row's code each time was most of the relocation's cost
+    per_code = items.groupBy(CODE_KEY, _PREFIX).agg(F.count(F.lit(1)).alias(_COUNT))
+    if n_new:
+        per_code = per_code.localCheckpoint(eager=True)
+    # a target code has at most one edge per item of its prefix: only a prefix of more than k new items
+    # (participants, written ones included, are some of them) can give a code more than k edges to prune
+    crowded = (per_code.groupBy(_PREFIX).agg(F.sum(_COUNT).alias(_COUNT)).where(F.col(_COUNT) > k)
+               .select(_PREFIX, F.lit(True).alias(_CROWDED)))
     shared = per_code.where(F.col(_COUNT) > 1).select(CODE_KEY, F.lit(False).alias(_OWN_WRITTEN))
     participant_codes = shared
     if held_written is not None:
         taken = per_code.select(CODE_KEY).join(held_written, CODE_KEY, "left_semi")
         participant_codes = (shared.unionByName(taken.select(CODE_KEY, F.lit(True).alias(_OWN_WRITTEN)))
                              .groupBy(CODE_KEY).agg(F.max(_OWN_WRITTEN).alias(_OWN_WRITTEN)))
-    # one shuffle of the new rows by code: the items that never collided leave here with counter 0
-    flagged = items.join(participant_codes, CODE_KEY, "left")
+    # the items that never collided leave here with counter 0
+    flagged = items.join(shared_only(participant_codes), CODE_KEY, "left")
     alone = flagged.where(F.col(_OWN_WRITTEN).isNull())
     participants = flagged.where(F.col(_OWN_WRITTEN).isNotNull())
 
@@ -116,10 +134,15 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     edges = edges.withColumn(_TARGET, full_code(F.col(_PREFIX), F.col(_LAST), sizes))
     held = per_code.select(F.col(CODE_KEY).alias(_TARGET))
     if held_written is not None:
-        held = held.unionByName(held_written.select(F.col(CODE_KEY).alias(_TARGET)))
-    own = edges.where((F.col(_POS) == 0) & ~F.col(_OWN_WRITTEN))
-    others = edges.where(F.col(_POS) > 0).join(held, _TARGET, "left_anti")
-    kept = _nearest_per_code(own.unionByName(others), key_col, k, salts=PRUNE_SALTS)
+        held = held.unionByName(held_written.select(F.col(CODE_KEY).alias(_TARGET))).distinct()
+    # one pass over the participants' candidates: the own code where no written item holds it, any other
+    # candidate no item holds
+    marked = edges.join(shared_only(held.withColumn(_HELD, F.lit(True))), _TARGET, "left")
+    free = F.when(F.col(_POS) == 0, ~F.col(_OWN_WRITTEN)).otherwise(F.col(_HELD).isNull())
+    candidates = marked.where(free).drop(_HELD).join(shared_only(crowded), _PREFIX, "left")
+    pruned = _nearest_per_code(candidates.where(F.col(_CROWDED).isNotNull()).drop(_CROWDED), key_col, k,
+                               salts=PRUNE_SALTS)
+    kept = pruned.unionByName(candidates.where(F.col(_CROWDED).isNull()).drop(_CROWDED))
 
     key_type = encoded.schema[key_col].dataType
     # prefixes in hash buckets: one pandas call solves many small prefixes (a call per prefix cost more than
