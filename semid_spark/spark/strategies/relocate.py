@@ -151,6 +151,10 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
                           _LAST, _DIST)
     placements = buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col), T.StructType(
         [T.StructField(key_col, key_type), T.StructField(_NEW, T.IntegerType())]))
+    if n_new and written is None:
+        # a first run: nothing above reads the table, so the assignment is solved once, here, where the
+        # MERGE's plan would solve it twice (the placed and the unplaced rows each read it)
+        placements = placements.localCheckpoint(eager=True)
     columns = [c for c in encoded.columns if c not in (CANDIDATES, DISTANCES)]
     decided = participants.select(*columns).join(placements, key_col, "left")  # _NEW null: no free code near
     own_last = F.col(CODES).getItem(len(sizes) - 1)
