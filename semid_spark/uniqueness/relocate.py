@@ -110,23 +110,26 @@ def place_edges(prefix: np.ndarray, rank: np.ndarray, code: np.ndarray, cost: np
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+    if len(prefix) == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, none
     order = np.lexsort((code, rank, prefix))
     prefix, rank = np.asarray(prefix, dtype=np.int64)[order], np.asarray(rank, dtype=np.int64)[order]
     code, cost = np.asarray(code, dtype=np.int64)[order], np.asarray(cost, dtype=np.float64)[order]
-    new_prefix = np.r_[True, prefix[1:] != prefix[:-1]] if len(prefix) else np.zeros(0, dtype=bool)
-    new_item = new_prefix | np.r_[True, rank[1:] != rank[:-1]] if len(prefix) else new_prefix
+    new_prefix = np.r_[True, prefix[1:] != prefix[:-1]]
+    new_item = new_prefix | np.r_[True, rank[1:] != rank[:-1]]
     group = np.cumsum(new_prefix) - 1  # (e,) the edge's prefix, 0..G-1
     item = np.cumsum(new_item) - 1  # (e,) the edge's item, 0..I-1, in (prefix, rank) order
     first_item = item[new_prefix]  # (G,) each prefix's first item
-    n_items = np.diff(np.r_[first_item, item[-1] + 1 if len(item) else 0])  # (G,)
-    given = np.full(len(n_items) and int(n_items.sum()), -1, dtype=np.int64)
-    edge_start = np.flatnonzero(new_prefix)
+    n_items = np.diff(np.r_[first_item, item[-1] + 1])  # (G,)
+    given = np.full(item[-1] + 1, -1, dtype=np.int64)
+    edge_start = np.r_[np.flatnonzero(new_prefix), len(prefix)]  # (G + 1,)
     for g0 in range(0, len(n_items), chunk):
         g1 = min(g0 + chunk, len(n_items))
-        lo, hi = edge_start[g0], edge_start[g1] if g1 < len(n_items) else len(prefix)
+        lo, hi = edge_start[g0], edge_start[g1]
         i0 = first_item[g0]
         rows, cols = _block_diagonal(group[lo:hi] - g0, item[lo:hi] - i0, code[lo:hi], n_items[g0:g1])
-        top = np.maximum.reduceat(cost[lo:hi], edge_start[g0:g1] - lo)[group[lo:hi] - g0]
+        top = np.maximum.reduceat(cost[lo:hi], edge_start[g0:g1] - lo)[group[lo:hi] - g0]  # per prefix
         weight = 1.0 + np.where(top > 0, cost[lo:hi] / np.where(top > 0, top, 1.0), cost[lo:hi])
         dummy = np.repeat(2.0 * n_items[g0:g1] + 1.0, n_items[g0:g1])
         n_rows = int(n_items[g0:g1].sum())

@@ -130,3 +130,27 @@ def test_evaluate_reports_the_moved_and_counter_shares_of_the_table(spark, tmp_p
     assert quality.uniqueness["counter_share"] == pytest.approx(report.counter_share)
     assert quality.uniqueness["error_ratio"] == pytest.approx(report.error_ratio, rel=1e-4)
     assert "moved to a free last-level code" in open(tmp_path / "eval" / "report.md", encoding="utf-8").read()
+
+
+@pytest.mark.parametrize("n_new", [1200, 0])  # the job's (counts checkpointed, broadcast) and the ML transform's
+def test_codes_too_large_to_pack_relocate_as_packed_ones_do(spark, relocated_run, n_new):
+    from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES
+    from semid_spark.spark.ranking import is_packed, with_code_key
+    from semid_spark.spark.strategies.relocate import relocated_rows
+    from semid_spark.uniqueness.relocate import last_level_candidates
+
+    _, _, _, keys, x, model = relocated_run
+    codes = model.encode(x[:1200])
+    cand, dist = last_level_candidates(model, x[:1200], codes, 16)
+    encoded = spark.createDataFrame(
+        [(k, c.tolist(), a.tolist(), d.tolist()) for k, c, a, d in zip(keys[:1200], codes, cand, dist)],
+        f"item_id string, {CODES} array<int>, {CANDIDATES} array<int>, {DISTANCES} array<float>")
+    unpackable = [1 << 31, 1 << 31, 16]  # the same last level, and 2^66 full codes: the key is the array
+    assert not is_packed(unpackable) and is_packed([4, 4, 16])
+    got = {}
+    for sizes in ([4, 4, 16], unpackable):
+        rows = relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col="item_id", n_new=n_new, hot=[],
+                              hot_code_rows=1_000_000)
+        got[len(got)] = {r.item_id: (list(r.codes), r.counter, r.relocated) for r in rows.collect()}
+    assert got[0] == got[1] and len(got[0]) == 1200
+    assert sum(relocated for _, _, relocated in got[0].values()) > 0

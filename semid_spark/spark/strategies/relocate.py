@@ -9,7 +9,7 @@ distance); no embedding crosses a shuffle (encode computed the candidates where 
 1. Participants: the new items whose code key another new item has (a count per code) or a written
    item holds (the table's codes, only for the new items' prefixes).
 2. Edges: each participant's candidates, exploded; the own code where no written item holds it,
-   any other candidate no item holds (an anti-join on the held code keys).
+   any other candidate no item holds (one join with the held code keys).
 3. Pruning: per code, the K nearest edges by (distance, key), in two windows: first per (code, key
    salt), then per code over the survivors, so a code millions of items want spans many tasks. Only
    in prefixes of more than K new items: elsewhere no code has more than K edges.
@@ -101,9 +101,10 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     find the colliding ones."""
 
     k = int(sizes[-1])
-    # n_new 0: unknown (Spark ML's transform, which only plans: nothing is computed, nothing broadcast)
-    small = 0 < n_new <= broadcast_limit()  # the new items' codes go to every task: no new row is shuffled to split them
-    shared_only = lambda frame: F.broadcast(frame) if small else frame  # noqa: E731
+    # few new items (n_new 0: unknown, nothing broadcast): their codes go to every task, so no new row is
+    # shuffled to split them
+    small = 0 < n_new <= broadcast_limit()
+    to_every_task = lambda frame: F.broadcast(frame) if small else frame  # noqa: E731
     items = encoded.withColumn(_PREFIX, prefix_of(sizes))
     held_written = _written_code_keys(written, items, sizes, n_new=n_new)
     # the new items' codes and how many share each, computed once (a job over the cached codes, never the
@@ -123,7 +124,7 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
         participant_codes = (shared.unionByName(taken.select(CODE_KEY, F.lit(True).alias(_OWN_WRITTEN)))
                              .groupBy(CODE_KEY).agg(F.max(_OWN_WRITTEN).alias(_OWN_WRITTEN)))
     # the items that never collided leave here with counter 0
-    flagged = items.join(shared_only(participant_codes), CODE_KEY, "left")
+    flagged = items.join(to_every_task(participant_codes), CODE_KEY, "left")
     alone = flagged.where(F.col(_OWN_WRITTEN).isNull())
     participants = flagged.where(F.col(_OWN_WRITTEN).isNotNull())
 
@@ -137,9 +138,9 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
         held = held.unionByName(held_written.select(F.col(CODE_KEY).alias(_TARGET))).distinct()
     # one pass over the participants' candidates: the own code where no written item holds it, any other
     # candidate no item holds
-    marked = edges.join(shared_only(held.withColumn(_HELD, F.lit(True))), _TARGET, "left")
+    marked = edges.join(to_every_task(held.withColumn(_HELD, F.lit(True))), _TARGET, "left")
     free = F.when(F.col(_POS) == 0, ~F.col(_OWN_WRITTEN)).otherwise(F.col(_HELD).isNull())
-    candidates = marked.where(free).drop(_HELD).join(shared_only(crowded), _PREFIX, "left")
+    candidates = marked.where(free).drop(_HELD).join(to_every_task(crowded), _PREFIX, "left")
     pruned = _nearest_per_code(candidates.where(F.col(_CROWDED).isNotNull()).drop(_CROWDED), key_col, k,
                                salts=PRUNE_SALTS)
     kept = pruned.unionByName(candidates.where(F.col(_CROWDED).isNull()).drop(_CROWDED))
