@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy test-matrix bench bench-scale bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy test-matrix bench bench-shapes bench-scale bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -110,6 +110,12 @@ bench-encode: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m semid_spark.cli bench $(BENCH_ARGS)
+
+# Large codebook shapes (3x256 to 3x4096) fitted and encoded beside faiss and one core's GEMM on
+# 500k x 128 rows (15-25 minutes on 2 cores): artifacts/bench/shapes.json and shapes.md.
+# BENCH_ARGS="--shapes 3x8192 --device cuda" times the cuda path as well.
+bench-shapes: $(STAMP)
+	$(PY) -m semid_spark.cli bench --shapes $(BENCH_ARGS)
 
 # The job at 1M, 4M and 16M rows (8 to 20 minutes on 2 cores, by CPU): artifacts/bench/scale.json and scale.md.
 bench-scale: $(STAMP)

@@ -115,7 +115,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale [--sizes ...]
+    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale [--sizes ...] | --shapes [LIST]
+        if argv[1:2] == ["--shapes"] or argv[1:2] and argv[1].startswith("--shapes="):
+            from semid_spark.bench.shapes import main as shapes_main
+
+            rest = argv[1:]  # --shapes 3x4096,3x8192 [flags] is the module's own option...
+            if rest[0] == "--shapes" and (len(rest) == 1 or rest[1].startswith("-")):
+                rest = rest[1:]  # ...and --shapes alone (or before flags) asks for the default shapes
+            return shapes_main(rest)
         if "--scale" in argv:
             from semid_spark.bench.scale import main as scale_main
 

@@ -15,3 +15,35 @@ def test_bench_quick_writes_json_and_markdown(spark, tmp_path):
     assert any("Spark encode rows/s per core" in f for f in figures)
     assert any("SQLite uniqueness store" in f for f in figures)
     assert (tmp_path / "bench.md").read_text().startswith("| figure |")
+
+
+def test_bench_shapes_writes_fit_and_encode_figures_for_uniform_and_shrinking_shapes(tmp_path):
+    """`semid bench --shapes` at a tiny size: every shape fitted beside faiss, encoded on one core with the
+    same codes as faiss's greedy RQ holding our codebooks (where faiss can hold them), and the table."""
+    assert main(["bench", "--shapes", "2x32,32/16/8", "--rows", "3000", "--encode-rows", "1024",
+                 "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "shapes.json").read_text())
+    assert list(report["shapes"]) == ["2x32", "32/16/8"] and report["rows"] == 3000
+    for entry in report["shapes"].values():
+        fit, encode = entry["fit"], entry["encode"]
+        assert fit["ours_seconds"] > 0 and fit["faiss_seconds"] > 0 and 0 < fit["ours_mse"] < 2 * fit["faiss_mse"]
+        assert fit["ours_peak_bytes"] > 0 and encode["rows_per_s_core"] > 0 and encode["ratio_to_gemm"] > 0
+    assert report["shapes"]["2x32"]["encode"]["same_codes_as_faiss"] == 1.0
+    assert "same_codes_as_faiss" not in report["shapes"]["32/16/8"]["encode"]  # faiss takes one size for all levels
+    assert (tmp_path / "shapes.md").read_text().startswith("Shapes on 3,000 x 128-d synthetic rows")
+
+
+@pytest.mark.parametrize("text, sizes", [("3x4096", [4096] * 3), ("2048/1024/512/256", [2048, 1024, 512, 256]),
+                                         (" 1X8 ", [8])])
+def test_shape_syntax(text, sizes):
+    from semid_spark.bench.shapes import parse_shape, shape_name
+
+    assert parse_shape(text) == sizes and parse_shape(shape_name(sizes)) == sizes
+
+
+@pytest.mark.parametrize("bad", ["3x", "x256", "3x0", "256/0", "3-256", ""])
+def test_shape_syntax_errors_name_the_forms(bad):
+    from semid_spark.bench.shapes import parse_shape
+
+    with pytest.raises(ValueError, match="LEVELSxCODES"):
+        parse_shape(bad)

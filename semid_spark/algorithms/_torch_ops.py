@@ -97,6 +97,10 @@ def take(a: torch.Tensor, index: np.ndarray) -> torch.Tensor:  # rows (or entrie
     return a[torch.from_numpy(index).to(a.device)]
 
 
+def copy_into(out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:  # out[...] = a, no new array
+    return out.copy_(a)
+
+
 def copy(a: torch.Tensor) -> torch.Tensor:
     return a.clone()
 
@@ -172,16 +176,18 @@ def _means(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> tupl
     return new_centers, counts
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeding (2 + ln k trials per center): (n, d) -> (k, d) initial centers."""
+def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator, weights: np.ndarray | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (2 + ln k trials per center): (n, d) -> (k, d) initial centers.
+    *weights* (n,) float64: each row counts as that many points (k-means||'s candidates)."""
     n = len(x)
     n_trials = 2 + int(math.log(k))
     x_sq = (x * x).sum(dim=1)
-    first = int(rng.integers(n))
-    chosen = [first]
-    closest = (x_sq - 2 * x @ x[first] + x_sq[first]).clamp_(min=0.0)
+    w = None if weights is None else torch.from_numpy(weights).to(x.device)
+    first = int(rng.integers(n)) if weights is None else int(np.searchsorted(np.cumsum(weights), rng.random() * weights.sum()))
+    chosen = [min(first, n - 1)]
+    closest = (x_sq - 2 * x @ x[chosen[0]] + x_sq[chosen[0]]).clamp_(min=0.0)
     for _ in range(1, k):
-        cumulative = torch.cumsum(closest, dim=0, dtype=torch.float64)
+        cumulative = torch.cumsum(closest if w is None else closest * w, dim=0, dtype=torch.float64)
         targets = torch.from_numpy(rng.random(n_trials) * float(cumulative[-1])).to(x.device)
         candidates = torch.searchsorted(cumulative, targets).clamp_(max=n - 1)
         # (n, n_trials): each point's squared distance to each candidate, or its current one where
@@ -190,7 +196,8 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch
         merged = torch.addmm(x_sq[candidates], x, x[candidates].T, alpha=-2.0)
         merged.add_(x_sq[:, None]).clamp_(min=0.0)
         torch.minimum(merged, closest[:, None], out=merged)
-        best = int(merged.sum(dim=0, dtype=torch.float64).argmin())
+        potential = merged.sum(dim=0, dtype=torch.float64) if w is None else w @ merged.double()
+        best = int(potential.argmin())
         chosen.append(int(candidates[best]))
         closest = merged[:, best].contiguous()
     return x[torch.tensor(chosen, device=x.device)].clone()
@@ -239,17 +246,17 @@ def lloyd(
 
 
 def residual_pass(
-    x: torch.Tensor, codebooks: list[torch.Tensor]
+    x: torch.Tensor, codebooks: list[torch.Tensor], out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) and its
-    summed squared norm.
+    """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) (written
+    into *out* when given) and its summed squared norm.
 
     Blocks of FIT_CHUNK rows go through every level while they are in cache. Plain float32
     argmin, not the exact rule of ``nearest_codes``: a near tie costs the fit nothing.
     """
     norms = [(c * c).sum(dim=1) for c in codebooks]
     codes = torch.empty(len(codebooks), len(x), dtype=torch.int64, device=x.device)
-    residual = torch.empty_like(x)
+    residual = torch.empty_like(x) if out is None else out
     error = torch.zeros((), dtype=torch.float64, device=x.device)
     for start in range(0, len(x), FIT_CHUNK):
         block = residual[start : start + FIT_CHUNK]

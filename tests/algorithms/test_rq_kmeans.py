@@ -304,3 +304,63 @@ def test_kmeans_plus_plus_seeds_distinct_points_deterministically():
         return float(torch.cdist(x, centers).min(dim=1).values.pow(2).sum())
     random_pick = x[torch.from_numpy(np.random.default_rng(7).choice(len(x), 12, replace=False))]
     assert cost(a) < cost(random_pick)
+
+
+def _seed_cost(x, centers):  # k-means cost of seeds: each row's squared distance to its nearest seed
+    x, centers = x.astype(np.float64), centers.astype(np.float64)
+    return float(((x[:, None, :] - centers[None]) ** 2).sum(-1).min(1).sum())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_kmeans_parallel_seeds_distinct_rows_about_as_well_as_greedy_kmeans_plus_plus(backend):
+    """k-means|| (the seeding above SEED_BUDGET) picks k distinct data rows, the same for the same random
+    state, at a cost close to greedy k-means++'s on the same rows and well below k random rows'."""
+    ops = {"numpy": _fit_ops, "torch": _torch_ops}[backend]
+    x = make_catalog(n=4000, dim=16, n_topics=80, seed=4)
+    rows = torch.from_numpy(x) if backend == "torch" else x
+    seeds = [ops.to_numpy(rq_kmeans.kmeans_parallel(ops, rows, 64, np.random.default_rng(9))) for _ in range(2)]
+    assert np.array_equal(seeds[0], seeds[1]) and len(np.unique(seeds[0], axis=0)) == 64
+    assert all((x == row).all(axis=1).any() for row in seeds[0])
+    greedy = _seed_cost(x, ops.to_numpy(ops.kmeans_plus_plus(rows, 64, np.random.default_rng(9))))
+    random_rows = _seed_cost(x, x[np.random.default_rng(9).choice(len(x), 64, replace=False)])
+    assert _seed_cost(x, seeds[0]) < 1.15 * greedy and _seed_cost(x, seeds[0]) < 0.8 * random_rows
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_weighted_kmeans_plus_plus_never_seeds_on_a_row_of_weight_zero(backend):
+    ops = {"numpy": _fit_ops, "torch": _torch_ops}[backend]
+    x = make_catalog(n=600, dim=8, n_topics=20, seed=6)
+    weights = np.random.default_rng(1).integers(0, 3, len(x)).astype(np.float64)
+    rows = torch.from_numpy(x) if backend == "torch" else x
+    seeds = ops.to_numpy(ops.kmeans_plus_plus(rows, 40, np.random.default_rng(2), weights=weights))
+    chosen = [int(np.flatnonzero((x == row).all(axis=1))[0]) for row in seeds]
+    assert len(set(chosen)) == 40 and (weights[chosen] > 0).all()
+
+
+def test_large_codebooks_seed_with_kmeans_parallel_deterministically(monkeypatch):
+    """Above SEED_BUDGET (rows seeded x K) the fit seeds with k-means||: here forced at K = 32."""
+    x = make_catalog(n=6000, dim=16, n_topics=60, seed=8)
+    greedy = RQKMeans(n_levels=2, n_clusters=32, random_state=0).fit(x)
+    calls = []
+    monkeypatch.setattr(rq_kmeans, "SEED_BUDGET", 32 * 32)
+    monkeypatch.setattr(rq_kmeans, "kmeans_parallel",
+                        lambda *a, _f=rq_kmeans.kmeans_parallel: calls.append(1) or _f(*a))
+    first, again = (RQKMeans(n_levels=2, n_clusters=32, random_state=0).fit(x) for _ in range(2))
+    assert len(calls) == 4  # two levels, two fits
+    assert all(np.array_equal(a, b) for a, b in zip(first.codebooks_, again.codebooks_))
+    assert _mse(first, x) < 1.05 * _mse(greedy, x)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_residual_pass_writes_into_the_rows_it_is_given(backend):
+    """The joint passes reuse one residual array (the fit's memory: the sample and one residual)."""
+    ops = {"numpy": _fit_ops, "torch": _torch_ops}[backend]
+    x = make_catalog(n=500, dim=8, n_topics=10, seed=2)
+    x = torch.from_numpy(x) if backend == "torch" else x
+    books = [ops.take(x, np.arange(4) + 4 * level) for level in range(2)]
+    codes, fresh, error = ops.residual_pass(x, books)
+    buffer = ops.copy(x)
+    codes_again, written, error_again = ops.residual_pass(x, books, out=buffer)
+    assert written is buffer and error_again == error
+    assert np.array_equal(ops.to_numpy(written), ops.to_numpy(fresh))
+    assert np.array_equal(ops.to_numpy(codes_again), ops.to_numpy(codes))
