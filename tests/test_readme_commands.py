@@ -49,6 +49,13 @@ def test_the_readme_names_commands():
 
 @pytest.mark.parametrize("argv", semid_commands(), ids=lambda argv: " ".join(argv)[:60])
 def test_semid_commands_parse(argv):
+    if argv[:2] == ["bench", "--shapes"]:  # semid bench --shapes [LIST] [flags]: the shapes bench's own parser
+        from semid_spark.bench.shapes import build_parser, parse_shape
+
+        rest = argv[2:] if len(argv) == 2 or argv[2].startswith("-") else ["--shapes", *argv[2:]]
+        shapes = build_parser().parse_args(rest).shapes
+        assert all(parse_shape(s) for s in shapes.split(","))
+        return
     if argv[0] == "bench":  # its own parsers (semid bench --help, semid bench --scale --help)
         assert set(a for a in argv[1:] if a.startswith("--")) <= {"--scale", "--sizes", "--quick", "--out", "--cores",
                                                                     "--baseline", "--work", "--skip-spark"}

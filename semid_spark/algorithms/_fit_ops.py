@@ -18,7 +18,12 @@ from scipy import sparse
 
 from semid_spark.algorithms import _ops
 
-FIT_CHUNK = 4096  # rows per GEMM block in fitting
+FIT_CHUNK = 4096  # rows per GEMM block in fitting...
+SCORE_BLOCK = FIT_CHUNK * 1024  # ...fewer above K = 1024, so that a block's (rows, K) scores stay 16 MiB
+
+
+def block_rows(k: int) -> int:  # rows per block against a codebook of k codes
+    return min(FIT_CHUNK, max(256, SCORE_BLOCK // k))
 BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
 LLOYD_BALANCE_TOL = 0.05  # during balanced Lloyd the prices need only be this close; the offsets get BALANCE_TOL
 PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
@@ -98,16 +103,17 @@ class _Scorer:
 
 def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int64, sq dist (n,) float32."""
-    scorer = _Scorer(centers, min(FIT_CHUNK, len(x)))
+    step = block_rows(len(centers))
+    scorer = _Scorer(centers, min(step, len(x)))
     labels = np.empty(len(x), dtype=np.int64)
     dists = np.empty(len(x), dtype=np.float32)
-    for start in range(0, len(x), FIT_CHUNK):
-        block = x[start : start + FIT_CHUNK]
+    for start in range(0, len(x), step):
+        block = x[start : start + step]
         scores = scorer(block)
         block_labels = scores.argmin(axis=1)
-        labels[start : start + FIT_CHUNK] = block_labels
+        labels[start : start + step] = block_labels
         best = scores[np.arange(len(block)), block_labels] + np.einsum("nd,nd->n", block, block)
-        dists[start : start + FIT_CHUNK] = np.maximum(best, 0.0)
+        dists[start : start + step] = np.maximum(best, 0.0)
     return labels, dists
 
 
@@ -202,22 +208,22 @@ def residual_pass(
     x: np.ndarray, codebooks: list[np.ndarray], out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) (written
-    into *out* when given) and its summed squared norm. Blocks of FIT_CHUNK rows go through every level while they are in cache;
-    plain float32 argmin (a near tie costs the fit nothing)."""
-    scorers = [_Scorer(c, min(FIT_CHUNK, len(x))) for c in codebooks]
+    into *out* when given) and its summed squared norm (``squared_error``'s sum). Blocks of rows (FIT_CHUNK,
+    fewer at large K) go through every level while they are in cache; plain float32 argmin (a near tie costs
+    the fit nothing)."""
+    step = min(FIT_CHUNK, len(x), *(block_rows(len(c)) for c in codebooks))
+    scorers = [_Scorer(c, step) for c in codebooks]
     codes = np.empty((len(codebooks), len(x)), dtype=np.int64)
     residual = np.empty_like(x) if out is None else out
-    chosen = np.empty((min(FIT_CHUNK, len(x)), x.shape[1]), dtype=np.float32)
-    error = 0.0
-    for start in range(0, len(x), FIT_CHUNK):
-        block = residual[start : start + FIT_CHUNK]
-        block[...] = x[start : start + FIT_CHUNK]
+    chosen = np.empty((step, x.shape[1]), dtype=np.float32)
+    for start in range(0, len(x), step):
+        block = residual[start : start + step]
+        block[...] = x[start : start + step]
         for level, (codebook, scorer) in enumerate(zip(codebooks, scorers)):
             labels = scorer(block).argmin(axis=1)
-            codes[level, start : start + FIT_CHUNK] = labels
+            codes[level, start : start + step] = labels
             block -= np.take(codebook, labels, axis=0, out=chosen[: len(block)])
-        error += float(np.einsum("nd,nd->n", block, block).sum(dtype=np.float64))
-    return codes, residual, error
+    return codes, residual, squared_error(residual)
 
 
 def subtract_codewords_(residual: np.ndarray, codebook: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ SEED_SAMPLE_PER_CLUSTER = 64  # seeding looks at most this many points per clust
 SEED_BUDGET = 64 * 1024 * 1024
 SEED_ROUNDS = 5  # k-means|| draws 2K candidates in this many rounds, then weighted k-means++ picks K of them
 SEED_OVERSAMPLE = 2
+SEED_GATHER_ROWS = 65536  # k-means|| reads its sample in blocks of this many rows
 WARMUP_PER_CLUSTER = 256  # Lloyd starts on a subsample of this many points per cluster (faiss's cap)...
 WARMUP_INERTIA_TOL = 3e-3  # ...until an iteration gains less than this fraction, then goes on with all
 REFINE_MIN_ROWS_PER_CODE = 64  # joint passes only when the fit has this many rows per codeword (else they overfit)
@@ -103,18 +104,26 @@ def refine_codebooks(ops, x, codebooks: list, *, max_passes: int, tol: float, co
     return kept_books, kept, kept_codes
 
 
-def kmeans_parallel(ops, x, k: int, rng: np.random.Generator):
+def kmeans_parallel(ops, x, k: int, rng: np.random.Generator, rows: np.ndarray | None = None):
     """k-means|| seeding (Bahmani et al., 2012) with the kernels of *ops*: (n, d) -> (k, d) centers.
 
     SEED_ROUNDS rounds each draw SEED_OVERSAMPLE * k / SEED_ROUNDS rows in proportion to their squared
     distance to the candidates so far and measure every row against the new ones in one blocked
     assignment (a GEMM); the candidates, weighted by the rows nearest to each, are then reduced to k by
     greedy k-means++. Its cost is n x 2k x d in GEMMs where greedy k-means++ on the n rows reads them
-    k times. Falls back to greedy k-means++ where fewer than k candidates are drawn (tiny or
+    k times. *rows*: the sample as indices into x (None: all of x), gathered SEED_GATHER_ROWS at a time,
+    never copied whole. Falls back to greedy k-means++ where fewer than k candidates are drawn (tiny or
     duplicated data)."""
-    n = len(x)
-    chosen = np.array([int(rng.integers(n))])
-    closest = np.asarray(ops.to_numpy(ops.assign(x, ops.take(x, chosen))[1]), dtype=np.float64)
+    rows = np.arange(len(x)) if rows is None else rows
+    n = len(rows)
+
+    def measure(centers) -> tuple[np.ndarray, np.ndarray]:  # each sample row's nearest center and distance
+        parts = [ops.assign(ops.take(x, rows[s : s + SEED_GATHER_ROWS]), centers) for s in range(0, n, SEED_GATHER_ROWS)]
+        return (np.concatenate([ops.to_numpy(labels) for labels, _ in parts]),
+                np.concatenate([np.asarray(ops.to_numpy(dists), dtype=np.float64) for _, dists in parts]))
+
+    chosen = np.array([int(rng.integers(n))])  # positions in rows
+    closest = measure(ops.take(x, rows[chosen]))[1]
     owner = np.zeros(n, dtype=np.int64)  # index into chosen of each row's nearest candidate
     per_round = -(-SEED_OVERSAMPLE * k // SEED_ROUNDS)
     for _ in range(SEED_ROUNDS):
@@ -122,16 +131,15 @@ def kmeans_parallel(ops, x, k: int, rng: np.random.Generator):
         if cumulative[-1] <= 0:
             break
         picks = np.unique(np.minimum(np.searchsorted(cumulative, rng.random(per_round) * cumulative[-1]), n - 1))
-        labels, dists = ops.assign(x, ops.take(x, picks))
-        labels, dists = ops.to_numpy(labels), np.asarray(ops.to_numpy(dists), dtype=np.float64)
+        labels, dists = measure(ops.take(x, rows[picks]))
         closer = dists < closest
         closest[closer] = dists[closer]
         owner[closer] = len(chosen) + labels[closer]
         chosen = np.concatenate([chosen, picks])
     weights = np.bincount(owner, minlength=len(chosen)).astype(np.float64)
     if int((weights > 0).sum()) < k:
-        return ops.kmeans_plus_plus(x, k, rng)
-    return ops.kmeans_plus_plus(ops.take(x, chosen), k, rng, weights=weights)
+        return ops.kmeans_plus_plus(ops.take(x, rows), k, rng)
+    return ops.kmeans_plus_plus(ops.take(x, rows[chosen]), k, rng, weights=weights)
 
 
 class RQKMeans(BaseSemanticEncoder):
@@ -348,9 +356,8 @@ class RQKMeans(BaseSemanticEncoder):
             else:
                 n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
                 sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
-                seed_rows = ops.take(x, sample)
-                init = (ops.kmeans_plus_plus(seed_rows, k, rng) if n_seed * k <= SEED_BUDGET
-                        else kmeans_parallel(ops, seed_rows, k, rng))
+                init = (ops.kmeans_plus_plus(ops.take(x, sample), k, rng) if n_seed * k <= SEED_BUDGET
+                        else kmeans_parallel(ops, x, k, rng, rows=sample))
             if start is None and n > WARMUP_PER_CLUSTER * k:
                 # the first iterations move the centers far and need no precision: a subsample
                 # does them at a fraction of the cost, the full data then converges from there

@@ -17,8 +17,8 @@ Run: ``make bench-shapes`` (the ``compare`` extra brings faiss). On the same row
   transfer, measured by ``semid bench``, comes on top).
 
 Figures go to ``<out>/shapes.json`` and ``shapes.md``. ``--data synthetic`` (default) draws a
-topic mixture of ``--rows`` x ``--dim``; ``--data sentences`` takes the real text of
-``make bench-quality`` (WordLlama, 256-d).
+topic mixture of ``--rows`` x ``--dim``; ``--data sentences`` or ``words`` takes the real text of
+``make bench-quality`` (WordLlama, 256-d: docstring sentences, wordfreq's words; at most ``--rows``).
 """
 
 from __future__ import annotations
@@ -244,20 +244,20 @@ def cuda_encode_figures(model: RQKMeans, x: np.ndarray, device: str) -> dict:
 
 # ----------------------------------------------------------------------------------- main
 def load_rows(args) -> np.ndarray:
-    if args.data == "sentences":
+    if args.data in ("sentences", "words"):
         from semid_spark.bench.quality import real_text
 
-        return real_text("sentences", args.rows, args.out)[1]
+        return real_text(args.data, args.rows, args.out)[1]
     from semid_spark.synthetic import generated_catalog
 
     return generated_catalog(args.rows, args.dim, n_topics=args.topics, seed=0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semid bench --shapes", description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help="comma-separated: 3x4096 or codes per level 2048/1024/512 (default %(default)s)")
-    parser.add_argument("--data", choices=["synthetic", "sentences"], default="synthetic")
+    parser.add_argument("--data", choices=["synthetic", "sentences", "words"], default="synthetic")
     parser.add_argument("--rows", type=int, default=500_000, help="rows fitted and encoded (sentences: at most)")
     parser.add_argument("--dim", type=int, default=128, help="synthetic only")
     parser.add_argument("--topics", type=int, default=1000, help="synthetic only: topics of the mixture")
@@ -267,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-faiss", dest="faiss", action="store_false", help="without the faiss baselines")
     parser.add_argument("--no-fit", dest="fit", action="store_false", help="encode only (random codebooks)")
     parser.add_argument("--out", default="artifacts/bench")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     shapes = [parse_shape(s) for s in args.shapes.split(",")]
     x = load_rows(args)
     print(f"{len(x):,} rows x {x.shape[1]}-d ({args.data}), shapes {[shape_name(s) for s in shapes]}, "

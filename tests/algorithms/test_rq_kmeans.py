@@ -344,7 +344,7 @@ def test_large_codebooks_seed_with_kmeans_parallel_deterministically(monkeypatch
     calls = []
     monkeypatch.setattr(rq_kmeans, "SEED_BUDGET", 32 * 32)
     monkeypatch.setattr(rq_kmeans, "kmeans_parallel",
-                        lambda *a, _f=rq_kmeans.kmeans_parallel: calls.append(1) or _f(*a))
+                        lambda *a, _f=rq_kmeans.kmeans_parallel, **kw: calls.append(1) or _f(*a, **kw))
     first, again = (RQKMeans(n_levels=2, n_clusters=32, random_state=0).fit(x) for _ in range(2))
     assert len(calls) == 4  # two levels, two fits
     assert all(np.array_equal(a, b) for a, b in zip(first.codebooks_, again.codebooks_))
@@ -364,3 +364,17 @@ def test_residual_pass_writes_into_the_rows_it_is_given(backend):
     assert written is buffer and error_again == error
     assert np.array_equal(ops.to_numpy(written), ops.to_numpy(fresh))
     assert np.array_equal(ops.to_numpy(codes_again), ops.to_numpy(codes))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_kmeans_parallel_reads_a_sample_by_index_as_it_reads_its_copy(backend, monkeypatch):
+    """The fit hands k-means|| its sample as indices (the rows are gathered by blocks, never copied whole):
+    the seeds are those of the copied sample, also when the blocks are smaller than the sample."""
+    ops = {"numpy": _fit_ops, "torch": _torch_ops}[backend]
+    x = make_catalog(n=3000, dim=12, n_topics=40, seed=5)
+    sample = np.sort(np.random.default_rng(3).choice(len(x), 1200, replace=False))
+    rows = torch.from_numpy(x) if backend == "torch" else x
+    copied = ops.to_numpy(rq_kmeans.kmeans_parallel(ops, ops.take(rows, sample), 48, np.random.default_rng(4)))
+    monkeypatch.setattr(rq_kmeans, "SEED_GATHER_ROWS", 500)
+    indexed = ops.to_numpy(rq_kmeans.kmeans_parallel(ops, rows, 48, np.random.default_rng(4), rows=sample))
+    assert np.array_equal(copied, indexed)
