@@ -21,9 +21,6 @@ from semid_spark.algorithms import _ops
 FIT_CHUNK = 4096  # rows per GEMM block in fitting...
 SCORE_BLOCK = FIT_CHUNK * 1024  # ...fewer above K = 1024, so that a block's (rows, K) scores stay 16 MiB
 
-
-def block_rows(k: int) -> int:  # rows per block against a codebook of k codes
-    return min(FIT_CHUNK, max(256, SCORE_BLOCK // k))
 BALANCE_TOL = 0.02  # a balanced fit's clusters hold within 2% of N/K rows (when encoding its training data)
 LLOYD_BALANCE_TOL = 0.05  # during balanced Lloyd the prices need only be this close; the offsets get BALANCE_TOL
 PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per cluster (memory O(rows x K))
@@ -31,6 +28,10 @@ PRICE_ROWS_PER_CLUSTER = 1024  # prices are solved on at most this many rows per
 # left 1,003 rows in 10 clusters (5 tight topics) 3.7-7.7% off N/K on four seeds, where the rounding of
 # the CPU decided how far they got; 3,000 met 2% on all four in 0.1 s
 OFFSET_PRICE_STEPS = 3000
+
+
+def block_rows(k: int) -> int:  # rows per block against a codebook of k codes
+    return min(FIT_CHUNK, max(256, SCORE_BLOCK // k))
 
 
 # ------------------------------------------------------------------- arrays (the backend's own)

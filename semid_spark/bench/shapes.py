@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.bench.suite import best_of
 
 DEFAULT_SHAPES = ("3x256", "3x1024", "3x4096")
 
@@ -63,10 +64,6 @@ def _seconds(fn: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
-
-
-def _best(fn: Callable[[], object], repeat: int = 3) -> float:
-    return min(_seconds(fn)[1] for _ in range(repeat))
 
 
 def _mean_sq(rows: np.ndarray) -> float:
@@ -164,7 +161,7 @@ def gemm_seconds_per_row(dim: int, sizes: list[int], rows: np.ndarray) -> float:
         for block in [b for b in (256, 1024, 4096) if b <= len(rows)] or [len(rows)]:
             out = np.empty((block, k), dtype=np.float32)
             n = len(rows) - len(rows) % block
-            best = min(best, _best(lambda: [np.matmul(rows[i : i + block], weights, out=out)
+            best = min(best, best_of(lambda: [np.matmul(rows[i : i + block], weights, out=out)
                                             for i in range(0, n, block)]) / n)
         total += best * sizes.count(k)
     return total
@@ -185,7 +182,7 @@ def faiss_codes(model: RQKMeans, x: np.ndarray) -> tuple[np.ndarray | None, floa
     rq.train_type = faiss.ResidualQuantizer.Skip_codebook_tables
     faiss.copy_array_to_vector(np.concatenate(model.codebooks_).ravel(), rq.codebooks)
     rq.is_trained = True
-    seconds = _best(lambda: rq.compute_codes(x))
+    seconds = best_of(lambda: rq.compute_codes(x))
     packed = rq.compute_codes(x)
     as_int = [int.from_bytes(row.tobytes(), "little") for row in packed]
     shifts = np.cumsum([0] + bits[:-1])
@@ -197,7 +194,7 @@ def encode_figures(model: RQKMeans, x: np.ndarray, *, faiss_too: bool) -> dict:
     sizes, dim = [len(c) for c in model.codebooks_], model.D_
     flops = 2 * dim * sum(sizes)
     with _one_thread():
-        seconds = _best(lambda: model.encode(x, device="cpu"))
+        seconds = best_of(lambda: model.encode(x, device="cpu"))
         gemm = gemm_seconds_per_row(dim, sizes, x)
         out = {"rows": len(x), "rows_per_s_core": len(x) / seconds, "gflops": flops * len(x) / seconds / 1e9,
                "gemm_gflops": flops / gemm / 1e9, "ratio_to_gemm": gemm * len(x) / seconds,
@@ -220,7 +217,7 @@ def cuda_encode_figures(model: RQKMeans, x: np.ndarray, device: str) -> dict:
     sizes, dim = [len(c) for c in model.codebooks_], model.D_
     model.encode(x[:4096], device=device)  # warm: kernels, the codebooks' copies
     torch.cuda.synchronize()
-    by_batch = {batch: _best(lambda: model.encode(x, device=device, batch_size=batch)) for batch in (65536, 262144)}
+    by_batch = {batch: best_of(lambda: model.encode(x, device=device, batch_size=batch)) for batch in (65536, 262144)}
     seconds = min(by_batch.values())
     a = torch.randn(16384, dim, device=device)
     weights = [torch.randn(dim, k, device=device) for k in sizes]
@@ -233,7 +230,7 @@ def cuda_encode_figures(model: RQKMeans, x: np.ndarray, device: str) -> dict:
             torch.cuda.synchronize()
 
         products()
-        gemm = _best(products) / len(a)
+        gemm = best_of(products) / len(a)
     check = x[: min(len(x), 100_000)]
     return {"rows": len(x), "rows_per_s": len(x) / seconds, "ratio_to_gemm": gemm * len(x) / seconds,
             "gemm_tflops": 2 * dim * sum(sizes) / gemm / 1e12,
