@@ -94,3 +94,58 @@ def test_the_engine_passes_the_model_and_the_ids_are_unique(fitted, X):
 def test_torch_tensors_are_taken(fitted, X):
     torch = pytest.importorskip("torch")
     assert np.array_equal(relocate_codes(fitted, torch.from_numpy(X[:200])).codes, relocate_codes(fitted, X[:200]).codes)
+
+
+def _model_with(codebooks: list[np.ndarray]):
+    from semid_spark.algorithms.rq_kmeans import RQKMeans
+
+    model = RQKMeans(n_levels=len(codebooks), n_clusters=[len(c) for c in codebooks])
+    model.codebooks_, model.D_ = [np.ascontiguousarray(c, dtype=np.float32) for c in codebooks], codebooks[0].shape[1]
+    return model
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([[8, 40], [16, 64, 100], [5, 7, 33], [64, 18]]),
+       st.sampled_from([2, 3, 16]), st.booleans())
+def test_candidates_found_while_encoding_are_those_computed_after(seed, sizes, n_candidates, ties):
+    """encode_with_candidates (the last level's float32 scores select, float64 decides) gives exactly
+    encode + last_level_candidates (float64 over every code), rows sitting on a code, equal codes
+    in a codebook (exact ties) and few codes (every one a candidate) included."""
+    from semid_spark.uniqueness.relocate import encode_with_candidates, last_level_candidates
+
+    rng = np.random.default_rng(seed)
+    dim = 12
+    books = [rng.standard_normal((k, dim)).astype(np.float32) * 0.5 ** level for level, k in enumerate(sizes)]
+    if ties:
+        books[-1][1::3] = books[-1][::3][: len(books[-1][1::3])]  # every third code twice
+    model = _model_with(books)
+    x = rng.standard_normal((700, dim)).astype(np.float32)
+    x[:50] = books[0][rng.integers(0, sizes[0], 50)] + books[-1][rng.integers(0, sizes[-1], 50)]
+    codes, cand, dist = encode_with_candidates(model, x, n_candidates)
+    assert (codes == model.encode(x)).all()
+    ref_cand, ref_dist = last_level_candidates(model, x, codes, n_candidates)
+    assert (cand == ref_cand).all() and (dist == ref_dist).all()
+    assert (cand[:, 0] == codes[:, -1]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([20, 64, 99, 256]), st.integers(1, 18), st.booleans())
+def test_lowest_scores_are_the_lowest(seed, k, m, integral):
+    from semid_spark.algorithms._ops import lowest_scores
+
+    m = min(m, k - 1)
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((200, k)).astype(np.float32)
+    if integral:  # many ties
+        scores = np.round(scores * 3).astype(np.float32)
+    columns, last, after = lowest_scores(scores.copy(), m)
+    ordered = np.sort(scores, axis=1)
+    decided = columns[:, 0] >= 0
+    assert (last[decided] == ordered[decided, m - 1]).all() and (after[decided] == ordered[decided, m]).all()
+    tied = ordered[:, m - 1] == ordered[:, m]
+    assert not decided[tied].any()  # the m-th lowest ties with the next: no set of m is *the* lowest
+    if not integral:  # else a row may also be left to the caller when too many scores tie under its bound
+        assert decided[~tied].all()
+    for row in np.flatnonzero(decided):
+        assert sorted(scores[row, columns[row]]) == list(ordered[row, :m])
+        assert len(set(columns[row])) == m

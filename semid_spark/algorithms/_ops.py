@@ -74,6 +74,14 @@ def nearest_codes(
     precomputed it once per model; scaling by a power of two is exact, so the scores are those
     of ``-2 * (residual @ codebook.T)`` without a pass over them.
     """
+    return scored_nearest_codes(residual, codebook, code_sq_norms, minus_2_codebook_t, offsets)[0]
+
+
+def scored_nearest_codes(
+    residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray, minus_2_codebook_t: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # -> codes (n,) int64, the float32 scores (n, k) they were chosen by
+    """``nearest_codes``, and the scores (``||c||^2 + p - 2 r.c``, float32) it chose them by."""
     if minus_2_codebook_t is None:
         minus_2_codebook_t = scaled_transpose(codebook)
     scores = residual @ minus_2_codebook_t  # (n, k)
@@ -83,32 +91,202 @@ def nearest_codes(
     best = scores[all_rows, codes]
     scores[all_rows, codes] = np.inf  # the runner-up decides whether the row is ambiguous
     runner_up = scores[all_rows, scores.argmin(axis=1)]  # = min(axis=1); numpy's row argmin is ~2x faster
+    scores[all_rows, codes] = best
     row_sq = np.einsum("nd,nd->n", residual, residual)
     limit = best + tie_margin(residual.shape[1], row_sq, float(np.abs(code_sq_norms).max()))
     ambiguous = np.flatnonzero(runner_up <= limit)
     if len(ambiguous):
-        scores[ambiguous, codes[ambiguous]] = best[ambiguous]
         rows, cols = np.nonzero(scores[ambiguous] <= limit[ambiguous, None])
         codes[ambiguous] = exact_nearest(residual[ambiguous], codebook, rows, cols, offsets)
-    return codes
+    return codes, scores
 
 
 def encode_residual(
     x: np.ndarray, codebooks: list[np.ndarray], *, chunk: int = ENCODE_CHUNK, offsets: list | None = None,
 ) -> np.ndarray:  # (n, d), L x (k_l, d), optional L x (k_l,) -> (n, L) int32
     """Greedy residual encoding: at each level the nearest centroid (less its offset), then subtract it."""
+    return _encode_residual(x, codebooks, chunk=chunk, offsets=offsets, n_candidates=0)[0]
+
+
+def encode_residual_with_candidates(
+    x: np.ndarray, codebooks: list[np.ndarray], n_candidates: int, *, chunk: int = ENCODE_CHUNK,
+    offsets: list | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # -> codes (n, L) int32, candidates (n, T) int32, (n, T) float32
+    """``encode_residual``, and each row's last-level candidates as ``exact_candidates`` gives them
+    (T = min(n_candidates, K)), found among the encode pass's own last-level scores.
+
+    The float32 scores only *select*: the T - 1 lowest of the other codes, where the next one is
+    more than ``selection_margin`` above the last of them (no code outside can then be exactly
+    nearer than one inside). Their distances are computed again in float64 from the float64
+    residual, so the result does not depend on the BLAS; rows whose selection is that close (float32
+    near-ties at its edge, rare) get ``exact_candidates`` over every code."""
+    return _encode_residual(x, codebooks, chunk=chunk, offsets=offsets, n_candidates=n_candidates)
+
+
+def _encode_residual(x: np.ndarray, codebooks: list[np.ndarray], *, chunk: int, offsets: list | None,
+                     n_candidates: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     n_levels = len(codebooks)
     offsets = offsets or [None] * n_levels
     norms = [level_norms(c, o) for c, o in zip(codebooks, offsets)]
     scaled = [scaled_transpose(c) for c in codebooks]
     codes = np.empty((len(x), n_levels), dtype=np.int32)
+    cand = dist = last = None
+    if n_candidates:
+        last = _LastLevel(codebooks, offsets[-1])
+        t = min(n_candidates, last.k)
+        cand, dist = np.empty((len(x), t), dtype=np.int32), np.empty((len(x), t), dtype=np.float32)
     for start in range(0, len(x), chunk):
-        residual = x[start : start + chunk].copy()
+        block = slice(start, start + chunk)
+        residual = x[block].copy()
         for level, codebook in enumerate(codebooks):
-            level_codes = nearest_codes(residual, codebook, norms[level], scaled[level], offsets[level])
-            codes[start : start + chunk, level] = level_codes
+            if n_candidates and level == n_levels - 1:
+                level_codes, scores = scored_nearest_codes(residual, codebook, norms[level], scaled[level],
+                                                           offsets[level])
+                cand[block], dist[block] = last.candidates(x[block], codes[block, :-1], level_codes, scores,
+                                                           residual, cand.shape[1])
+            else:
+                level_codes = nearest_codes(residual, codebook, norms[level], scaled[level], offsets[level])
+            codes[block, level] = level_codes
             residual -= codebook[level_codes]
-    return codes
+    return codes, cand, dist
+
+
+def exact_candidates(residual: np.ndarray, codebook: np.ndarray, own: np.ndarray, n_candidates: int
+                     ) -> tuple[np.ndarray, np.ndarray]:  # (n, e) float64, (k, e), (n,) -> (n, T) int32, (n, T) float32
+    """The relocation candidates of rows whose last-level residual is *residual* (float64) and whose
+    own last-level code is *own*: column 0 the own code, then the T - 1 nearest other codes by (float64
+    squared distance, code), T = min(n_candidates, k); distances ``sq_distances``, rounded to float32."""
+    book = np.asarray(codebook, dtype=np.float64)
+    k = len(book)
+    t = min(n_candidates, k)
+    book_sq = np.einsum("kd,kd->k", book, book)
+    d = np.einsum("nd,nd->n", residual, residual)[:, None] - 2.0 * (residual @ book.T) + book_sq  # selects
+    rows = np.arange(len(residual))
+    own = np.asarray(own, dtype=np.int64)
+    d[rows, own] = np.inf
+    others = np.argpartition(d, t - 2, axis=1)[:, : t - 1] if t < k else np.argsort(d, axis=1)[:, : t - 1]
+    return _ordered(own, sq_distances(residual, book, own[:, None])[:, 0], others, sq_distances(residual, book, others))
+
+
+def sq_distances(residual: np.ndarray, book: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(n, e) float64, (k, e) float64, (n, m) -> (n, m) float64 ||r - c||^2 of each row's *cols*: the
+    difference first, so that a row at (or near) a code gets its small distance to full precision."""
+    out = np.empty(cols.shape, dtype=np.float64)
+    for j in range(cols.shape[1]):  # a column at a time: the (n, e) differences stay in cache
+        diff = residual - book[cols[:, j]]
+        out[:, j] = np.einsum("nd,nd->n", diff, diff)
+    return out
+
+
+def _ordered(own: np.ndarray, own_d: np.ndarray, others: np.ndarray, other_d: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:  # (n,), (n,), (n, t-1), (n, t-1) float64 -> (n, t) int32, float32
+    order = np.lexsort((others, other_d), axis=1)  # by distance, then code
+    cand = np.empty((len(own), others.shape[1] + 1), dtype=np.int32)
+    dist = np.empty(cand.shape, dtype=np.float32)
+    cand[:, 0], dist[:, 0] = own, own_d
+    cand[:, 1:] = np.take_along_axis(others, order, axis=1)
+    dist[:, 1:] = np.take_along_axis(other_d, order, axis=1)
+    return cand, dist
+
+
+SELECT_WIDTH = 4  # lowest_scores keeps rows whose threshold admits at most this many times the codes asked for
+
+
+def lowest_scores(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of *scores* (n, k) float32, the columns (n, m) of its m lowest values (any order), the
+    m-th lowest value and the (m+1)-th, for m + 1 <= k. Rows where the m-th ties with the (m+1)-th, or
+    whose threshold below admits over SELECT_WIDTH * (m + 1) columns, get -1 columns, and the values
+    are only those of the other rows (the caller decides these rows another way).
+
+    No per-row selection over k: the columns fall in groups (column j in group j mod g, g about
+    k / sqrt(k / m)); the (m+1)-th lowest of the group minima bounds the (m+1)-th lowest score (m + 1
+    groups each hold one at most that low), so one comparison with it keeps all m + 1 lowest and
+    few others, which a sort of those few orders (numpy's row sort is vectorised; its argpartition
+    is not, and cost several times the GEMM)."""
+    n, k = scores.shape
+    want = m + 1
+    per_group = max(1, int(np.sqrt(k / want)))
+    g = k // per_group
+    group_min = scores[:, : g * per_group].reshape(n, per_group, g).min(axis=1)
+    if g * per_group < k:
+        group_min = np.concatenate([group_min, scores[:, g * per_group:]], axis=1)
+    bound = np.sort(group_min, axis=1)[:, want - 1]
+    flat = np.flatnonzero((scores <= bound[:, None]).ravel())
+    row = flat // k
+    counts = np.bincount(row, minlength=n)
+    width = min(int(counts.max()), SELECT_WIDTH * want)
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    fits = position < width
+    values = np.full((n, width), np.inf, dtype=np.float32)
+    columns = np.full((n, width), -1, dtype=np.int64)
+    values[row[fits], position[fits]] = scores.ravel()[flat[fits]]
+    columns[row[fits], position[fits]] = flat[fits] % k
+    ordered = np.sort(values, axis=1)
+    last, after = ordered[:, m - 1], ordered[:, m]
+    taken = (values <= last[:, None]) & (counts <= width)[:, None]
+    lowest = np.full((n, m), -1, dtype=np.int64)
+    exact = taken.sum(axis=1) == m  # not so where the m-th value ties with the next
+    lowest[exact] = columns[exact][taken[exact]].reshape(-1, m)
+    return lowest, last, after
+
+
+class _LastLevel:
+    """The last level's codebook in float64, and what ``encode_residual_with_candidates`` needs of the
+    levels before it (their float64 residual, its error bound)."""
+
+    def __init__(self, codebooks: list[np.ndarray], offsets: np.ndarray | None) -> None:
+        self.codebooks = codebooks
+        self.book = codebooks[-1].astype(np.float64)
+        self.k = len(self.book)
+        self.book_sq = np.einsum("kd,kd->k", self.book, self.book)
+        self.offsets = offsets
+        self.max_book_sq = float(self.book_sq.max())
+        self.max_norm_sum = float(sum(np.sqrt(np.einsum("kd,kd->k", c, c, dtype=np.float64).max()) for c in codebooks[:-1]))
+        self.max_offset = float(np.abs(offsets).max()) if offsets is not None else 0.0
+
+    def residual64(self, x: np.ndarray, head_codes: np.ndarray) -> np.ndarray:  # (n, d), (n, L-1) -> (n, d) float64
+        r = x.astype(np.float64)
+        for level in range(head_codes.shape[1]):
+            r -= self.codebooks[level][head_codes[:, level]]
+        return r
+
+    def selection_margin(self, x: np.ndarray, residual: np.ndarray) -> np.ndarray:  # -> (n,) float32
+        """Twice a bound on |float32 score - exact ||c||^2 - 2 r.c| for every code (a code outside the
+        selection, over it by more, cannot be exactly nearer than one inside): the GEMM's rounding
+        (``tie_margin``, itself about twice the worst case), the float32 residual's distance from the
+        float64 one (each of the L - 1 subtractions rounds), and the offsets' removal."""
+        row_sq = np.einsum("nd,nd->n", residual, residual)
+        n_prior = len(self.codebooks) - 1
+        x_norm = np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64))
+        drift = 2.0 * n_prior * F32_EPS * (x_norm + self.max_norm_sum) * np.sqrt(self.max_book_sq)
+        offsets = 4.0 * F32_EPS * (row_sq + self.max_book_sq + self.max_offset) if self.offsets is not None else 0.0
+        bound = tie_margin(residual.shape[1], row_sq, self.max_book_sq + self.max_offset) + drift + offsets
+        return (2.0 * bound).astype(np.float32)
+
+    def candidates(self, x: np.ndarray, head_codes: np.ndarray, own: np.ndarray, scores: np.ndarray,
+                   residual: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """One block's (n, t) candidates and distances from its last-level *scores* (n, k), which it overwrites."""
+        r = self.residual64(x, head_codes)
+        n = len(r)
+        if t + 1 >= self.k:  # few codes: every one is a candidate anyway
+            return exact_candidates(r, self.book, own, t)
+        if self.offsets is not None:
+            scores -= self.offsets
+        rows = np.arange(n)
+        scores[rows, own] = np.inf
+        others, last, after = lowest_scores(scores, t - 1)  # others (n, t-1), -1 where a row is not decided
+        wide = (others[:, 0] < 0) | (after <= last + self.selection_margin(x, residual))
+        sure = np.flatnonzero(~wide)
+        cand = np.empty((n, t), dtype=np.int32)
+        dist = np.empty((n, t), dtype=np.float32)
+        if len(sure):
+            others = others[sure]
+            rs, own_s = r[sure], own[sure]
+            cand[sure], dist[sure] = _ordered(own_s, sq_distances(rs, self.book, own_s[:, None])[:, 0], others,
+                                              sq_distances(rs, self.book, others))
+        if wide.any():
+            cand[wide], dist[wide] = exact_candidates(r[wide], self.book, own[wide], t)
+        return cand, dist
 
 
 def decode_codes(codes: np.ndarray, codebooks: list[np.ndarray], dim: int) -> np.ndarray:

@@ -403,6 +403,15 @@ class RQKMeans(BaseSemanticEncoder):
         return _torch_ops.encode_residual(x, self.codebooks_, torch_device, chunk=batch_size or 65536,
                                           offsets=getattr(self, "offsets_", None))
 
+    def encode_with_candidates(self, X: ArrayLike, n_candidates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codes (N, L) int32 as ``encode`` gives them, and each row's relocation candidates (N, T) int32
+        with their squared distances (N, T) float32 (``uniqueness.relocate.last_level_candidates``),
+        from the same pass over X (numpy)."""
+        self._check_fitted()
+        x = check_embeddings(X, dim=self.D_)
+        return _ops.encode_residual_with_candidates(x, self.codebooks_, n_candidates,
+                                                    offsets=getattr(self, "offsets_", None))
+
     def decode(self, codes: ArrayLike) -> np.ndarray:
         """Sum of the chosen centroids: (N, L') codes, L' <= L, -> (N, D) float32."""
         self._check_fitted()

@@ -20,7 +20,7 @@ from semid_spark.algorithms import encoder_from_bytes
 from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES, PROBLEM
 from semid_spark.spark.session import spark_context
 from semid_spark.spark.validate import row_problems
-from semid_spark.uniqueness.relocate import last_level_candidates
+from semid_spark.uniqueness.relocate import encode_with_candidates
 
 _MODELS: dict[str, object] = {}  # model sha256 -> encoder, per Python worker; the one deliberate global
 
@@ -126,11 +126,11 @@ def encode_batch(encoder, keys: pa.Array, emb: pa.Array, *, dim: int, device: st
     With *flag_problems*, rows that cannot be encoded come back with null codes and their problem."""
     def encoded(keys: pa.Array, emb: pa.Array, extra: list) -> pa.RecordBatch:
         x = arrow_embeddings(emb, dim)
-        codes = encoder.encode(x, device=device)
-        columns = [keys, codes_column(codes)]
-        if candidates:
-            cand, dist = last_level_candidates(encoder, x, codes, candidates)
-            columns += [codes_column(cand), _float_lists(dist)]
+        if candidates:  # in the encode pass itself where the model can (RQ-KMeans on the cpu)
+            codes, cand, dist = encode_with_candidates(encoder, x, candidates, device=device)
+            columns = [keys, codes_column(codes), codes_column(cand), _float_lists(dist)]
+        else:
+            columns = [keys, codes_column(encoder.encode(x, device=device))]
         return pa.RecordBatch.from_arrays([*columns, *extra], schema=schema)
 
     if len(keys) == 0:

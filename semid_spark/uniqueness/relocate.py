@@ -34,6 +34,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from semid_spark.algorithms._ops import exact_candidates
 from semid_spark.core import check_embeddings
 from semid_spark.exceptions import ConfigError, InvalidInputError
 
@@ -53,28 +54,27 @@ def last_level_candidates(encoder: Any, x: np.ndarray, codes: np.ndarray, n_cand
     distances (n, T) float32, T = min(n_candidates, K): column 0 is the item's own last-level code,
     then the nearest other codes by (distance, code). Distances are those of the residual the last
     level quantises (``encoder.latent_residuals``), computed in float64 and rounded to float32."""
-    book = np.asarray(encoder.codebooks_[-1], dtype=np.float64)
-    k = len(book)
-    t = min(check_n_candidates(n_candidates), k)
-    book_sq = np.einsum("kd,kd->k", book, book)
-    cand = np.empty((len(x), t), dtype=np.int32)
-    dist = np.empty((len(x), t), dtype=np.float32)
+    t = check_n_candidates(n_candidates)
+    cand = np.empty((len(x), min(t, len(encoder.codebooks_[-1]))), dtype=np.int32)
+    dist = np.empty(cand.shape, dtype=np.float32)
     for start in range(0, len(x), _CHUNK):
         block_codes = np.asarray(codes[start:start + _CHUNK])
         r = encoder.latent_residuals(x[start:start + _CHUNK], block_codes)  # (n, e) float64
-        d = np.maximum(np.einsum("nd,nd->n", r, r)[:, None] - 2.0 * (r @ book.T) + book_sq, 0.0)
-        rows = np.arange(len(r))
-        own = block_codes[:, -1].astype(np.int64)
-        own_d = d[rows, own].copy()
-        d[rows, own] = np.inf
-        others = np.argpartition(d, t - 2, axis=1)[:, : t - 1] if t < k else np.argsort(d, axis=1)[:, : t - 1]
-        other_d = np.take_along_axis(d, others, axis=1)
-        order = np.lexsort((others, other_d), axis=1)  # by distance, then code
-        cand[start:start + _CHUNK, 0] = own
-        cand[start:start + _CHUNK, 1:] = np.take_along_axis(others, order, axis=1)
-        dist[start:start + _CHUNK, 0] = own_d
-        dist[start:start + _CHUNK, 1:] = np.take_along_axis(other_d, order, axis=1)
+        cand[start:start + _CHUNK], dist[start:start + _CHUNK] = exact_candidates(
+            r, encoder.codebooks_[-1], block_codes[:, -1], t)
     return cand, dist
+
+
+def encode_with_candidates(encoder: Any, x: np.ndarray, n_candidates: int = N_CANDIDATES, *, device: str = "cpu"
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, d) validated embeddings -> their codes and ``last_level_candidates``. An RQ-KMeans model on
+    the cpu finds the candidates in its encode pass (``RQKMeans.encode_with_candidates``: the last
+    level's scores select them, float64 decides); other models and devices encode, then compute them."""
+    t = check_n_candidates(n_candidates)
+    if device == "cpu" and hasattr(encoder, "encode_with_candidates"):
+        return encoder.encode_with_candidates(x, t)
+    codes = encoder.encode(x, device=device)
+    return (codes, *last_level_candidates(encoder, x, codes, t))
 
 
 PLACE_CHUNK = 128  # prefixes per call of the matching solver (block-diagonal; its cost grows with the square of a call's size)
@@ -169,6 +169,24 @@ def _block_diagonal(group: np.ndarray, item: np.ndarray, code: np.ndarray, n_ite
     return rows, _Columns(np.r_[edge_col, dummy_col], code_of, n_columns)
 
 
+def place_participants(prefix: np.ndarray, rank: np.ndarray, own_written: np.ndarray, cand: np.ndarray,
+                       dist: np.ndarray, taken: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 3-5 of the rule for participants (p,) of any prefixes: their *prefix* (ints), *rank* in key
+    order, whether a written item holds their own code, their candidates and distances (p, T); *taken*:
+    the full codes (prefix * k + last-level code) that any item, new or written, holds. Returns
+    ``place_edges``'s (prefix, rank, code given or -1), one row per participant with an edge."""
+    p, t = cand.shape
+    rows = np.repeat(np.arange(p), t)
+    position = np.tile(np.arange(t), p)
+    target = prefix[rows] * k + cand.ravel()
+    keep = np.where(position == 0, ~own_written[rows], ~np.isin(target, taken))
+    rows, target, cost = rows[keep], target[keep], dist.ravel()[keep]
+    if len(rows) and np.unique(prefix, return_counts=True)[1].max() > k:  # a code may have more than k edges
+        pruned = prune_edges(target, cost, rank[rows], k)
+        rows, target, cost = rows[pruned], target[pruned], cost[pruned]
+    return place_edges(prefix[rows], rank[rows], target % k, cost)
+
+
 def prune_edges(target: np.ndarray, cost: np.ndarray, key_rank: np.ndarray, keep: int) -> np.ndarray:
     """Mask of the edges kept: per *target* (a full code), its *keep* first by (cost, key rank)."""
     order = np.lexsort((key_rank, cost, target))
@@ -212,11 +230,13 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
     """
     x = check_embeddings(embeddings, dim=model.n_features_in_)
     if codes is None:
-        codes = model.encode(x, device=device)
+        codes, cand, dist = encode_with_candidates(model, x, n_candidates, device=device or model.device)
+    else:
+        codes = np.asarray(codes)
+        if codes.shape[0] != len(x):
+            raise InvalidInputError(f"{len(codes)} code rows for {len(x)} embeddings; expected one each")
+        cand, dist = last_level_candidates(model, x, codes, n_candidates)
     codes = np.asarray(codes, dtype=np.int64)
-    if codes.shape[0] != len(x):
-        raise InvalidInputError(f"{len(codes)} code rows for {len(x)} embeddings; expected one each")
-    cand, dist = last_level_candidates(model, x, codes, n_candidates)
     key_rank = key_ranks(keys, len(x))
     held = np.empty((0, codes.shape[1]), dtype=np.int64) if held is None else np.asarray(held, dtype=np.int64)
     if held.ndim != 2 or held.shape[1] != codes.shape[1]:
@@ -242,17 +262,11 @@ def _assign(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key_rank: np.
     _, inverse, counts = np.unique(full, return_inverse=True, return_counts=True)
     own_written = np.isin(full, held_full)
     participant = (counts[inverse.ravel()] > 1) | own_written
-    rows = np.repeat(np.flatnonzero(participant), t)
-    position = np.tile(np.arange(t), int(participant.sum()))
-    target = prefix[rows] * k + cand[rows, position]
-    taken = np.isin(target, np.concatenate([full, held_full]))
-    keep = np.where(position == 0, ~own_written[rows], ~taken)
-    rows, target, cost = rows[keep], target[keep], dist[rows[keep], position[keep]]
-    pruned = prune_edges(target, cost, key_rank[rows], k)
-    rows, target, cost = rows[pruned], target[pruned], cost[pruned]
+    who = np.flatnonzero(participant)
+    _, item_rank, given = place_participants(prefix[who], key_rank[who], own_written[who], cand[who], dist[who],
+                                             np.concatenate([full, held_full]), k)
     new_last = codes[:, -1].copy()
     placed = np.zeros(n, dtype=bool)
-    _, item_rank, given = place_edges(prefix[rows], key_rank[rows], target % k, cost)
     members = np.argsort(key_rank)[item_rank[given >= 0]]  # key ranks are 0..n-1, one per item
     new_last[members] = given[given >= 0]
     placed[members] = True
