@@ -154,3 +154,29 @@ def test_codes_too_large_to_pack_relocate_as_packed_ones_do(spark, relocated_run
         got[len(got)] = {r.item_id: (list(r.codes), r.counter, r.relocated) for r in rows.collect()}
     assert got[0] == got[1] and len(got[0]) == 1200
     assert sum(relocated for _, _, relocated in got[0].values()) > 0
+
+
+@pytest.mark.parametrize("hot_factor", [0, 1, 32])  # every prefix hot, the crowded ones, none (the default)
+def test_hot_prefixes_pruned_in_spark_relocate_as_the_others_do(spark, relocated_run, monkeypatch, hot_factor):
+    """A prefix over HOT_PREFIX_FACTOR x K new items has its edges exploded and pruned by windows; the
+    others are solved in one cogrouped pandas call per bucket: both give relocate_codes' codes."""
+    from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES
+    from semid_spark.spark.ranking import with_code_key
+    from semid_spark.spark.strategies import relocate as strategy
+    from semid_spark.uniqueness.relocate import last_level_candidates
+
+    _, _, _, keys, x, model = relocated_run
+    monkeypatch.setattr(strategy, "HOT_PREFIX_FACTOR", hot_factor)
+    codes = model.encode(x[:1200])
+    cand, dist = last_level_candidates(model, x[:1200], codes, 16)
+    encoded = spark.createDataFrame(
+        [(k, c.tolist(), a.tolist(), d.tolist()) for k, c, a, d in zip(keys[:1200], codes, cand, dist)],
+        f"item_id string, {CODES} array<int>, {CANDIDATES} array<int>, {DISTANCES} array<float>")
+    sizes = [4, 4, 16]
+    rows = strategy.relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col="item_id", n_new=1200, hot=[],
+                                   hot_code_rows=1_000_000).collect()
+    expected = relocate_codes(model, x[:1200], keys=keys[:1200])
+    got = {r.item_id: list(r.codes) for r in rows}
+    assert [got[k] for k in keys[:1200]] == expected.codes.tolist()
+    assert sorted(k for k in keys[:1200] if [r for r in rows if r.item_id == k][0].counter > 0) == sorted(
+        np.asarray(keys[:1200])[expected.unplaced].tolist())

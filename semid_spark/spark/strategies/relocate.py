@@ -3,19 +3,20 @@
 An item whose code another item has moves to a free last-level code of its prefix, among the
 ``relocate_candidates`` nearest (encode kept them); counters only where none is free near it.
 
-Every step is a join, a window or a group over small rows (key, code key, one candidate code, one
-distance); no embedding crosses a shuffle (encode computed the candidates where it read the rows):
+Every step is a join, a group or a pandas call over small rows; no embedding crosses a shuffle
+(encode computed the candidates where it read the rows):
 
 1. Participants: the new items whose code key another new item has (a count per code) or a written
    item holds (the table's codes, only for the new items' prefixes).
-2. Edges: each participant's candidates, exploded; the own code where no written item holds it,
-   any other candidate no item holds (one join with the held code keys).
-3. Pruning: per code, the K nearest edges by (distance, key), in two windows: first per (code, key
-   salt), then per code over the survivors, so a code millions of items want spans many tasks. Only
-   in prefixes of more than K new items: elsewhere no code has more than K edges.
-4. Per prefix, the assignment (``place_edges``) in a grouped pandas function: after the pruning a
-   prefix holds at most K codes x K edges, whatever its number of items.
-5. Placed items and items that never collided get counter 0 (their code is theirs alone); the
+2. Per bucket of prefixes, one cogrouped pandas call gets the bucket's participants (candidates still
+   arrays) and the codes held in their prefixes, and applies the rest of the rule in numpy
+   (``uniqueness.relocate.place_participants``: free edges, pruning, assignment). Buckets grow with the
+   new items (``PLACE_BUCKET_ITEMS``), so no call holds many.
+3. A hot prefix (over ``HOT_PREFIX_FACTOR`` x K new items, so skewed that one call should not hold it)
+   has its edges exploded in Spark instead, and each code's K nearest kept by windows that span many
+   tasks (per (code, key salt), then per code), before the assignment: after the pruning a prefix
+   holds at most K codes x K edges, whatever its number of items.
+4. Placed items and items that never collided get counter 0 (their code is theirs alone); the
    items left without a code are ranked by key after the written counters (and after the group's
    placed item), in ``ranking``'s window (a hot code's keys in ranges).
 
@@ -39,13 +40,15 @@ from semid_spark.spark.incremental import broadcast_limit, next_counters
 from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, is_packed, with_code_key
 from semid_spark.spark.session import stage
 from semid_spark.spark.strategies.base import StrategyFigures
-from semid_spark.uniqueness.relocate import place_edges
+from semid_spark.uniqueness.relocate import place_edges, place_participants
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
-_HELD, _CROWDED = "_held", "_crowded"
+_HELD = "_held"
 PRUNE_SALTS = 32  # first-stage tasks per code in the pruning
-PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment
+PLACE_BUCKETS = 64  # groups of prefixes, one pandas call each, for the assignment (at least)
+PLACE_BUCKET_ITEMS = 131_072  # new items per such group, at most (more new items: more groups)
+HOT_PREFIX_FACTOR = 32  # a prefix of more new items than this x K has its edges pruned in Spark
 
 
 @dataclass(frozen=True)
@@ -113,45 +116,34 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     per_code = items.groupBy(CODE_KEY, _PREFIX).agg(F.count(F.lit(1)).alias(_COUNT))
     if n_new:
         per_code = per_code.localCheckpoint(eager=True)
-    # a target code has at most one edge per item of its prefix: only a prefix of more than k new items
-    # (participants, written ones included, are some of them) can give a code more than k edges to prune
-    crowded = (per_code.groupBy(_PREFIX).agg(F.sum(_COUNT).alias(_COUNT)).where(F.col(_COUNT) > k)
-               .select(_PREFIX, F.lit(True).alias(_CROWDED)))
     shared = per_code.where(F.col(_COUNT) > 1).select(CODE_KEY, F.lit(False).alias(_OWN_WRITTEN))
     participant_codes = shared
     if held_written is not None:
-        taken = per_code.select(CODE_KEY).join(held_written, CODE_KEY, "left_semi")
+        taken = per_code.select(CODE_KEY).join(held_written.select(CODE_KEY), CODE_KEY, "left_semi")
         participant_codes = (shared.unionByName(taken.select(CODE_KEY, F.lit(True).alias(_OWN_WRITTEN)))
                              .groupBy(CODE_KEY).agg(F.max(_OWN_WRITTEN).alias(_OWN_WRITTEN)))
     # the items that never collided leave here with counter 0
     flagged = items.join(to_every_task(participant_codes), CODE_KEY, "left")
     alone = flagged.where(F.col(_OWN_WRITTEN).isNull())
     participants = flagged.where(F.col(_OWN_WRITTEN).isNotNull())
-
-    edges = participants.select(key_col, _PREFIX, _OWN_WRITTEN, F.posexplode(
-        F.arrays_zip(F.col(CANDIDATES).alias(_LAST), F.col(DISTANCES).alias(_DIST))).alias(_POS, "_edge"))
-    edges = edges.select(key_col, _PREFIX, _OWN_WRITTEN, _POS, F.col(f"_edge.{_LAST}").alias(_LAST),
-                         F.col(f"_edge.{_DIST}").alias(_DIST))
-    edges = edges.withColumn(_TARGET, full_code(F.col(_PREFIX), F.col(_LAST), sizes))
-    held = per_code.select(F.col(CODE_KEY).alias(_TARGET))
+    # every code an item holds, by prefix: the new items' (per_code) and the written ones'
+    held = per_code.select(_PREFIX, CODE_KEY)
     if held_written is not None:
-        held = held.unionByName(held_written.select(F.col(CODE_KEY).alias(_TARGET))).distinct()
-    # one pass over the participants' candidates: the own code where no written item holds it, any other
-    # candidate no item holds
-    marked = edges.join(to_every_task(held.withColumn(_HELD, F.lit(True))), _TARGET, "left")
-    free = F.when(F.col(_POS) == 0, ~F.col(_OWN_WRITTEN)).otherwise(F.col(_HELD).isNull())
-    candidates = marked.where(free).drop(_HELD).join(to_every_task(crowded), _PREFIX, "left")
-    pruned = _nearest_per_code(candidates.where(F.col(_CROWDED).isNotNull()).drop(_CROWDED), key_col, k,
-                               salts=PRUNE_SALTS)
-    kept = pruned.unionByName(candidates.where(F.col(_CROWDED).isNull()).drop(_CROWDED))
-
-    key_type = encoded.schema[key_col].dataType
-    # prefixes in hash buckets: one pandas call solves many small prefixes (a call per prefix cost more than
-    # its assignment); a prefix's edges are bounded by the pruning, so no bucket holds a large one alone
-    buckets = kept.select(F.pmod(F.xxhash64(_PREFIX), F.lit(PLACE_BUCKETS)).alias(_BUCKET), _PREFIX, key_col,
-                          _LAST, _DIST)
-    placements = buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col), T.StructType(
-        [T.StructField(key_col, key_type), T.StructField(_NEW, T.IntegerType())]))
+        held = held.unionByName(held_written)
+    # a prefix of over hot_prefix_items(k) new items is solved apart, its edges pruned in Spark (see
+    # _hot_placements); the others' participants and held codes go, by prefix, to one pandas call per bucket
+    hot_prefixes = (per_code.groupBy(_PREFIX).agg(F.sum(_COUNT).alias(_COUNT))
+                    .where(F.col(_COUNT) > hot_prefix_items(k)).select(_PREFIX))  # few: each holds > 32 K items
+    any_hot = True
+    if n_new:
+        hot_prefixes = hot_prefixes.localCheckpoint(eager=True)
+        any_hot = bool(hot_prefixes.take(1))
+    usual = participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_anti") if any_hot else participants
+    placements = _placements(usual, held, sizes, key_col, n_buckets=max(PLACE_BUCKETS, n_new // PLACE_BUCKET_ITEMS),
+                             small=small)
+    if any_hot:
+        placements = placements.unionByName(
+            _hot_placements(participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_semi"), held, sizes, key_col))
     if n_new and written is None:
         # a first run: nothing above reads the table, so the assignment is solved once, here, where the
         # MERGE's plan would solve it twice (the placed and the unplaced rows each read it)
@@ -179,14 +171,96 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
 
 def _written_code_keys(written: DataFrame | None, items: DataFrame, sizes: Sequence[int], *, n_new: int
                        ) -> DataFrame | None:
-    """(code key) of the written rows whose prefix is a new item's, distinct."""
+    """(prefix, code key) of the written rows whose prefix is a new item's, distinct."""
     if written is None:
         return None
     codes = with_code_key(written.select(CODES), sizes).withColumn(_PREFIX, prefix_of(sizes))
-    prefixes = items.select(_PREFIX).distinct()
+    prefixes = items.select(F.col(_PREFIX).alias("_of")).distinct()  # renamed: items may stem from the table
     if n_new <= broadcast_limit():
         prefixes = F.broadcast(prefixes)
-    return codes.join(prefixes, _PREFIX, "left_semi").select(CODE_KEY).distinct()
+    return codes.join(prefixes, F.col(_PREFIX) == F.col("_of"), "left_semi").select(_PREFIX, CODE_KEY).distinct()
+
+
+def hot_prefix_items(k: int) -> int:
+    """New items a prefix holds over which its edges are pruned in Spark (``HOT_PREFIX_FACTOR`` x k, read
+    when called so tests can lower it): under it, a pandas call takes the whole prefix."""
+    return HOT_PREFIX_FACTOR * k
+
+
+def _key_prefix(sizes: Sequence[int]) -> Column:
+    """The prefix (levels < L) of a code key."""
+    if is_packed(sizes):
+        return F.expr(f"`{CODE_KEY}` div {int(sizes[-1])}")
+    return F.slice(F.col(CODE_KEY), 1, len(sizes) - 1)
+
+
+def _last_code(sizes: Sequence[int]) -> Column:
+    """The last-level code of a code key."""
+    if is_packed(sizes):
+        return F.col(CODE_KEY) % F.lit(int(sizes[-1]))
+    return F.element_at(F.col(CODE_KEY), -1).cast("long")
+
+
+def _placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], key_col: str, *, n_buckets: int,
+                small: bool) -> DataFrame:
+    """(key, new last code) of the placed participants: their rows, candidates as arrays, and the codes
+    held in their prefixes (prefix, code key) meet by prefix bucket in one cogrouped pandas call, which
+    applies steps 2-5 of the rule in numpy (``place_participants``). No edge is exploded in Spark."""
+    bucket = F.pmod(F.xxhash64(_PREFIX), F.lit(n_buckets)).alias(_BUCKET)
+    prefixes = participants.select(F.col(_PREFIX).alias("_of")).distinct()  # renamed: both sides stem from items
+    held = held.join(F.broadcast(prefixes) if small else prefixes, F.col(_PREFIX) == F.col("_of"), "left_semi")
+    rows = participants.select(bucket, _PREFIX, key_col, _OWN_WRITTEN, CANDIDATES, DISTANCES)
+    # the prefix computed afresh from the code key: both sides stem from the same rows, and a column of
+    # one lineage on both sides of the cogroup is ambiguous to Spark's analyzer in an increment
+    codes = (held.select(CODE_KEY, _last_code(sizes).alias(_LAST)).withColumn(_PREFIX, _key_prefix(sizes))
+             .select(bucket, _PREFIX, _LAST))
+    key_type = participants.schema[key_col].dataType
+    return rows.groupBy(_BUCKET).cogroup(codes.groupBy(_BUCKET)).applyInPandas(
+        _cogrouped_placement(key_col, int(sizes[-1])),
+        T.StructType([T.StructField(key_col, key_type), T.StructField(_NEW, T.IntegerType())]))
+
+
+def _cogrouped_placement(key_col: str, k: int):
+    def place(rows: pd.DataFrame, codes: pd.DataFrame) -> pd.DataFrame:
+        """A bucket's participants (bucket, prefix, key, own written, candidates, distances) and held codes
+        (bucket, prefix, last) -> (key, new last code) of its placed participants."""
+        if rows.empty:
+            return pd.DataFrame({key_col: rows[key_col], _NEW: np.zeros(0, dtype=np.int32)})
+        prefixes = pd.concat([rows[_PREFIX], codes[_PREFIX]], ignore_index=True)
+        if prefixes.dtype == object:  # codes arrays (codebooks too large to pack): a tuple per prefix
+            prefixes = prefixes.map(tuple)
+        group = pd.factorize(prefixes)[0].astype(np.int64)
+        mine, theirs = group[: len(rows)], group[len(rows):]
+        keys, rank = np.unique(rows[key_col].to_numpy(), return_inverse=True)  # items in key order
+        cand = np.stack(rows[CANDIDATES].to_numpy()).astype(np.int64)
+        dist = np.stack(rows[DISTANCES].to_numpy()).astype(np.float32)
+        taken = theirs * k + codes[_LAST].to_numpy(np.int64)
+        _, item_rank, given = place_participants(mine, rank.ravel(), rows[_OWN_WRITTEN].to_numpy(bool), cand, dist,
+                                                 taken, k)
+        placed = given >= 0
+        return pd.DataFrame({key_col: keys[item_rank[placed]], _NEW: given[placed].astype(np.int32)})
+
+    return place
+
+
+def _hot_placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], key_col: str) -> DataFrame:
+    """``_placements`` for the participants of hot prefixes (over ``hot_prefix_items`` new items): their
+    edges exploded, each code's K nearest kept by windows that span many tasks, then per prefix bucket
+    the assignment in pandas."""
+    k = int(sizes[-1])
+    edges = participants.select(key_col, _PREFIX, _OWN_WRITTEN, F.posexplode(
+        F.arrays_zip(F.col(CANDIDATES).alias(_LAST), F.col(DISTANCES).alias(_DIST))).alias(_POS, "_edge"))
+    edges = edges.select(key_col, _PREFIX, _OWN_WRITTEN, _POS, F.col(f"_edge.{_LAST}").alias(_LAST),
+                         F.col(f"_edge.{_DIST}").alias(_DIST))
+    edges = edges.withColumn(_TARGET, full_code(F.col(_PREFIX), F.col(_LAST), sizes))
+    targets = held.select(F.col(CODE_KEY).alias(_TARGET)).distinct().withColumn(_HELD, F.lit(True))
+    marked = edges.join(targets, _TARGET, "left")
+    free = F.when(F.col(_POS) == 0, ~F.col(_OWN_WRITTEN)).otherwise(F.col(_HELD).isNull())
+    kept = _nearest_per_code(marked.where(free).drop(_HELD), key_col, k, salts=PRUNE_SALTS)
+    buckets = kept.select(F.pmod(F.xxhash64(_PREFIX), F.lit(PLACE_BUCKETS)).alias(_BUCKET), _PREFIX, key_col,
+                          _LAST, _DIST)
+    return buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col), T.StructType(
+        [T.StructField(key_col, participants.schema[key_col].dataType), T.StructField(_NEW, T.IntegerType())]))
 
 
 def _nearest_per_code(edges: DataFrame, key_col: str, k: int, *, salts: int) -> DataFrame:
