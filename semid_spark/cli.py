@@ -115,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale [--sizes ...] | --shapes [LIST]
+    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale | --relocation [--sizes ...] | --shapes [LIST]
         if argv[1:2] == ["--shapes"] or argv[1:2] and argv[1].startswith("--shapes="):
             from semid_spark.bench.shapes import main as shapes_main
 
@@ -123,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if rest[0] == "--shapes" and (len(rest) == 1 or rest[1].startswith("-")):
                 rest = rest[1:]  # ...and --shapes alone (or before flags) asks for the default shapes
             return shapes_main(rest)
+        if "--relocation" in argv:
+            from semid_spark.bench.relocation import main as relocation_main
+
+            return relocation_main([a for a in argv[1:] if a != "--relocation"])
         if "--scale" in argv:
             from semid_spark.bench.scale import main as scale_main
 

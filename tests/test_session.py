@@ -81,3 +81,20 @@ def test_a_databricks_wheel_task_takes_the_runtimes_session_as_it_is(spark, monk
     assert got is spark and spark.conf.get("spark.sql.shuffle.partitions") == partitions
     assert "(from Databricks Runtime 17.3)" in caplog.text
     assert "not applied (the session is the Databricks runtime's)" in caplog.text
+
+
+def test_a_stage_timed_inside_another_is_left_out_of_it(monkeypatch):
+    from semid_spark.spark import session
+
+    now = iter([0.0, 1.0, 3.0, 4.0, 6.0, 10.0, 10.0, 10.0])  # rank [0, 10] holds relocate [1, 3] and [4, 6]
+    monkeypatch.setattr(session.time, "perf_counter", lambda: next(now))
+    seconds = session.Seconds()
+    with seconds.timed("rank"):
+        with seconds.timed("relocate"):
+            pass
+        with seconds.timed("relocate"):
+            pass
+    with seconds.timed("write"):
+        pass
+    assert seconds == {"rank": 6.0, "relocate": 4.0, "write": 0.0}
+    assert session.Seconds(seconds).add({"write": 2.0}) == {"rank": 6.0, "relocate": 4.0, "write": 2.0}

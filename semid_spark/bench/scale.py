@@ -47,20 +47,22 @@ def parse_size(text: str) -> int:
 
 
 # ------------------------------------------------------------------ one size, in its own process
-def write_catalog(spark, path: str, start: int, end: int, *, seed: int = 0, mode: str = "overwrite") -> float:
-    """Rows start..end-1 of the synthetic catalog (keys ``item0000000042``), generated on executors."""
+def write_catalog(spark, path: str, start: int, end: int, *, seed: int = 0, mode: str = "overwrite",
+                  n_topics: int = N_TOPICS, noise: float = NOISE) -> float:
+    """Rows start..end-1 of the synthetic catalog (keys ``item0000000042``): *n_topics* unit-normal
+    centres in d = ``DIM``, plus *noise* x unit-normal noise; generated on executors."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     def generate(batches):
-        topics = np.random.default_rng(seed).standard_normal((N_TOPICS, DIM)).astype(np.float32)
+        topics = np.random.default_rng(seed).standard_normal((n_topics, DIM)).astype(np.float32)
         for batch in batches:
             ids = batch.column(0)
             if len(ids) == 0:
                 continue
             rng = np.random.default_rng([seed, ids[0].as_py()])
-            x = topics[rng.integers(0, N_TOPICS, len(ids))] + NOISE * rng.standard_normal((len(ids), DIM), np.float32)
+            x = topics[rng.integers(0, n_topics, len(ids))] + noise * rng.standard_normal((len(ids), DIM), np.float32)
             keys = pc.binary_join_element_wise("item", pc.utf8_lpad(pc.cast(ids, pa.string()), 10, "0"), "")
             emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM).cast(pa.list_(pa.float32()))
             yield pa.RecordBatch.from_arrays([keys, emb], names=["item_id", "embedding"])

@@ -163,14 +163,16 @@ def _rank_and_merge(spark: SparkSession, encoded: DataFrame, hot: list, encoder:
                 new_items = encoded.join(written.select(key), key, "left_anti")
         with stage(spark, "semid: rank items by code, then key"), done.seconds.timed("rank"):  # lazy but for hot codes' key ranges
             rows = ranked_rows(encoded=new_items, written=written, hot=hot, encoder=encoder, cfg=cfg,
-                               strategy=strategy, run_id=run_id, n_new=done.n_new, ids_from=ids_from)
+                               strategy=strategy, run_id=run_id, n_new=done.n_new, ids_from=ids_from,
+                               seconds=done.seconds)
         try:
             with stage(spark, "semid: insert-only MERGE into the Delta table"), done.seconds.timed("write"):
                 prepare_table(spark, out, rows.schema, encoder, mode, stats_columns=(key, RUN_ID, ASSIGNED_AT))
                 # counters and the written keys are read inside the MERGE
                 done.n_inserted = merge_new_rows(spark, out, rows, key, unread_rows=unread)
-            figures = strategy.figures(lambda: out.read(spark).where(F.col(RUN_ID) == run_id), encoded, key_col=key,
-                                       n_levels=len(encoder.codebook_sizes))
+            with done.seconds.timed(strategy.stage) if strategy.stage else contextlib.nullcontext():
+                figures = strategy.figures(lambda: out.read(spark).where(F.col(RUN_ID) == run_id), encoded,
+                                           key_col=key, n_levels=len(encoder.codebook_sizes))
             _take_figures(done, figures)
             return
         except Exception as exc:
@@ -223,7 +225,8 @@ def check_quality(encoded: DataFrame, stats: CodeStats, sizes: Sequence[int], wr
 
 
 def ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, encoder: FittedEncoder, cfg: JobConfig,
-                strategy: Strategy, run_id: str, n_new: int, ids_from: DataFrame | None = None) -> DataFrame:
+                strategy: Strategy, run_id: str, n_new: int, ids_from: DataFrame | None = None,
+                seconds: Seconds | None = None) -> DataFrame:
     """The rows to insert (``schema.id_rows``). Lazy on purpose: the written codes and counters are read
     by the MERGE itself, so a commit that lands before it is counted.
 
@@ -237,7 +240,7 @@ def ranked_rows(*, encoded: DataFrame, written: DataFrame | None, hot: list, enc
         kept, encoded = split_kept_ids(encoded, ids_from, key)
         taken = kept.select(CODES, COUNTER)
         written = taken if written is None else written.select(CODES, COUNTER).unionByName(taken)
-    ranked = strategy.ranked_rows(encoded, written, sizes, key_col=key, n_new=n_new, hot=hot)
+    ranked = strategy.ranked_rows(encoded, written, sizes, key_col=key, n_new=n_new, hot=hot, seconds=seconds)
     if kept is not None:
         ranked = ranked.select(key, CODES, COUNTER, RELOCATED).unionByName(
             kept.select(key, CODES, COUNTER, F.lit(False).alias(RELOCATED)))

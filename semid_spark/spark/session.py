@@ -237,15 +237,25 @@ def stage(spark: SparkSession, description: str, rows: int | None = None) -> Ite
 
 class Seconds(dict):
     """Seconds per stage of a run, by name, in the order the stages ran; a stage timed twice (the
-    ranking of a retried MERGE) adds up. Stage results carry one; the run's report adds them."""
+    ranking of a retried MERGE) adds up, and one timed inside another is its own (the relocation
+    inside the ranking): the outer stage's seconds leave it out, so the figures add up to the run's.
+    Stage results carry one; the run's report adds them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._inner: list[float] = []  # per open stage, the seconds of the stages timed inside it
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+            elapsed, inner = time.perf_counter() - start, self._inner.pop()
+            self[name] = self.get(name, 0.0) + elapsed - inner
+            if self._inner:
+                self._inner[-1] += elapsed
 
     def add(self, other: dict[str, float]) -> "Seconds":
         for name, seconds in other.items():

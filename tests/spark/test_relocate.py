@@ -42,6 +42,7 @@ def test_relocated_codes_are_the_python_rules_and_keep_the_prefix(spark, relocat
         assert list(rows[key].codes[:2]) == nearest[i, :2].tolist()  # the prefix is the nearest codes'
         assert (rows[key].counter > 0) == bool(expected.unplaced[i])
     assert 0 < report.moved_share == pytest.approx(expected.moved_share)
+    assert report.seconds["relocate"] > 0 and list(report.seconds).index("relocate") > list(report.seconds).index("encode")
     assert report.counter_share == pytest.approx(expected.unplaced.mean())
     assert report.error_ratio == pytest.approx(expected.error_ratio, rel=1e-5) and report.error_ratio >= 1.0
 

@@ -16,6 +16,7 @@ from typing import Callable, Protocol, Sequence
 from pyspark.sql import DataFrame
 
 from semid_spark.spark.ranking import CodeStats
+from semid_spark.spark.session import Seconds
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,16 @@ class StrategyFigures:
 
 class Strategy(Protocol):
     name: str
+    stage: str | None  # the report's name for the seconds of the strategy's own work (None: it has none)
     candidates: int  # last-level candidates encode keeps per item (0: none), ``CANDIDATES``/``DISTANCES``
 
     def ranked_rows(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
-                    n_new: int, hot: list, salts: int = 0) -> DataFrame:
+                    n_new: int, hot: list, salts: int = 0, seconds: Seconds | None = None) -> DataFrame:
         """encoded (key, codes, code key[, candidates, distances]) + the written rows (codes, counter; None:
         an empty table) -> (key, codes, code key, counter, relocated), each (codes, counter) unique and
         free. *n_new*: the rows of *encoded*; *hot*: its codes over ``hot_code_rows`` rows. *salts* > 0:
-        planned only (no job), each code's rows ranked in that many key-hash buckets."""
+        planned only (no job), each code's rows ranked in that many key-hash buckets. *seconds*: where the
+        jobs it runs before the MERGE (where *n_new* is known) are timed, under ``stage``."""
 
     def n_counters(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], stats: CodeStats, *,
                    key_col: str) -> int:

@@ -25,8 +25,9 @@ Lazy throughout: the written codes are read when the MERGE runs, as the counters
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ from semid_spark.config import UniquenessConfig
 from semid_spark.delta.schema import CANDIDATES, CODES, COUNTER, DISTANCES, RELOCATED
 from semid_spark.spark.incremental import broadcast_limit, next_counters
 from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, is_packed, with_code_key
-from semid_spark.spark.session import stage
+from semid_spark.spark.session import Seconds, stage
 from semid_spark.spark.strategies.base import StrategyFigures
 from semid_spark.uniqueness.relocate import place_edges, place_participants
 
@@ -55,15 +56,17 @@ HOT_PREFIX_FACTOR = 32  # a prefix of more new items than this x K has its edges
 class RelocateStrategy:
     ids: UniquenessConfig
     name = "relocate"
+    stage = "relocate"
 
     @property
     def candidates(self) -> int:
         return self.ids.relocate_candidates
 
     def ranked_rows(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
-                    n_new: int, hot: list, salts: int = 0) -> DataFrame:
+                    n_new: int, hot: list, salts: int = 0, seconds: Seconds | None = None) -> DataFrame:
         return relocated_rows(encoded, written, sizes, key_col=key_col, n_new=n_new, hot=hot,
-                              hot_code_rows=self.ids.hot_code_rows, salts=salts)
+                              hot_code_rows=self.ids.hot_code_rows, salts=salts,
+                              timed=(lambda: seconds.timed(self.stage)) if seconds is not None else None)
 
     def n_counters(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], stats: CodeStats, *,
                    key_col: str) -> int:  # the relocation itself, which the MERGE then runs again
@@ -92,7 +95,8 @@ def full_code(prefix: Column, last: Column, sizes: Sequence[int]) -> Column:
 
 
 def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
-                   n_new: int, hot: list, hot_code_rows: int, salts: int = 0) -> DataFrame:
+                   n_new: int, hot: list, hot_code_rows: int, salts: int = 0,
+                   timed: Callable[[], ContextManager] | None = None) -> DataFrame:
     """encoded (key, codes, code key, candidates, distances) [+ the written table] -> (key, codes, code
     key, counter, relocated): the codes after relocation and each row's counter, every one unique.
     *hot*: the codes of *encoded* over *hot_code_rows* rows (``code_stats``); the items left on one keep
@@ -101,9 +105,11 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     known (the job's), 0 where not (Spark ML's transform: then nothing runs until an action). Known, the
     new items' codes are counted in a job of their own (over encoded only; the table stays read inside
     the MERGE) and, up to ``broadcast_limit`` items, go to every task, so no new row is shuffled to
-    find the colliding ones."""
+    find the colliding ones. *timed*: a context manager for the jobs run here (the report's
+    ``relocate`` seconds)."""
 
     k = int(sizes[-1])
+    clock = timed or contextlib.nullcontext
     # few new items (n_new 0: unknown, nothing broadcast): their codes go to every task, so no new row is
     # shuffled to split them
     small = 0 < n_new <= broadcast_limit()
@@ -115,7 +121,8 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     # row's code each time was most of the relocation's cost
     per_code = items.groupBy(CODE_KEY, _PREFIX).agg(F.count(F.lit(1)).alias(_COUNT))
     if n_new:
-        per_code = per_code.localCheckpoint(eager=True)
+        with clock():
+            per_code = per_code.localCheckpoint(eager=True)
     shared = per_code.where(F.col(_COUNT) > 1).select(CODE_KEY, F.lit(False).alias(_OWN_WRITTEN))
     participant_codes = shared
     if held_written is not None:
@@ -136,8 +143,9 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
                     .where(F.col(_COUNT) > hot_prefix_items(k)).select(_PREFIX))  # few: each holds > 32 K items
     any_hot = True
     if n_new:
-        hot_prefixes = hot_prefixes.localCheckpoint(eager=True)
-        any_hot = bool(hot_prefixes.take(1))
+        with clock():
+            hot_prefixes = hot_prefixes.localCheckpoint(eager=True)
+            any_hot = bool(hot_prefixes.take(1))
     usual = participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_anti") if any_hot else participants
     placements = _placements(usual, held, sizes, key_col, n_buckets=max(PLACE_BUCKETS, n_new // PLACE_BUCKET_ITEMS),
                              small=small)
@@ -147,7 +155,8 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     if n_new and written is None:
         # a first run: nothing above reads the table, so the assignment is solved once, here, where the
         # MERGE's plan would solve it twice (the placed and the unplaced rows each read it)
-        placements = placements.localCheckpoint(eager=True)
+        with clock():
+            placements = placements.localCheckpoint(eager=True)
     columns = [c for c in encoded.columns if c not in (CANDIDATES, DISTANCES)]
     decided = participants.select(*columns).join(placements, key_col, "left")  # _NEW null: no free code near
     own_last = F.col(CODES).getItem(len(sizes) - 1)
@@ -291,16 +300,24 @@ def _placement_function(key_col: str):
 
 def relocation_figures(inserted: DataFrame, encoded: DataFrame, *, key_col: str, n_levels: int) -> dict:
     """The run's share moved, share with a counter and error ratio, from its inserted rows (key, codes,
-    counter, relocated) and its encoded rows (key, candidates, distances): one join of small rows."""
-    rows = inserted.select(key_col, CODES, COUNTER, RELOCATED).join(
-        encoded.select(key_col, CANDIDATES, DISTANCES), key_col)
-    # SQL, as pyspark < 4 takes only a literal value in F.array_position
-    at = F.expr(f"array_position(`{CANDIDATES}`, `{CODES}`[{n_levels - 1}])")
-    row = rows.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(RELOCATED).cast("long")).alias("moved"),
-                   F.sum((F.col(COUNTER) > 0).cast("long")).alias("counters"),
-                   F.sum(F.element_at(F.col(DISTANCES), 1).cast("double")).alias("nearest"),
-                   F.sum(F.element_at(F.col(DISTANCES), at.cast("int")).cast("double")).alias("assigned")).first()
-    n = int(row["n"] or 0)
-    nearest, assigned = float(row["nearest"] or 0.0), float(row["assigned"] or 0.0)
-    return {"moved_share": (row["moved"] or 0) / max(n, 1), "counter_share": (row["counters"] or 0) / max(n, 1),
-            "error_ratio": assigned / nearest if nearest > 0 else 1.0}
+    counter, relocated) and its encoded rows (key, candidates, distances). Two scans (the inserted
+    rows' flags, the cached codes' nearest distances) and a join of the moved rows only, broadcast
+    where they are few: the error of an unmoved item is its nearest distance, already summed."""
+    row = inserted.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(RELOCATED).cast("long")).alias("moved"),
+                       F.sum((F.col(COUNTER) > 0).cast("long")).alias("counters")).first()
+    n, n_moved = int(row["n"] or 0), int(row["moved"] or 0)
+    nearest_sum = F.sum(F.element_at(F.col(DISTANCES), 1).cast("double")).alias("nearest")
+    sums = encoded.agg(F.count(F.lit(1)).alias("n"), nearest_sum).first()
+    if int(sums["n"] or 0) != n:  # another run inserted some of these keys first: only the inserted ones count
+        sums = encoded.join(inserted.select(key_col), key_col, "left_semi").agg(nearest_sum).first()
+    nearest, gained = float(sums["nearest"] or 0.0), 0.0
+    if n_moved:
+        moved = inserted.where(F.col(RELOCATED)).select(key_col, CODES)
+        # SQL, as pyspark < 4 takes only a literal value in F.array_position
+        at = F.expr(f"array_position(`{CANDIDATES}`, `{CODES}`[{n_levels - 1}])").cast("int")
+        gain = F.element_at(F.col(DISTANCES), at) - F.element_at(F.col(DISTANCES), 1)
+        gained = float(encoded.select(key_col, CANDIDATES, DISTANCES)
+                       .join(F.broadcast(moved) if n_moved <= broadcast_limit() else moved, key_col)
+                       .agg(F.sum(gain.cast("double"))).first()[0] or 0.0)
+    return {"moved_share": n_moved / max(n, 1), "counter_share": int(row["counters"] or 0) / max(n, 1),
+            "error_ratio": (nearest + gained) / nearest if nearest > 0 else 1.0}

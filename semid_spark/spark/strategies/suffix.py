@@ -13,6 +13,7 @@ from semid_spark.config import UniquenessConfig
 from semid_spark.delta.schema import CODES, RELOCATED
 from semid_spark.spark.incremental import next_counters
 from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, with_code_key
+from semid_spark.spark.session import Seconds
 from semid_spark.spark.strategies.base import StrategyFigures
 
 
@@ -20,10 +21,11 @@ from semid_spark.spark.strategies.base import StrategyFigures
 class SuffixStrategy:
     ids: UniquenessConfig
     name = "suffix"
+    stage = None
     candidates = 0
 
     def ranked_rows(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
-                    n_new: int, hot: list, salts: int = 0) -> DataFrame:
+                    n_new: int, hot: list, salts: int = 0, seconds: Seconds | None = None) -> DataFrame:
         counters = None if written is None else next_counters(written, encoded, sizes, n_new=n_new)
         return assign_counters(encoded, counters, key_col=key_col, hot_code_rows=self.ids.hot_code_rows, hot=hot,
                                salts=salts).withColumn(RELOCATED, F.lit(False))
