@@ -56,6 +56,13 @@ def test_semid_commands_parse(argv):
         shapes = build_parser().parse_args(rest).shapes
         assert all(parse_shape(s) for s in shapes.split(","))
         return
+    if argv[:2] == ["bench", "--relocation"]:
+        from semid_spark.bench.relocation import build_parser
+        from semid_spark.bench.shapes import parse_shape
+
+        args = build_parser().parse_args(argv[2:])
+        assert all(parse_shape(s) for s in args.shapes.split(","))
+        return
     if argv[0] == "bench":  # its own parsers (semid bench --help, semid bench --scale --help)
         assert set(a for a in argv[1:] if a.startswith("--")) <= {"--scale", "--sizes", "--quick", "--out", "--cores",
                                                                     "--baseline", "--work", "--skip-spark"}

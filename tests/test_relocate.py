@@ -149,3 +149,41 @@ def test_lowest_scores_are_the_lowest(seed, k, m, integral):
     for row in np.flatnonzero(decided):
         assert sorted(scores[row, columns[row]]) == list(ordered[row, :m])
         assert len(set(columns[row])) == m
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 60), st.sampled_from([4, 8, 16]), st.integers(1, 6), st.booleans())
+def test_dropping_dominated_edges_keeps_the_optimum(seed, n, k, t, integral):
+    """place_participants drops the edges dearer than an item's cheapest uncontested code: as many items
+    placed, at the same total cost, as the solver gives on every edge (costs full of ties when integral)."""
+    from semid_spark.uniqueness import relocate
+
+    rng = np.random.default_rng(seed)
+    t = min(t, k)
+    prefix = rng.integers(0, 3, n)
+    cand = np.stack([rng.choice(k, t, replace=False) for _ in range(n)])
+    dist = rng.integers(0, 4, (n, t)).astype(np.float32) if integral else rng.random((n, t), dtype=np.float32)
+    dist = np.sort(dist, axis=1)  # the own code first, nearest
+    own_written = rng.random(n) < 0.2
+    taken = rng.choice(3 * k, rng.integers(0, k), replace=False)
+    rank = rng.permutation(n)
+
+    def placed(prune: bool):
+        drop = relocate.dominated_edges_dropped
+        relocate.dominated_edges_dropped = drop if prune else (lambda rows, target, cost: np.ones(len(rows), bool))
+        try:
+            prefixes, ranks, given = relocate.place_participants(prefix, rank, own_written, cand, dist, taken, k)
+        finally:
+            relocate.dominated_edges_dropped = drop
+        item = {(p, r): i for i, (p, r) in enumerate(zip(prefix, rank))}
+        total = 0.0
+        for p, r, g in zip(prefixes, ranks, given):
+            if g >= 0:
+                i = item[(p, r)]
+                total += float(dist[i][list(cand[i]).index(g)])
+        codes = [(p, g) for p, g in zip(prefixes, given) if g >= 0]
+        assert len(codes) == len(set(codes))  # each code once per prefix
+        return int((given >= 0).sum()), total
+
+    pruned, full = placed(True), placed(False)
+    assert pruned[0] == full[0] and pruned[1] == pytest.approx(full[1], abs=1e-4)

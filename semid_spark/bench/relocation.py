@@ -146,7 +146,7 @@ def goals(rows: list[dict]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semid bench --relocation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,4M", help="comma-separated row counts, e.g. 1M,4M,16M")
@@ -159,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="scratch directory for the tables (default: a temporary one)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: one size, this process
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     shapes = [parse_shape(s) for s in args.shapes.split(",")]
     if args.one is not None:
         result = one_size(args.one, shapes, args.work, args.cores, n_topics=args.topics, noise=args.noise,
