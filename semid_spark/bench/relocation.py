@@ -29,6 +29,7 @@ import time
 
 from semid_spark.bench.scale import parse_size, write_catalog
 from semid_spark.bench.shapes import parse_shape, shape_name
+from semid_spark.bench.suite import write_figures
 
 ROW_STAGES = ("encode", "rank", "relocate", "write")
 GOALS = {"relocation_over_encode": ("<=", 0.25), "counter_share": ("<=", 0.001)}
@@ -195,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for name, goal in summary["goals"].items():
         print(f"{name}: worst {goal['worst']} (goal {goal['goal']}): {'met' if goal['met'] else 'NOT met'}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "relocation.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
-    with open(os.path.join(args.out, "relocation.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    write_figures(args.out, "relocation", summary, table)
     if args.work is None:
         shutil.rmtree(work_root, ignore_errors=True)
     return 0

@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.result, "w", encoding="utf-8") as fh:
             json.dump(result, fh)
         return 0
+    from semid_spark.bench.suite import write_figures
+
     sizes = sorted(parse_size(s) for s in args.sizes.split(","))
     baseline = parse_size(args.baseline)
     if baseline not in sizes:
@@ -337,11 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["total_s"] = time.perf_counter() - started
     table = render(summary)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "scale.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
-    with open(os.path.join(args.out, "scale.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    write_figures(args.out, "scale", summary, table)
     if args.work is None:
         shutil.rmtree(work_root, ignore_errors=True)
     return 0

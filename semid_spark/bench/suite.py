@@ -409,12 +409,17 @@ def _run(args: argparse.Namespace) -> int:
         add([job_row(5_000 if q else 300_000, 128, codes)])
     table = render(rows)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench.json"), "w", encoding="utf-8") as fh:
-        json.dump([asdict(r) for r in rows], fh, indent=2)
-    with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    write_figures(args.out, "bench", [asdict(r) for r in rows], table)
     return 0
+
+
+def write_figures(out_dir: str, stem: str, figures, table: str) -> None:
+    """A benchmark's figures as ``<out_dir>/<stem>.json`` and its table as ``<stem>.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w", encoding="utf-8") as fh:
+        json.dump(figures, fh, indent=2)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
 
 
 if __name__ == "__main__":

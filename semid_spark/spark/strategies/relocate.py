@@ -81,10 +81,10 @@ class RelocateStrategy:
 
 
 def prefix_of(sizes: Sequence[int]) -> Column:
-    """The codes of levels < L as one value: code key div K (packed), else the codes array's head."""
+    """The codes of levels < L as one value, from the code key: div K (packed), else the codes array's head."""
     if is_packed(sizes):
         return F.expr(f"`{CODE_KEY}` div {int(sizes[-1])}")
-    return F.slice(F.col(CODES), 1, len(sizes) - 1)
+    return F.slice(F.col(CODE_KEY), 1, len(sizes) - 1)
 
 
 def full_code(prefix: Column, last: Column, sizes: Sequence[int]) -> Column:
@@ -196,13 +196,6 @@ def hot_prefix_items(k: int) -> int:
     return HOT_PREFIX_FACTOR * k
 
 
-def _key_prefix(sizes: Sequence[int]) -> Column:
-    """The prefix (levels < L) of a code key."""
-    if is_packed(sizes):
-        return F.expr(f"`{CODE_KEY}` div {int(sizes[-1])}")
-    return F.slice(F.col(CODE_KEY), 1, len(sizes) - 1)
-
-
 def _last_code(sizes: Sequence[int]) -> Column:
     """The last-level code of a code key."""
     if is_packed(sizes):
@@ -221,7 +214,7 @@ def _placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], 
     rows = participants.select(bucket, _PREFIX, key_col, _OWN_WRITTEN, CANDIDATES, DISTANCES)
     # the prefix computed afresh from the code key: both sides stem from the same rows, and a column of
     # one lineage on both sides of the cogroup is ambiguous to Spark's analyzer in an increment
-    codes = (held.select(CODE_KEY, _last_code(sizes).alias(_LAST)).withColumn(_PREFIX, _key_prefix(sizes))
+    codes = (held.select(CODE_KEY, _last_code(sizes).alias(_LAST)).withColumn(_PREFIX, prefix_of(sizes))
              .select(bucket, _PREFIX, _LAST))
     key_type = participants.schema[key_col].dataType
     return rows.groupBy(_BUCKET).cogroup(codes.groupBy(_BUCKET)).applyInPandas(
