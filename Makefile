@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-heavy test-matrix bench bench-shapes bench-scale bench-relocation bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
+.PHONY: demo test test-heavy test-matrix bench bench-shapes bench-scale bench-advice bench-relocation bench-quality bench-fit bench-refit bench-ids bench-vae bench-encode dist airflow-check example clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -116,6 +116,13 @@ bench: $(STAMP)
 # BENCH_ARGS="--shapes 3x8192 --device cuda" times the cuda path as well.
 bench-shapes: $(STAMP)
 	$(PY) -m semid_spark.cli bench --shapes $(BENCH_ARGS)
+
+# The advisor's predictions beside catalogs 4x and 16x its 20,000-row sample, synthetic and real words (the example
+# extra): artifacts/bench/advice-synthetic.{json,md} and advice-words.{json,md}.
+bench-advice: $(STAMP)
+	$(PY) -m pip install -q -e ".[example]"
+	$(PY) -m semid_spark.cli bench --advice $(BENCH_ARGS)
+	$(PY) -m semid_spark.cli bench --advice --data words --sample 18000 $(BENCH_ARGS)
 
 # Relocation's cost beside suffix counters, first and +1% runs at 1M and 4M rows, 3 x 256 and 3 x 4096 (about 25
 # minutes on 2 cores): artifacts/bench/relocation.json and relocation.md.

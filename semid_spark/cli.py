@@ -21,8 +21,9 @@ import sys
 import traceback
 from typing import Sequence
 
+from semid_spark.advise import DEFAULT_MAX_COUNTER_SHARE
 from semid_spark.exceptions import (
-    EXIT_CODES, EXIT_FAILED, EXIT_OK, ConfigError, SemanticIdError, exit_code,
+    EXIT_CODES, EXIT_FAILED, EXIT_OK, EXIT_QUALITY, ConfigError, SemanticIdError, exit_code,
 )
 
 log = logging.getLogger("semid_spark")
@@ -93,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--out", default="artifacts/advise", help="directory for advice.md/json (default artifacts/advise)")
     advise.add_argument("--target-rows", type=int, default=None,
                         help="catalog size to predict for (default: the input's row count)")
-    advise.add_argument("--choices", default=None, help="levels x codes to compare, e.g. 3x256,4x256 "
-                        "(default: 2x256,3x256,4x256,3x1024)")
-    advise.add_argument("--max-counter-share", type=float, default=0.05,
-                        help="recommend the shortest IDs whose predicted counter share is at most this")
+    advise.add_argument("--shapes", "--choices", dest="shapes", default=None,
+                        help="shapes to compare, LEVELSxCODES or codes per level: 3x4096,2048/1024/512/256 "
+                             "(default: 2x256 ... 3x8192, cheapest first, until one meets the goal)")
+    advise.add_argument("--max-counter-share", type=float, default=DEFAULT_MAX_COUNTER_SHARE,
+                        help="recommend the cheapest shape whose predicted counter share is at most this "
+                             f"(default {DEFAULT_MAX_COUNTER_SHARE})")
     made["validate"].add_argument("--sample-rows", type=int, default=10_000,
                                   help="rows whose embeddings and keys are checked (the job checks all of them)")
     parser.set_defaults(_verbs=made)
@@ -115,7 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale | --relocation [--sizes ...] | --shapes [LIST]
+    if argv[:1] == ["bench"]:  # its own arguments: semid bench [--quick] [--out DIR] | --scale | --relocation [--sizes ...] | --advice | --shapes [LIST]
         if argv[1:2] == ["--shapes"] or argv[1:2] and argv[1].startswith("--shapes="):
             from semid_spark.bench.shapes import main as shapes_main
 
@@ -123,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if rest[0] == "--shapes" and (len(rest) == 1 or rest[1].startswith("-")):
                 rest = rest[1:]  # ...and --shapes alone (or before flags) asks for the default shapes
             return shapes_main(rest)
+        if "--advice" in argv:
+            from semid_spark.bench.advice import main as advice_main
+
+            return advice_main([a for a in argv[1:] if a != "--advice"])
         if "--relocation" in argv:
             from semid_spark.bench.relocation import main as relocation_main
 
@@ -244,20 +251,24 @@ def _advise(spark, cfg, args: argparse.Namespace) -> int:
     from semid_spark import advise
 
     try:
-        choices = [advise.parse_choice(c) for c in (args.choices.split(",") if args.choices else advise.DEFAULT_CHOICES)]
+        shapes = [advise.parse_shape(c) for c in args.shapes.split(",")] if args.shapes else None
     except ValueError as exc:
-        raise ConfigError(f"--choices {args.choices!r}: {exc}") from None
-    predictions, best = pipeline.advise(spark, cfg, target_rows=args.target_rows, choices=choices,
-                                        max_counter_share=args.max_counter_share)
-    table = advise.render(predictions, best, args.max_counter_share)
+        raise ConfigError(f"--shapes {args.shapes!r}: {exc}") from None
+    advice = pipeline.advise(spark, cfg, target_rows=args.target_rows, shapes=shapes,
+                             max_counter_share=args.max_counter_share)
+    best = advice.recommended
     out = args.out
-    storage.write_bytes(storage.join(out, "advice.md"), table.encode())
-    storage.write_bytes(storage.join(out, "advice.json"), json.dumps(
-        {"recommended": best.choice, "max_counter_share": args.max_counter_share,
-         "predictions": [p.as_dict() for p in predictions]}, indent=2).encode())
-    print(table + f"\nrecommended: {best.choice} (model.n_levels={best.n_levels}, model.n_clusters={best.n_clusters})",
+    storage.write_bytes(storage.join(out, "advice.md"), advice.markdown.encode())
+    storage.write_bytes(storage.join(out, "advice.json"), json.dumps(advice.as_dict(), indent=2).encode())
+    if not advice.meets_goal:  # said in the table's last lines, with what to try; a scheduler sees the status
+        print(advice.markdown + f"\nno shape meets --max-counter-share {advice.max_counter_share}; closest: "
+              f"{best.choice} ({best.counter_share:.4f})", file=sys.stderr)
+        print(json.dumps({"recommended": None, "closest": best.choice, "counter_share": best.counter_share,
+                          "max_counter_share": advice.max_counter_share, "out": out}))
+        return EXIT_QUALITY
+    print(advice.markdown + f"\nrecommended: {best.choice} (model.n_clusters: {json.dumps(best.n_clusters)})",
           file=sys.stderr)
-    print(json.dumps({"recommended": best.choice, "out": out}))
+    print(json.dumps({"recommended": best.choice, "n_clusters": best.n_clusters, "out": out}))
     return EXIT_OK
 
 

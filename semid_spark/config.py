@@ -75,8 +75,12 @@ class ModelConfig:
     kind: Literal["rq_kmeans", "rq_vae"] = "rq_kmeans"  # rq_vae needs the torch extra on the driver
     # levels of the ID (default 3, or the length of n_clusters); RQKMeans/RQVAE keep semantic-id's 4 (README)
     n_levels: int | None = None
-    # codes per level: one size for every level, or one per level ([2048, 1024, 512])
-    n_clusters: int | list[int] = 256
+    # codes per level: one size for every level, or one per level ([2048, 1024, 512]), or auto: the
+    # cheapest shape `semid advise` predicts for the catalog (quality.max_counter_share, default 0.001;
+    # with n_levels, among shapes of that many levels), chosen when the model is fitted
+    n_clusters: int | list[int] | Literal["auto"] = 256
+    # n_clusters auto: the catalog size to choose the shape for (default: the input's valid rows)
+    target_rows: int | None = None
     sample_size: int = 200_000  # at most this many rows go to the driver for fitting
     seed: int = 0  # the sample and the fit: the same seed and input give the same model
     fit_device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda when the driver has it
@@ -86,6 +90,13 @@ class ModelConfig:
     params: dict = field(default_factory=dict)  # further constructor arguments of the algorithm
 
     def __post_init__(self) -> None:
+        if self.auto_shape:
+            if self.kind != "rq_kmeans":
+                raise ConfigError(f"model.n_clusters=auto chooses RQ-KMeans shapes; model.kind={self.kind!r} "
+                                  "needs its codes per level in model.n_clusters")
+            if (self.n_levels is not None and self.n_levels < 1) or (self.target_rows is not None and self.target_rows < 1):
+                raise ConfigError(f"model: n_levels={self.n_levels}, target_rows={self.target_rows}; expected >= 1")
+            return
         per_level = isinstance(self.n_clusters, list)
         if per_level and self.n_levels is not None and self.n_levels != len(self.n_clusters):
             raise ConfigError(f"model: n_levels={self.n_levels} but n_clusters lists {len(self.n_clusters)} sizes "
@@ -99,9 +110,21 @@ class ModelConfig:
             )
 
     @property
+    def auto_shape(self) -> bool:
+        """Whether the shape is chosen when the model is fitted (``n_clusters: auto``)."""
+        return self.n_clusters == "auto"
+
+    @property
     def sizes(self) -> list[int]:
         """Codes per level, one entry a level."""
+        if self.auto_shape:
+            raise ConfigError("model.n_clusters is auto: the shape is chosen when the model is fitted "
+                              "(a saved model's shape is its codebooks')")
         return list(self.n_clusters) if isinstance(self.n_clusters, list) else [self.n_clusters] * self.n_levels
+
+    def with_shape(self, sizes) -> "ModelConfig":
+        """This config with codes per level *sizes* (the shape auto chose, or a saved model's)."""
+        return dataclasses.replace(self, n_clusters=[int(k) for k in sizes], n_levels=None)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ EXIT_CODES = {
     EXIT_INPUT: "bad input: rows (NaN/inf, wrong length, null or duplicate keys), an unreadable input, "
                 "a model or table that does not match the input",
     EXIT_CONCURRENT: "another run kept committing to the output table (run again: it inserts what is missing)",
-    EXIT_QUALITY: "a quality gate refused the run (quality.*): no ID written (a refused refit writes its churn report only)",
+    EXIT_QUALITY: "a quality gate refused the run (quality.*): no ID written (a refused refit writes its churn report only); "
+                  "semid advise: no shape tried meets --max-counter-share",
 }
 
 

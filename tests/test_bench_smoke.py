@@ -33,17 +33,34 @@ def test_bench_shapes_writes_fit_and_encode_figures_for_uniform_and_shrinking_sh
     assert (tmp_path / "shapes.md").read_text().startswith("Shapes on 3,000 x 128-d synthetic rows")
 
 
-@pytest.mark.parametrize("text, sizes", [("3x4096", [4096] * 3), ("2048/1024/512/256", [2048, 1024, 512, 256]),
-                                         (" 1X8 ", [8])])
+@pytest.mark.parametrize("text, sizes", [("3x4096", (4096,) * 3), ("2048/1024/512/256", (2048, 1024, 512, 256)),
+                                         (" 1X8 ", (8,))])
 def test_shape_syntax(text, sizes):
-    from semid_spark.bench.shapes import parse_shape, shape_name
+    from semid_spark.advise import parse_shape, shape_name
 
     assert parse_shape(text) == sizes and parse_shape(shape_name(sizes)) == sizes
 
 
-@pytest.mark.parametrize("bad", ["3x", "x256", "3x0", "256/0", "3-256", ""])
+@pytest.mark.parametrize("bad", ["3x", "x256", "3x0", "3x1", "256/0", "3-256", ""])
 def test_shape_syntax_errors_name_the_forms(bad):
-    from semid_spark.bench.shapes import parse_shape
+    from semid_spark.advise import parse_shape
 
     with pytest.raises(ValueError, match="LEVELSxCODES"):
         parse_shape(bad)
+
+
+def test_bench_advice_sets_predictions_beside_larger_catalogs(tmp_path):
+    """`semid bench --advice` at a tiny size: per shape and multiple, the predicted and the real figures of
+    the same model, the real ones counted from its codes and its relocation."""
+    assert main(["bench", "--advice", "--shapes", "2x16,32/8", "--sample", "500", "--multiples", "4",
+                 "--dim", "16", "--topics", "8", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "advice-synthetic.json").read_text())
+    assert [(r["shape"], r["rows"]) for r in report["rows"]] == [("2x16", 2000), ("32/8", 2000)]
+    for row in report["rows"]:
+        real, predicted = row["real"], row["predicted"]
+        assert 0 <= real["counter_share"] <= real["suffix_counter_share"] <= real["collision_share"] <= 1
+        assert 0 <= predicted["counter_share"] <= predicted["suffix_counter_share"] <= 1
+        assert real["largest_bucket"] >= 1 and predicted["encode_core_hours"] > 0
+    assert report["rows"][0]["real"]["suffix_counter_share"] >= 1 - 256 / 2000  # 256 full codes for 2,000 items
+    assert set(report["worst_gaps"]) >= {"counter_share", "suffix_counter_share", "collision_share"}
+    assert (tmp_path / "advice-synthetic.md").read_text().startswith("The advisor's predictions from a sample of 500")

@@ -50,15 +50,23 @@ def test_the_readme_names_commands():
 @pytest.mark.parametrize("argv", semid_commands(), ids=lambda argv: " ".join(argv)[:60])
 def test_semid_commands_parse(argv):
     if argv[:2] == ["bench", "--shapes"]:  # semid bench --shapes [LIST] [flags]: the shapes bench's own parser
-        from semid_spark.bench.shapes import build_parser, parse_shape
+        from semid_spark.advise import parse_shape
+        from semid_spark.bench.shapes import build_parser
 
         rest = argv[2:] if len(argv) == 2 or argv[2].startswith("-") else ["--shapes", *argv[2:]]
         shapes = build_parser().parse_args(rest).shapes
         assert all(parse_shape(s) for s in shapes.split(","))
         return
+    if argv[:2] == ["bench", "--advice"]:
+        from semid_spark.bench.advice import build_parser
+        from semid_spark.advise import parse_shape
+
+        args = build_parser().parse_args(argv[2:])
+        assert all(parse_shape(s) for s in args.shapes.split(","))
+        return
     if argv[:2] == ["bench", "--relocation"]:
         from semid_spark.bench.relocation import build_parser
-        from semid_spark.bench.shapes import parse_shape
+        from semid_spark.advise import parse_shape
 
         args = build_parser().parse_args(argv[2:])
         assert all(parse_shape(s) for s in args.shapes.split(","))

@@ -445,6 +445,8 @@ class RQKMeans(BaseSemanticEncoder):
             "tol": self.tol, "random_state": self.random_state, "n_init": self.n_init, "D": self.D_,
             "max_samples_per_cluster": self.max_samples_per_cluster, "inertia_tol": self.inertia_tol,
             "refine_passes": self.refine_passes,
+            # how the job chose this shape (model.n_clusters: auto); kept, never read back into the fit
+            **({"shape_advice": self.shape_advice} if getattr(self, "shape_advice", None) else {}),
         }
 
     def save(self, path: str) -> None:
@@ -489,4 +491,6 @@ class RQKMeans(BaseSemanticEncoder):
                 if level_offsets.shape != (k,):
                     raise ModelFormatError(f"{path!r}: offsets_{i} has shape {level_offsets.shape}, expected {(k,)}")
         model._set_codebooks(books, offsets)
+        if meta.get("shape_advice"):
+            model.shape_advice = meta["shape_advice"]
         return model

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from semid_spark.bench.scale import parse_size, write_catalog
-from semid_spark.bench.shapes import parse_shape, shape_name
+from semid_spark.advise import parse_shape, shape_name
 from semid_spark.bench.suite import write_figures
 
 ROW_STAGES = ("encode", "rank", "relocate", "write")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    shapes = [parse_shape(s) for s in args.shapes.split(",")]
+    shapes = [list(parse_shape(s)) for s in args.shapes.split(",")]
     if args.one is not None:
         result = one_size(args.one, shapes, args.work, args.cores, n_topics=args.topics, noise=args.noise,
                           sample=args.sample)

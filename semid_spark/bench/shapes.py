@@ -34,30 +34,12 @@ from typing import Callable
 
 import numpy as np
 
+from semid_spark.advise import parse_shape, shape_name
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.bench.suite import best_of
+from semid_spark.utils.threads import one_blas_thread
 
 DEFAULT_SHAPES = ("3x256", "3x1024", "3x4096")
-
-
-def parse_shape(text: str) -> list[int]:
-    """'3x4096' -> [4096] * 3; '2048/1024/512' -> [2048, 1024, 512]."""
-    text = text.strip().lower()
-    try:
-        if "x" in text:
-            levels, clusters = (int(part) for part in text.split("x"))
-            sizes = [clusters] * levels
-        else:
-            sizes = [int(part) for part in text.split("/")]
-    except ValueError:
-        sizes = []
-    if not sizes or any(k < 1 for k in sizes):
-        raise ValueError(f"shape {text!r}: expected LEVELSxCODES (3x4096) or codes per level (2048/1024/512)")
-    return sizes
-
-
-def shape_name(sizes: list[int]) -> str:
-    return f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "/".join(map(str, sizes))
 
 
 def _seconds(fn: Callable[[], object]) -> tuple[object, float]:
@@ -146,12 +128,6 @@ def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, f
 
 
 # --------------------------------------------------------------------------------- encode
-def _one_thread():
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1)
-
-
 def gemm_seconds_per_row(dim: int, sizes: list[int], rows: np.ndarray) -> float:
     """The float32 GEMM's time per row for every level's product, at its best block of rows."""
     total = 0.0
@@ -193,7 +169,7 @@ def faiss_codes(model: RQKMeans, x: np.ndarray) -> tuple[np.ndarray | None, floa
 def encode_figures(model: RQKMeans, x: np.ndarray, *, faiss_too: bool) -> dict:
     sizes, dim = [len(c) for c in model.codebooks_], model.D_
     flops = 2 * dim * sum(sizes)
-    with _one_thread():
+    with one_blas_thread():
         seconds = best_of(lambda: model.encode(x, device="cpu"))
         gemm = gemm_seconds_per_row(dim, sizes, x)
         out = {"rows": len(x), "rows_per_s_core": len(x) / seconds, "gflops": flops * len(x) / seconds / 1e9,
@@ -269,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    shapes = [parse_shape(s) for s in args.shapes.split(",")]
+    shapes = [list(parse_shape(s)) for s in args.shapes.split(",")]
     x = load_rows(args)
     print(f"{len(x):,} rows x {x.shape[1]}-d ({args.data}), shapes {[shape_name(s) for s in shapes]}, "
           f"device {args.device}", flush=True)

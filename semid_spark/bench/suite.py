@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from semid_spark.synthetic import generated_catalog
+from semid_spark.utils.threads import one_blas_thread
 
 
 @dataclass
@@ -46,14 +47,7 @@ def single_thread_blas():
     """One BLAS thread here and in the Python workers Spark starts: per-core figures, fairly."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)  # restores the caller's pools when the context exits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
+    return one_blas_thread()
 
 
 # ------------------------------------------------------------------ numpy kernel vs GEMM peak

@@ -17,6 +17,7 @@ needs a server plugin that open-source Spark does not have.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -132,13 +133,18 @@ def is_commit_conflict(exc: BaseException) -> bool:
                                          "ConcurrentTransactionException", "ConcurrentDeleteReadException"))
 
 
+SHAPE_ADVICE_PROPERTY = "semid.shape_advice"  # model.n_clusters: auto: the choice and what was tried (JSON)
+
+
 def model_properties(encoder) -> dict[str, str]:
     sizes = encoder.codebook_sizes
+    advice = getattr(encoder, "shape_advice", None)
     return {
         SHA_PROPERTY: encoder.sha256,
         "semid.model_type": type(encoder).__name__,
         "semid.n_levels": str(len(sizes)),
         "semid.codebook_sizes": ",".join(map(str, sizes)),
+        **({SHAPE_ADVICE_PROPERTY: json.dumps(advice, sort_keys=True)} if advice else {}),
     }
 
 

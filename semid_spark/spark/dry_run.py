@@ -83,7 +83,8 @@ def validate(spark: SparkSession, cfg: JobConfig, *, sample_rows: int = 10_000) 
     start = time.perf_counter()
     checks = _Checks()
     key, emb, model = cfg.input.key_col, cfg.input.embedding_col, cfg.model
-    checks.run("config", lambda: (f"{model.kind} {'x'.join(map(str, model.sizes))}, uniqueness "
+    shape = "n_clusters auto" if model.auto_shape else "x".join(map(str, model.sizes))
+    checks.run("config", lambda: (f"{model.kind} {shape}, uniqueness "
                                   f"{cfg.uniqueness.strategy}, output {cfg.output.table or cfg.output.path}", None))
     checks.run("spark", lambda: (f"Spark {spark.version} (pyspark {pyspark.__version__}), delta-spark "
                                  f"{_version_or_none('delta-spark')}", None))

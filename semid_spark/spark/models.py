@@ -136,7 +136,10 @@ def saved_model_summary(meta: dict) -> tuple[str, list[int], int | None, str]:
 def check_model_matches_config(meta: dict, cfg: JobConfig) -> None:
     """A saved model whose kind or shape differs from the config's is an error, never a silent reuse."""
     kind, sizes = meta.get("type"), _meta_sizes(meta)
-    wants = cfg.model.sizes
+    if cfg.model.auto_shape:  # the shape was chosen when the model was fitted: its levels only, if given
+        wants = sizes if cfg.model.n_levels in (None, len(sizes)) else [f"{cfg.model.n_levels} levels"]
+    else:
+        wants = cfg.model.sizes
     if kind and kind != KINDS[cfg.model.kind][0].__name__ or (sizes and sizes != wants):
         raise ConfigError(
             f"model.path={cfg.model.path!r} holds a {kind} model of {'x'.join(map(str, sizes))} codes, and the config "

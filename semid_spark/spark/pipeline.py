@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from semid_spark import advise as advice
 from semid_spark.config import JobConfig
 from semid_spark.core import FittedEncoder
+from semid_spark.exceptions import ConfigError
 from semid_spark.delta.table import TableRef
 from semid_spark.spark.assign import Assignment, assign_ids
 from semid_spark.spark.intake import Intake, read_validated, write_rejects
@@ -102,12 +103,41 @@ def fit_model(spark: SparkSession, df: DataFrame, info: InputReport, cfg: JobCon
     with seconds.timed("sample"):
         x = training_sample(spark, df, info, cfg)
     device = fit_device(cfg.model)
+    model_cfg, chosen = cfg.model, None
+    if model_cfg.auto_shape:
+        with seconds.timed("advise"):
+            chosen = auto_shape(x, info.n_rows, cfg)
+        model_cfg = model_cfg.with_shape(chosen.recommended.sizes)
     with seconds.timed("fit"):
-        encoder = new_encoder(cfg.model, x.shape[1]).fit(x, device=device)
+        encoder = new_encoder(model_cfg, x.shape[1])
+        if chosen is not None:
+            encoder.shape_advice = chosen.record()
+        encoder.fit(x, device=device)
         if save:
             save_model(encoder, cfg.model.path)
     log.info("fitted %s on %d sampled rows (%s), sha256 %s", type(encoder).__name__, len(x), device, encoder.sha256[:12])
     return Fitted(encoder, seconds)
+
+
+def auto_shape(x: np.ndarray, n_rows: int, cfg: JobConfig) -> advice.Advice:
+    """``model.n_clusters: auto``: the advisor's cheapest shape for the catalog (``model.target_rows``,
+    or the input's *n_rows*) under ``quality.max_counter_share`` (default 0.001), from the sample *x*."""
+    target = cfg.model.target_rows or n_rows
+    goal = cfg.quality.max_counter_share
+    goal = advice.DEFAULT_MAX_COUNTER_SHARE if goal is None else goal
+    chosen = advice.choose_shape(x, target, n_levels=cfg.model.n_levels, max_counter_share=goal,
+                                 random_state=cfg.model.seed, strategy=cfg.uniqueness.strategy,
+                                 n_candidates=cfg.uniqueness.relocate_candidates)
+    best = chosen.recommended
+    if not best.fitted:
+        raise ConfigError(f"model.n_clusters=auto: no shape could be fitted for {target:,} items ({best.note}); "
+                          "raise model.sample_size or give model.n_clusters")
+    tried = ", ".join(f"{p.choice} {p.counter_share:.4f}" + ("" if p.fitted else " (floor)") for p in chosen.predictions)
+    log.log(logging.INFO if best.counter_share <= goal else logging.WARNING,
+            "model.n_clusters=auto: %s (model.n_clusters: %s) for %s items, predicted counter share %.4f "
+            "(goal <= %s%s); tried, cheapest first: %s", best.choice, best.n_clusters, f"{target:,}",
+            best.counter_share, goal, "" if best.counter_share <= goal else ": no shape tried meets it", tried)
+    return chosen
 
 
 def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: DataFrame | None = None) -> RunReport:
@@ -148,7 +178,8 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
     log.info("run %s: %d input rows, %d rejected, %d new, %d inserted, collision share %.4f, seconds %s",
              report.run_id, report.n_input, report.n_rejected, report.n_new, report.n_inserted,
              report.collision_share, {k: round(v, 1) for k, v in report.seconds.items()})
-    warn_if_mostly_counters(report, cfg)
+    if encoder is not None:
+        warn_if_mostly_counters(report, encoder.codebook_sizes)
     if report.moved_share is not None:
         log.info("run %s: relocation moved %.4f of the new items to free codes of their prefix; %.4f got a counter; "
                  "reconstruction error x%.4f", report.run_id, report.moved_share, report.counter_share,
@@ -159,13 +190,12 @@ def run(spark: SparkSession, cfg: JobConfig, *, fit: bool | None = None, items: 
 MOSTLY_COUNTERS = 0.5  # a run whose new items get counters more often than this is warned
 
 
-def warn_if_mostly_counters(report: RunReport, cfg: JobConfig) -> None:
+def warn_if_mostly_counters(report: RunReport, sizes: list[int]) -> None:
     """A run where most new items share a code (so their IDs need counters) succeeds, but says so: the
     codebooks are too small for the catalog. The quality gates stay opt-in."""
     share = report.counter_share if report.counter_share is not None else report.collision_share
     if report.n_new < 100 or share <= MOSTLY_COUNTERS:
         return
-    sizes = cfg.model.sizes
     full = 1
     for k in sizes:
         full *= k
@@ -190,17 +220,18 @@ def fit_only(spark: SparkSession, cfg: JobConfig) -> RunReport:
     return report
 
 
-def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int | None, choices, max_counter_share: float):
+def advise(spark: SparkSession, cfg: JobConfig, *, target_rows: int | None, shapes=None,
+           max_counter_share: float = advice.DEFAULT_MAX_COUNTER_SHARE) -> advice.Advice:
     """``semid advise``: the job's training sample (``model.sample_size`` rows, drawn as ``fit`` draws
-    them), RQ-KMeans fitted on it for each (levels, codes) choice, and the collisions each would give a
-    catalog of *target_rows* items (None: the input's valid rows): (predictions, the recommended one);
-    see ``semid_spark.advise``."""
+    them), RQ-KMeans fitted on it for each shape, and the counters each would give a catalog of
+    *target_rows* items (None: the input's valid rows); see ``semid_spark.advise.choose_shape``."""
     intake = read_validated(spark, cfg, None)
     x = training_sample(spark, intake.rows, intake.info, cfg)
     target = intake.info.n_rows if target_rows is None else target_rows
-    predictions = advice.advise(x, target, choices, random_state=cfg.model.seed,
-                                strategy=cfg.uniqueness.strategy)
-    return predictions, advice.recommend(predictions, max_counter_share)
+    levels = cfg.model.n_levels if cfg.model.auto_shape else None
+    return advice.choose_shape(x, target, shapes=shapes, n_levels=levels, max_counter_share=max_counter_share,
+                               random_state=cfg.model.seed, strategy=cfg.uniqueness.strategy,
+                               n_candidates=cfg.uniqueness.relocate_candidates)
 
 
 def assign_only(spark: SparkSession, cfg: JobConfig, *, items: DataFrame | None = None) -> RunReport:

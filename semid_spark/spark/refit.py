@@ -177,7 +177,7 @@ def check_refit(spark: SparkSession, cfg: JobConfig, out_dir: str) -> tuple[Fitt
     if current.sha256 not in (props.get(SHA_PROPERTY), props.get(PARENT_SHA_PROPERTY)):
         raise ModelMismatchError(f"table {out} holds IDs of model {str(props.get(SHA_PROPERTY))[:12]}…, model.path "
                                  f"holds {current.sha256[:12]}…: point model.path at the table's model to refit it")
-    sizes = cfg.model.sizes
+    sizes = current.codebook_sizes if cfg.model.auto_shape else cfg.model.sizes
     if cfg.output.on_refit == "keep_ids" and sizes != current.codebook_sizes:
         raise ConfigError(f"output.on_refit=keep_ids keeps the table's IDs of {current.codebook_sizes} codes per level; "
                           f"model.n_levels/n_clusters ask for {sizes}: use output.on_refit=new_table for another shape")
@@ -198,14 +198,16 @@ def fit_version(spark: SparkSession, cfg: JobConfig, intake: Intake, current: Fi
     if not (old_codes >= 0).all(axis=1).any():
         raise InvalidInputError(f"none of the {len(x)} sampled input items is in table {out}: nothing to align the new "
                                 "version to (is input the catalog the table was written from?)")
+    # n_clusters auto: a new version keeps the shape chosen for the first (`semid advise` for another)
+    model_cfg = cfg.model.with_shape(current.codebook_sizes) if cfg.model.auto_shape else cfg.model
     with seconds.timed("fit"):
-        encoder = new_encoder(cfg.model, info.dim)
-        warm = _can_warm_start(cfg, encoder, current)
-        device = fit_device(cfg.model)
+        encoder = new_encoder(model_cfg, info.dim)
+        warm = _can_warm_start(model_cfg, encoder, current)
+        device = fit_device(model_cfg)
         model = encoder.fit(x, device=device, **({"init": current} if warm else {}))
         # what a plain refit gives, for the report: warm-started, the new model's own labels already
         # follow the current ones, so "unaligned" alone would hide what a cold refit churns
-        cold = new_encoder(cfg.model, info.dim).fit(x, device=device) if warm else None
+        cold = new_encoder(model_cfg, info.dim).fit(x, device=device) if warm else None
     return Candidate(x, old_codes, model, cold, warm, seconds)
 
 
@@ -269,9 +271,9 @@ def publish_version(spark: SparkSession, cfg: JobConfig, intake: Intake, source:
     return Publication(target, run_report, comparison, seconds)
 
 
-def _can_warm_start(cfg: JobConfig, encoder, current) -> bool:
+def _can_warm_start(model_cfg, encoder, current) -> bool:
     """Whether the new model can start from the current one: the same kind, shape and (RQ-VAE) layers."""
-    return (type(encoder) is type(current) and cfg.model.sizes == current.codebook_sizes
+    return (type(encoder) is type(current) and model_cfg.sizes == current.codebook_sizes
             and getattr(encoder, "architecture", None) == getattr(current, "architecture", None))
 
 

@@ -260,7 +260,7 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
     held = np.empty((0, codes.shape[1]), dtype=np.int64) if held is None else np.asarray(held, dtype=np.int64)
     if held.ndim != 2 or held.shape[1] != codes.shape[1]:
         raise InvalidInputError(f"held has shape {held.shape}; expected (M, {codes.shape[1]}) codes")
-    new_last, unplaced = _assign(codes, cand, dist, key_rank, held, len(model.codebooks_[-1]))
+    new_last, unplaced = assign_last_level(codes, cand, dist, key_rank, held, len(model.codebooks_[-1]))
     out = codes.copy()
     out[:, -1] = new_last
     relocated = new_last != codes[:, -1]
@@ -269,9 +269,10 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
                       float(assigned_d.astype(np.float64).sum()))
 
 
-def _assign(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key_rank: np.ndarray, held: np.ndarray,
-            k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(new last-level code per item, unplaced flag per item) by the module's rule."""
+def assign_last_level(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key_rank: np.ndarray,
+                      held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(new last-level code per item, unplaced flag per item) by the module's rule, for items of codes
+    (n, L), candidates and distances (n, T), key ranks (n,), codes *held* by earlier items (m, L)."""
     n, t = cand.shape
     everything = np.concatenate([codes[:, :-1], held[:, :-1]])
     _, prefix = np.unique(everything, axis=0, return_inverse=True)

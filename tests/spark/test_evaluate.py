@@ -137,14 +137,23 @@ def test_cli_advise(spark, written, tmp_path, capsys):
     conf.write_text(f"input: {{path: {tmp}/in}}\nmodel: {{path: {tmp_path}/unused, sample_size: 1000}}\n")
     args = ["advise", "--config", str(conf), "--out", str(tmp_path / "adv"), "--choices", "1x8,2x8,3x8",
             "--max-counter-share", "0.5"]
-    assert cli_main(args) == 0
+    # 3x8 has 512 full codes for 1,500 items: at least 0.66 of them need a counter, so no shape meets 0.5
+    assert cli_main(args) == 5
     advice = json.loads((tmp_path / "adv" / "advice.json").read_text())
     by = {p["choice"]: p for p in advice["predictions"]}
     assert set(by) == {"1x8", "2x8", "3x8"} and all(p["target_rows"] == 1500 for p in by.values())
     assert all(p["strategy"] == "relocate" and p["counter_share"] <= p["suffix_counter_share"] for p in by.values())
-    assert by["1x8"]["counter_share"] > by["3x8"]["counter_share"]  # more codes, fewer counters
-    meeting = [c for c in ("1x8", "2x8", "3x8") if by[c]["counter_share"] <= 0.5]
-    assert advice["recommended"] == (meeting[0] if meeting else min(by, key=lambda c: by[c]["counter_share"]))
+    assert by["1x8"]["counter_share"] > by["3x8"]["counter_share"] >= 1 - 512 / 1500  # more codes, fewer counters
+    assert advice["recommended"] is None and advice["closest"] == "3x8" and not advice["meets_goal"]
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"recommended": None, "closest": "3x8", "counter_share": by["3x8"]["counter_share"],
+                               "max_counter_share": 0.5, "out": str(tmp_path / "adv")}
+    assert "No shape tried meets the goal: 3x8 comes closest" in err and "3x8 **closest**" in err
+    assert "Try --shapes 2x256,3x256" in err  # the next shapes with enough full codes
+    assert cli_main(args[:-1] + ["0.95"]) == 0  # a goal a shape meets: the cheapest that does
+    advice = json.loads((tmp_path / "adv" / "advice.json").read_text())
+    meeting = [p for p in advice["predictions"] if p["fitted"] and p["counter_share"] <= 0.95]
+    assert advice["recommended"] == min(meeting, key=lambda p: p["core_hours"])["choice"]
     out, err = capsys.readouterr()
     assert f"recommended: {advice['recommended']}" in err and json.loads(out)["recommended"] == advice["recommended"]
     assert not os.path.exists(f"{tmp_path}/unused")  # advice fits nothing it keeps

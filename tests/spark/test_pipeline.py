@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.algorithms.rq_vae import RQVAE
-from semid_spark.exceptions import InvalidInputError, ModelMismatchError, ShapeMismatchError
+from semid_spark.exceptions import ConfigError, InvalidInputError, ModelMismatchError, ShapeMismatchError
 from semid_spark.spark import pipeline
 from semid_spark.spark.encode import FrozenModel, encode_embeddings
 from semid_spark.uniqueness.relocate import relocate_codes
@@ -313,3 +313,38 @@ def test_valid_input_is_scanned_once_for_its_embeddings(spark, tmp_path, monkeyp
     cfg = config(tmp_path)
     write_input(spark, frame(spark, keys, x), cfg.input.path)
     assert pipeline.run(spark, cfg).n_inserted == 500
+
+
+def test_auto_shape_is_the_advisors_choice_logged_and_kept_in_the_model(spark, tmp_path, caplog):
+    from semid_spark.algorithms import io as model_io
+
+    keys, x = catalog(1500)
+    cfg = config(tmp_path, model={"n_clusters": "auto", "n_levels": 3, "target_rows": 50_000_000, "sample_size": 1500})
+    write_input(spark, frame(spark, keys[:1200], x[:1200]), cfg.input.path)
+    with caplog.at_level("INFO", logger="semid_spark"):
+        report = pipeline.run(spark, cfg)
+    # 3x256 has 16.7M full codes for 50M items: not fitted; 3x4096 and up need more sample rows than 1,500
+    meta = model_io.read_metadata(cfg.model.path)
+    assert meta["n_clusters"] == [1024] * 3 and meta["shape_advice"]["chosen"] == "3x1024"
+    assert meta["shape_advice"]["target_rows"] == 50_000_000 and meta["shape_advice"]["tried"]["3x256"] is None
+    assert "model.n_clusters=auto: 3x1024" in caplog.text and report.n_inserted == 1200
+    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{cfg.output.path}`").collect()}
+    assert json.loads(props["semid.shape_advice"]) == meta["shape_advice"]  # the table says how its shape came
+    assert "advise" in report.seconds
+    caplog.clear()
+    write_input(spark, frame(spark, keys[1200:], x[1200:]), cfg.input.path, mode="append")
+    with caplog.at_level("INFO", logger="semid_spark"):
+        again = pipeline.run(spark, cfg)  # the saved model's shape is the chosen one: no new advice, no refit
+    assert again.n_inserted == 300 and "model.n_clusters=auto" not in caplog.text
+    assert ids(spark, cfg).select("semantic_id").distinct().count() == 1500
+    with pytest.raises(ConfigError, match="holds a RQKMeans model of 1024x1024x1024 codes.*2 levels"):
+        pipeline.run(spark, config(tmp_path, model={"n_clusters": "auto", "n_levels": 2, "sample_size": 1500}))
+
+
+def test_auto_shape_without_a_sample_large_enough_is_named(spark, tmp_path):
+    keys, x = catalog(300)
+    cfg = config(tmp_path, model={"n_clusters": "auto", "sample_size": 200})
+    write_input(spark, frame(spark, keys, x), cfg.input.path)
+    with pytest.raises(ConfigError, match="no shape could be fitted for 300 items .*a sample of 200 rows cannot fit"):
+        pipeline.run(spark, cfg)
+    assert not os.path.exists(cfg.model.path) and not os.path.exists(cfg.output.path)
