@@ -159,3 +159,17 @@ def test_a_shrinking_shape_relocates_into_its_last_level(shape):
     # 64/16/4: 0.508 predicted, 0.541 real with the advice fit's 20 Lloyd iterations (within 0.03 with 100)
     assert pred.choice == shape and pred.counter_share == pytest.approx(real, abs=0.04)
     assert pred.counter_share < pred.suffix_counter_share
+
+
+def test_without_threadpoolctl_rates_are_measured_with_a_warning_not_an_error(monkeypatch, caplog):
+    import sys
+
+    from semid_spark.utils.threads import one_blas_thread
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # a node given the wheel alone
+    with caplog.at_level("WARNING", logger="semid_spark"), one_blas_thread():
+        pass
+    assert "threadpoolctl is not installed" in caplog.text
+    x = generated_catalog(600, 8, 4, 0)
+    (pred,) = advise(x, 1000, ["2x8"], random_state=0)
+    assert pred.encode_rows_per_core_s > 0
