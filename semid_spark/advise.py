@@ -33,7 +33,7 @@ import numpy as np
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.uniqueness.relocate import N_CANDIDATES, assign_last_level, encode_with_candidates
 from semid_spark.utils.metrics import collision_share
-from semid_spark.utils.threads import one_blas_thread
+from semid_spark.utils.timing import best_of, one_blas_thread
 
 # Uniform and shrinking shapes from 65,536 full codes to 5.5e11, in the order of their encode cost.
 DEFAULT_SHAPES = ("2x256", "3x256", "4x256", "3x1024", "2048/1024/512/256", "4x2048", "3x4096", "3x8192")
@@ -76,6 +76,13 @@ def encode_cost(sizes: Sequence[int]) -> int:
     return sum(sizes)
 
 
+def cheapest_first(shapes: Sequence[str | Sequence[int]]) -> list[tuple[int, ...]]:
+    """Shapes ('3x256', '2048/1024/512' or codes per level) as codes per level, in the order they are
+    tried: fewest codewords a row is compared with, then fewest levels."""
+    sizes = (parse_shape(s) if isinstance(s, str) else tuple(int(k) for k in s) for s in shapes)
+    return sorted(sizes, key=lambda s: (encode_cost(s), len(s)))
+
+
 @dataclass(frozen=True)
 class Prediction:
     sizes: tuple[int, ...]
@@ -90,7 +97,7 @@ class Prediction:
     suffix_counter_share: float | None = None  # predicted at target_rows if every item kept its nearest code
     encode_rows_per_core_s: float | None = None  # measured on the sample, one BLAS thread
     encode_core_hours: float | None = None  # target_rows at that rate
-    relocation_core_hours: float | None = None  # candidates and assignment for target_rows (see predict_with)
+    relocation_core_hours: float | None = None  # candidates and assignment for target_rows (see predict_from)
     fitted: bool = True  # False: not tried (see note); the shares are then lower bounds
     note: str = ""
 
@@ -214,14 +221,12 @@ def largest_bucket(p: np.ndarray, target_rows: int, times: np.ndarray | None = N
     return low
 
 
-def relocated_counter_share(prefix_p: CodeDistribution | np.ndarray, target_rows: int, last_level_codes: int,
-                            times: np.ndarray | None = None) -> float:
-    """Share of *target_rows* items drawn from the prefix distribution *prefix_p* (*times* prefixes of
-    each probability) that find no free last-level code of their prefix (each prefix has
-    *last_level_codes*): sum_p E[(N_p - K)+] / N."""
+def relocated_counter_share(prefix_p: CodeDistribution | np.ndarray, target_rows: int, last_level_codes: int) -> float:
+    """Share of *target_rows* items drawn from the prefix distribution *prefix_p* that find no free
+    last-level code of their prefix (each prefix has *last_level_codes*): sum_p E[(N_p - K)+] / N."""
     from scipy.stats import poisson
 
-    p, times = _weighted(prefix_p, times)
+    p, times = _weighted(prefix_p, None)
     lam = target_rows * p
     k = last_level_codes
     excess = lam * poisson.sf(k - 1, lam) - k * poisson.sf(k, lam)
@@ -244,10 +249,8 @@ def advise(x: np.ndarray, target_rows: int, shapes: Sequence[str | Sequence[int]
     """
     if target_rows < 1:
         raise ValueError(f"target_rows={target_rows}; expected >= 1")
-    ordered = sorted((parse_shape(s) if isinstance(s, str) else tuple(int(k) for k in s) for s in shapes),
-                     key=lambda sizes: (encode_cost(sizes), len(sizes)))
     out = []
-    for sizes in ordered:
+    for sizes in cheapest_first(shapes):
         floor = max(0.0, 1.0 - math.prod(sizes) / target_rows)  # more items than codes: the rest get counters
         too_few = max_counter_share is not None and floor > max_counter_share
         if too_few or max(sizes) > len(x):
@@ -278,36 +281,58 @@ def advice_model(sizes: Sequence[int], random_state: int) -> RQKMeans:
                     max_iter=ADVICE_MAX_ITER, inertia_tol=0.0, refine_passes=0)
 
 
-def predict_with(model: RQKMeans, x: np.ndarray, target_rows: int, *, fit_s: float, strategy: str,
-                 n_candidates: int = N_CANDIDATES, random_state: int = 0) -> Prediction:
-    """The figures at *target_rows* of *model* (fitted on the sample *x* in *fit_s*).
+@dataclass(frozen=True)
+class SampleCodes:
+    """What a fitted model makes of the sample, whatever the target size: its codes, the relocation
+    candidates and distances (under ``relocate``), and seconds per row on one core."""
 
-    Costs are measured here, on one core as an executor's Python worker runs: the encode rate on up
-    to ``ENCODE_TIMING_ROWS`` sample rows; relocation's, the same rows encoded with their candidates
-    (the job's encode pass under ``relocate``) less the plain encode, for every item, plus the
-    simulated assignment's seconds per item for the items that share a code (collision share x N)."""
+    sizes: tuple[int, ...]
+    codes: np.ndarray  # (n, L)
+    cand: np.ndarray | None  # (n, T) last-level candidates, None under suffix
+    dist: np.ndarray | None  # (n, T)
+    encode_s_per_row: float
+    candidates_s_per_row: float  # the extra of an encode pass that also finds the candidates
+
+
+def sample_codes(model: RQKMeans, x: np.ndarray, *, strategy: str, n_candidates: int = N_CANDIDATES) -> SampleCodes:
+    """Encode the sample *x* (with candidates under ``relocate``) and time, on one core as an executor's
+    Python worker runs, the encode of up to ``ENCODE_TIMING_ROWS`` of its rows (best of two) and the
+    same rows encoded with their candidates (the job's encode pass under ``relocate``)."""
     sizes = tuple(len(book) for book in model.codebooks_)
     relocating = strategy == "relocate"
-    if relocating:
-        codes, cand, dist = encode_with_candidates(model, x, n_candidates)
-    else:
-        codes = model.encode(x)
+    codes, cand, dist = encode_with_candidates(model, x, n_candidates) if relocating else (model.encode(x), None, None)
     timed = x[:ENCODE_TIMING_ROWS]
     with one_blas_thread():
-        encode_s = min(_seconds(lambda: model.encode(timed)) for _ in range(2))
-        candidates_s = (min(_seconds(lambda: encode_with_candidates(model, timed, n_candidates)) for _ in range(2))
-                        if relocating else encode_s)
-    rate = len(timed) / encode_s
+        encode_s = best_of(lambda: model.encode(timed), 2)
+        candidates_s = best_of(lambda: encode_with_candidates(model, timed, n_candidates), 2) if relocating else encode_s
+    return SampleCodes(sizes, codes, cand, dist, encode_s / len(timed), max(candidates_s - encode_s, 0.0) / len(timed))
+
+
+def predict_with(model: RQKMeans, x: np.ndarray, target_rows: int, *, fit_s: float, strategy: str,
+                 n_candidates: int = N_CANDIDATES, random_state: int = 0) -> Prediction:
+    """The figures at *target_rows* of *model* (fitted on the sample *x* in *fit_s*)."""
+    measured = sample_codes(model, x, strategy=strategy, n_candidates=n_candidates)
+    return predict_from(measured, target_rows, fit_s=fit_s, strategy=strategy, random_state=random_state)
+
+
+def predict_from(measured: SampleCodes, target_rows: int, *, fit_s: float, strategy: str,
+                 random_state: int = 0) -> Prediction:
+    """The figures at *target_rows* from the sample's codes and timings.
+
+    Costs: the encode at the measured rate; relocation's, the candidates' extra for every item plus
+    the simulated assignment's seconds per item for the items that share a code (collision share x N)."""
+    sizes, codes = measured.sizes, measured.codes
     _, counts = np.unique(codes, axis=0, return_counts=True)
     p = code_distribution(counts, math.prod(sizes))
     collision, counter, largest = predicted_figures(p, target_rows)
     suffix, relocation_h = counter, 0.0
-    if relocating:
-        simulated, assign_s_per_item = simulated_counter_share(codes, cand, dist, target_rows, sizes, seed=random_state)
+    if strategy == "relocate":
+        simulated, assign_s_per_item = simulated_counter_share(codes, measured.cand, measured.dist, target_rows, sizes,
+                                                               seed=random_state)
         counter = min(simulated, suffix)
-        candidates_h = target_rows * max(candidates_s - encode_s, 0.0) / len(timed) / 3600
-        relocation_h = candidates_h + collision * target_rows * assign_s_per_item / 3600
-    return Prediction(sizes, target_rows, len(x), collision_share(codes), collision, counter, largest, fit_s,
+        relocation_h = target_rows * (measured.candidates_s_per_row + collision * assign_s_per_item) / 3600
+    rate = 1 / measured.encode_s_per_row
+    return Prediction(sizes, target_rows, len(codes), collision_share(codes), collision, counter, largest, fit_s,
                       strategy, suffix, rate, target_rows / rate / 3600, relocation_h)
 
 
@@ -333,7 +358,8 @@ def simulated_counter_share(codes: np.ndarray, cand: np.ndarray, dist: np.ndarra
     else:
         prefix, seen = np.zeros(n, dtype=np.int64), np.array([n])
     q = code_distribution(seen, math.prod(sizes[:-1]))
-    unseen_counters = relocated_counter_share(np.array([q.unseen_p]), target_rows, k, np.array([q.unseen])) * target_rows
+    unseen = CodeDistribution(np.empty(0), q.unseen, q.unseen_p)  # the prefixes the sample did not see
+    unseen_counters = relocated_counter_share(unseen, target_rows, k) * target_rows
     items = rng.poisson(target_rows * q.seen)
     simulated = np.minimum(items, CROWDED * k)
     keep_rate = min(1.0, budget / max(int(simulated.sum()), 1))
@@ -362,12 +388,6 @@ def _grouped(labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]
     """(row indices sorted by label, the first position of each label in it)."""
     order = np.argsort(labels, kind="stable")
     return order, np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=n_labels))[:-1]])
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def recommend(predictions: Sequence[Prediction], max_counter_share: float) -> Prediction:
@@ -475,7 +495,5 @@ def choose_shape(x: np.ndarray, target_rows: int, *, shapes: Sequence[str | Sequ
     predictions = advise(x, target_rows, shapes, random_state=random_state, strategy=strategy,
                          max_counter_share=max_counter_share, stop_when_met=not given, n_candidates=n_candidates)
     tried = {p.sizes for p in predictions}
-    not_tried = tuple(shape_name(s) for s in sorted((parse_shape(s) if isinstance(s, str) else tuple(s)
-                                                      for s in shapes), key=lambda s: (encode_cost(s), len(s)))
-                      if s not in tried)
+    not_tried = tuple(shape_name(s) for s in cheapest_first(shapes) if s not in tried)
     return Advice(tuple(predictions), recommend(predictions, max_counter_share), max_counter_share, not_tried)

@@ -164,7 +164,7 @@ def test_a_shrinking_shape_relocates_into_its_last_level(shape):
 def test_without_threadpoolctl_rates_are_measured_with_a_warning_not_an_error(monkeypatch, caplog):
     import sys
 
-    from semid_spark.utils.threads import one_blas_thread
+    from semid_spark.utils.timing import one_blas_thread
 
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # a node given the wheel alone
     with caplog.at_level("WARNING", logger="semid_spark"), one_blas_thread():

@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from semid_spark.advise import DEFAULT_SHAPES, advice_model, parse_shape, predict_with, shape_name
+from semid_spark.advise import DEFAULT_SHAPES, advice_model, parse_shape, predict_from, sample_codes, shape_name
 from semid_spark.bench.suite import write_figures
 from semid_spark.uniqueness.relocate import relocate_codes
 from semid_spark.utils.metrics import collision_share
-from semid_spark.utils.threads import one_blas_thread
+from semid_spark.utils.timing import one_blas_thread
 
 FIGURES = ("counter_share", "suffix_counter_share", "collision_share", "largest_bucket", "encode_core_hours")
 
@@ -49,10 +49,11 @@ def check_shape(x: np.ndarray, sizes: list[int], sample: int, multiples: list[in
     started = time.perf_counter()
     model = advice_model(sizes, seed).fit(x[:sample])
     fit_s = time.perf_counter() - started
+    measured = sample_codes(model, x[:sample], strategy="relocate")  # the same for every multiple
     out = []
     for m in multiples:
         n = m * sample
-        predicted = predict_with(model, x[:sample], n, fit_s=fit_s, strategy="relocate", random_state=seed)
+        predicted = predict_from(measured, n, fit_s=fit_s, strategy="relocate", random_state=seed)
         real = real_figures(model, x[:n])
         out.append({"shape": shape_name(sizes), "sample": sample, "rows": n, "multiple": m, "fit_s": fit_s,
                     "predicted": {f: getattr(predicted, f) for f in FIGURES}, "real": real})

@@ -139,7 +139,8 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     JVM->Python transfer), and the one-thread numpy ceiling on rows of the same input."""
     import pyarrow as pa
 
-    from semid_spark.bench.suite import best_of, single_thread_blas
+    from semid_spark.bench.suite import single_thread_blas
+    from semid_spark.utils.timing import best_of
     from semid_spark.spark.compat import to_arrow
     from semid_spark.spark.encode import FrozenModel, arrow_embeddings, encode_embeddings
     from semid_spark.spark.files import encode_files

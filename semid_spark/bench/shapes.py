@@ -36,8 +36,7 @@ import numpy as np
 
 from semid_spark.advise import parse_shape, shape_name
 from semid_spark.algorithms.rq_kmeans import RQKMeans
-from semid_spark.bench.suite import best_of
-from semid_spark.utils.threads import one_blas_thread
+from semid_spark.utils.timing import best_of, one_blas_thread
 
 DEFAULT_SHAPES = ("3x256", "3x1024", "3x4096")
 

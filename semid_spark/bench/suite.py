@@ -16,12 +16,11 @@ import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
 from semid_spark.synthetic import generated_catalog
-from semid_spark.utils.threads import one_blas_thread
+from semid_spark.utils.timing import best_of, one_blas_thread
 
 
 @dataclass
@@ -31,16 +30,6 @@ class Row:
     goal: str
     met: bool | None
     detail: str = ""
-
-
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
-    """Smallest wall time of *repeat* calls (the machine is shared and noisy)."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def single_thread_blas():

@@ -1,10 +1,12 @@
-"""One BLAS thread for a measurement per core (the executors' Python workers run one each)."""
+"""Measurements per core: one BLAS thread (the executors' Python workers run one each), best of a few runs."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from contextlib import AbstractContextManager
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -20,3 +22,13 @@ def one_blas_thread() -> AbstractContextManager:
                     "(pip install threadpoolctl)")
         return contextlib.nullcontext()
     return threadpool_limits(1)
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Smallest wall time of *repeat* calls (the machine is shared and noisy)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
