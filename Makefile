@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not heavy" -q --durations=20
 
 test-heavy: $(STAMP)
-	$(PY) -m pytest -m heavy -q
+	$(PY) -m pytest -m heavy -q --durations=25
 
 # The Spark and Delta tests (and the torch-free rest) on the other Spark versions clusters run (the
 # pinned 4.2 is `make test`'s), each in its own light virtualenv (no torch: RQ-VAE's tests skip).
