@@ -2,7 +2,7 @@
 
 At each size, in a process of its own (so that its peak memory is its own): a synthetic topic
 mixture (d=64, written as a Delta table with its Change Data Feed on) gets a full first run
-(3 levels x 256 RQ-KMeans), then a +1% daily run that reads only the input's new version
+(3 levels x 256 RQ-KMeans, or ``--shape``, with the job's default uniqueness: relocation), then a +1% daily run that reads only the input's new version
 (``input.since: last_run``), then, for reference, a +1% run over the whole snapshot
 (``input.since: all``: keys of the catalog are joined, embeddings of written items are not read
 into Python). Per run: seconds per stage, shuffle bytes read and written (Spark's REST API),
@@ -119,7 +119,8 @@ def _timed_run(spark, metrics: SparkMetrics, cfg) -> dict:
     report = pipeline.run(spark, cfg)
     wall = time.perf_counter() - started
     return {"wall_s": wall, "stages_s": report.seconds, "n_input": report.n_input, "n_new": report.n_new,
-            "n_inserted": report.n_inserted, **metrics.shuffle_since_mark()}
+            "n_inserted": report.n_inserted, "collision_share": report.collision_share,
+            "counter_share": report.counter_share, "moved_share": report.moved_share, **metrics.shuffle_since_mark()}
 
 
 def _proc_peak_rss(pid: int) -> int:
@@ -178,7 +179,7 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
             "encode_per_core_ratio": via_files / ceiling, "spark_reader_ratio": via_spark / ceiling}
 
 
-def one_size(n: int, work: str, cores: int, baseline: bool) -> dict:
+def one_size(n: int, work: str, cores: int, baseline: bool, sizes: list[int] | None = None) -> dict:
     """Everything measured at one size (run in a fresh process by ``main``)."""
     from semid_spark.bench.suite import hot_code_row
     from semid_spark.config import JobConfig, SparkConfig
@@ -192,7 +193,8 @@ def one_size(n: int, work: str, cores: int, baseline: bool) -> dict:
     metrics = SparkMetrics(spark)
     inc = max(1, n // 100)
     raw = {"input": {"path": f"{work}/in", "since": "last_run"}, "output": {"path": f"{work}/out"},
-           "model": {"path": f"{work}/model", "n_levels": N_LEVELS, "n_clusters": N_CLUSTERS, "sample_size": 100_000,
+           "model": {"path": f"{work}/model", "n_levels": len(sizes) if sizes else N_LEVELS,
+                     "n_clusters": sizes or N_CLUSTERS, "sample_size": 100_000,
                      "params": {"max_iter": 10, "max_samples_per_cluster": 256}}}
     out: dict = {"n": n, "shuffle_partitions": partitions, "generate_s": write_catalog(spark, f"{work}/in", 0, n)}
     out["full"] = _timed_run(spark, metrics, JobConfig.from_dict(raw))
@@ -268,20 +270,22 @@ def machine() -> dict:
 def render(summary: dict) -> str:
     lines = [f"Measured on {summary['machine']['cpu']}, {summary['machine']['cores']} cores, "
              f"{summary['machine']['memory_gib']} GiB, pyspark {summary['machine']['pyspark']}, local[{summary['cores']}], "
-             f"{summary['machine']['date']}; d={DIM}, {N_LEVELS}x{N_CLUSTERS} RQ-KMeans.", "",
+             f"{summary['machine']['date']}; d={DIM}, {summary.get('shape', f'{N_LEVELS}x{N_CLUSTERS}')} RQ-KMeans.", "",
              "| figure | value | goal | met |", "|---|---|---|---|"]
     for key, (op, goal) in GOALS.items():
         value = summary[key]
         met = "" if value is None else ("yes" if (value <= goal if op == "<=" else value >= goal) else "**no**")
         lines.append(f"| {key} | {'n/a' if value is None else f'{value:.3f}'} | {op} {goal} | {met} |")
     lines += ["", "| rows | full run s | +1% run s (changes) | +1% run s (snapshot) | full shuffle MB | +1% shuffle MB "
-              "| driver peak RSS MiB | JVM peak RSS MiB | stages of the full run (s) |", "|---|---|---|---|---|---|---|---|---|"]
+              "| driver peak RSS MiB | JVM peak RSS MiB | full run: shared codes, counters | stages of the full run (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["per_size"]:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["full"]["stages_s"].items())
         mb = lambda run: (run["shuffle_read_bytes"] + run["shuffle_write_bytes"]) / 1e6  # noqa: E731
         lines.append(f"| {r['n']:,} | {r['full']['wall_s']:.1f} | {r['incremental']['wall_s']:.1f} | "
                      f"{r['incremental_snapshot']['wall_s']:.1f} | {mb(r['full']):,.0f} | {mb(r['incremental']):,.1f} | "
-                     f"{r['driver_peak_rss_bytes'] / 2**20:,.0f} | {r['jvm_peak_rss_bytes'] / 2**20:,.0f} | {stages} |")
+                     f"{r['driver_peak_rss_bytes'] / 2**20:,.0f} | {r['jvm_peak_rss_bytes'] / 2**20:,.0f} | "
+                     f"{r['full'].get('collision_share', 0):.4f}, {r['full'].get('counter_share') or 0:.4f} | {stages} |")
     base = next((r for r in summary["per_size"] if "encode" in r), None)
     if base:
         e = base["encode"]
@@ -299,14 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1M,4M,16M", help="comma-separated row counts, e.g. 1M,4M,16M")
     parser.add_argument("--baseline", default="4M", help="the size of the encode, plain-write and hot-code figures")
     parser.add_argument("--cores", type=int, default=2, help="local[N]")
+    parser.add_argument("--shape", default=f"{N_LEVELS}x{N_CLUSTERS}",
+                        help="the model's shape: 3x4096, or codes per level 2048/1024/512/256 (default %(default)s)")
     parser.add_argument("--out", default="artifacts/bench")
     parser.add_argument("--work", default=None, help="scratch directory for the tables (default: a temporary one)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: one size, this process
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--is-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from semid_spark.advise import parse_shape, shape_name
+
+    shape = list(parse_shape(args.shape))
     if args.one is not None:
-        result = one_size(args.one, args.work, args.cores, args.is_baseline)
+        result = one_size(args.one, args.work, args.cores, args.is_baseline, shape)
         with open(args.result, "w", encoding="utf-8") as fh:
             json.dump(result, fh)
         return 0
@@ -325,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(work)
         result_file = os.path.join(work, "result.json")
         cmd = [sys.executable, "-m", "semid_spark.bench.scale", "--one", str(n), "--work", work, "--cores",
-               str(args.cores), "--result", result_file] + (["--is-baseline"] if n == baseline else [])
+               str(args.cores), "--shape", args.shape, "--result", result_file] + (["--is-baseline"] if n == baseline else [])
         print(f"[{time.strftime('%H:%M:%S')}] {n:,} rows ...", flush=True)
         subprocess.run(cmd, check=True)
         with open(result_file, encoding="utf-8") as fh:
@@ -337,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(os.path.join(work, "in"), ignore_errors=True)  # the big part; results stay
     summary = summarize(results, baseline)
     summary["cores"] = args.cores
+    summary["shape"], summary["dim"] = shape_name(shape), DIM
     summary["total_s"] = time.perf_counter() - started
     table = render(summary)
     print(table)

@@ -6,17 +6,25 @@ Run: ``make bench-shapes`` (the ``compare`` extra brings faiss). On the same row
 - **fit**: ``RQKMeans`` with the job's defaults against faiss's ``Kmeans`` run greedily level by
   level (25 iterations, at most 256 rows per centroid: faiss's defaults) on the same rows; seconds
   and reconstruction error, alternating ours and faiss's ``--repeats`` times (the median is quoted),
-  and the fit's peak memory beside the sample's bytes (numpy's allocations, by ``tracemalloc``;
-  torch's allocator peak on cuda);
+  and the fit's peak memory beside the sample's bytes and the codebooks': the process's peak resident
+  set as the OS counts it (``VmHWM``, reset before each fit through ``/proc/self/clear_refs``), less
+  what was resident before the fit, plus the sample, which was resident already (where ``/proc`` does
+  not allow it, numpy's allocations by ``tracemalloc``); torch's allocator peak on cuda;
 - **encode**: rows/s on one core (one BLAS thread), and that rate's share of the float32 GEMM rate
   of the same products measured in the same run (each level's ``(rows, d) @ (d, K)`` into a
   preallocated output, at the best of 256, 1024 and 4096 rows); faiss's greedy
   ``ResidualQuantizer.compute_codes`` (beam 1) with our codebooks copied in, and whether its codes
   equal ours; on ``--device cuda`` the same with torch on the GPU, its codes against numpy's.
-- **plan**: encode core-hours for 10^9 items at the measured rate (the encode kernel alone: Spark's
-  transfer, measured by ``semid bench``, comes on top).
+- **at 10^9 items**: the advisor's figures for the fitted model (``semid_spark.advise``: counter share
+  after relocation, largest bucket, relocation core-hours), and the encode kernel and relocation
+  candidates timed on one core at ``--plan-dims`` (128 and 768; at a d other than the rows', random
+  rows and codebooks of the same shape: the kernel's cost depends on d and K, not on the values);
+- **plan** for 10^9 items at each of those d: first-run and +0.1% daily core-hours, composed from
+  the job's own per-item costs in a ``semid bench --scale`` result (``--scale-json``; its largest
+  size's stages at its d and shape) re-based to this shape and d (see ``plan``).
 
-Figures go to ``<out>/shapes.json`` and ``shapes.md``. ``--data synthetic`` (default) draws a
+Figures go to ``<out>/shapes.json`` and ``shapes.md``; ``--replan`` recomputes the plan of an existing
+``shapes.json`` from a newer scale result without fitting again. ``--data synthetic`` (default) draws a
 topic mixture of ``--rows`` x ``--dim``; ``--data sentences`` or ``words`` takes the real text of
 ``make bench-quality`` (WordLlama, 256-d: docstring sentences, wordfreq's words; at most ``--rows``).
 """
@@ -30,15 +38,20 @@ import os
 import statistics
 import time
 import tracemalloc
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from semid_spark.advise import parse_shape, shape_name
+from semid_spark.advise import ENCODE_TIMING_ROWS, parse_shape, predict_with, shape_name
 from semid_spark.algorithms.rq_kmeans import RQKMeans
+from semid_spark.uniqueness.relocate import N_CANDIDATES, encode_with_candidates
 from semid_spark.utils.timing import best_of, one_blas_thread
 
 DEFAULT_SHAPES = ("3x256", "3x1024", "3x4096")
+BILLION = 1_000_000_000
+DAILY_NEW = BILLION // 1000  # +0.1%
+PLAN_DIMS = (128, 768)
+READ_STAGES = ("validate", "sample", "encode")  # stages that read the embeddings: their cost grows with d
 
 
 def _seconds(fn: Callable[[], object]) -> tuple[object, float]:
@@ -59,14 +72,40 @@ def _error(x: np.ndarray, recon: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ fit
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+
+
+@contextlib.contextmanager
+def added_peak_rss() -> Iterator[dict]:
+    """``{"bytes": ...}``: how far the process's resident set rose above its size at entry, as the OS
+    counts it ("how" says so), or numpy's peak allocations where /proc/self/clear_refs is not there."""
+    out: dict = {}
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # resets VmHWM to the current resident set (Linux 4.0+)
+        before = _status_bytes("VmRSS")
+    except OSError:
+        tracemalloc.start()
+        try:
+            yield out
+            out.update(bytes=tracemalloc.get_traced_memory()[1], how="tracemalloc")
+        finally:
+            tracemalloc.stop()
+        return
+    yield out
+    out.update(bytes=max(0, _status_bytes("VmHWM") - before), how="os")
+
+
 def fit_ours(x: np.ndarray, sizes: list[int], device: str, seed: int) -> dict:
-    """Seconds, error and peak memory of the default fit (the job's model parameters)."""
+    """Seconds, error and peak memory of the default fit (the job's model parameters); on cpu the
+    memory is the sample's bytes plus what the fit's resident set added to them."""
     model = RQKMeans(len(sizes), sizes, random_state=seed, device=device)
     if device == "cpu":
-        tracemalloc.start()
-        _, seconds = _seconds(lambda: model.fit(x))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        with added_peak_rss() as added:
+            _, seconds = _seconds(lambda: model.fit(x))
+        peak = x.nbytes + added["bytes"]
     else:
         import torch
 
@@ -77,6 +116,7 @@ def fit_ours(x: np.ndarray, sizes: list[int], device: str, seed: int) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     return {"seconds": seconds, "mse": _error(x, model.decode(model.encode(x))), "peak_bytes": int(peak),
+            "peak_measured_by": added["how"] if device == "cpu" else "torch.cuda.max_memory_allocated",
             "lloyd_iterations": [s.n_iter for s in model.level_stats_], "joint_passes": model.refine_passes_,
             "model": model}
 
@@ -100,6 +140,8 @@ def fit_faiss(x: np.ndarray, sizes: list[int], seed: int) -> dict:
 
 def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, faiss_too: bool) -> tuple[dict, RQKMeans]:
     ours, theirs, model = [], [], None
+    if device == "cpu":  # what any first fit makes resident once (BLAS buffers, lazily loaded code) is not this fit's
+        RQKMeans(len(sizes), [min(k, 16) for k in sizes], random_state=0).fit(x[:2048])
     for repeat in range(repeats):  # alternating, in one process: the machine's noise falls on both
         run = fit_ours(x, sizes, device, seed=repeat)
         model = model or run["model"]
@@ -112,6 +154,7 @@ def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, f
         "ours_mse": statistics.median(r["mse"] for r in ours),
         "ours_peak_bytes": max(r["peak_bytes"] for r in ours),
         "peak_over_sample_and_codebooks": max(r["peak_bytes"] for r in ours) / (sample_bytes + book_bytes),
+        "peak_over_goal": max(r["peak_bytes"] for r in ours) / (2 * sample_bytes + book_bytes),  # goal <= 1
         "sample_bytes": sample_bytes, "codebook_bytes": book_bytes,
         "ours_runs": ours,
     }
@@ -214,6 +257,97 @@ def cuda_encode_figures(model: RQKMeans, x: np.ndarray, device: str) -> dict:
                                          .all(axis=1).mean())}
 
 
+# ------------------------------------------------------------------------------- 10^9 items
+def kernel_seconds_per_row(sizes: list[int], dim: int, rows: np.ndarray | None = None,
+                           model: RQKMeans | None = None) -> dict:
+    """One core's seconds a row for the encode, and the extra of the encode with relocation candidates,
+    on *model* and *rows* where given, else on random ones of this shape and *dim*."""
+    if model is None or rows is None or rows.shape[1] != dim:
+        rng = np.random.default_rng(dim)
+        model = RQKMeans(len(sizes), sizes)
+        model._set_codebooks([rng.standard_normal((k, dim), dtype=np.float32) * 0.5**i for i, k in enumerate(sizes)])
+        rows = rng.standard_normal((ENCODE_TIMING_ROWS // 4, dim), dtype=np.float32)
+    rows = np.ascontiguousarray(rows[:ENCODE_TIMING_ROWS])
+    with one_blas_thread():
+        encode_s = best_of(lambda: model.encode(rows), 2) / len(rows)
+        with_candidates_s = best_of(lambda: encode_with_candidates(model, rows, N_CANDIDATES), 2) / len(rows)
+    return {"encode_s_per_row": encode_s, "candidates_s_per_row": max(with_candidates_s - encode_s, 0.0)}
+
+
+def billion_figures(model: RQKMeans, x: np.ndarray, fit_s: float, dims=PLAN_DIMS) -> dict:
+    """The advisor's prediction at 10^9 items for the fitted model, and the one-core kernel rates per d.
+    Relocation's assignment (the items that share a code x its simulated seconds an item) does not
+    depend on d; its candidates' extra does, and is timed at each d."""
+    sizes = [len(book) for book in model.codebooks_]
+    advice = predict_with(model, x, BILLION, fit_s=fit_s, strategy="relocate")
+    kernels = {str(d): kernel_seconds_per_row(sizes, d, x, model) for d in dims}
+    own = kernel_seconds_per_row(sizes, x.shape[1], x, model)  # the prediction's own candidates, at the rows' d
+    assign_core_h = max(advice.relocation_core_hours - BILLION * own["candidates_s_per_row"] / 3600, 0.0)
+    return {"counter_share": advice.counter_share, "suffix_counter_share": advice.suffix_counter_share,
+            "collision_share": advice.collision_share, "largest_bucket": advice.largest_bucket,
+            "relocation_core_hours_at_sample_d": advice.relocation_core_hours, "assign_core_hours": assign_core_h,
+            "kernels": kernels}
+
+
+def job_costs(scale: dict) -> dict:
+    """Per-item core-seconds of the job, from a ``semid bench --scale`` summary: at its largest size,
+    the first run's embedding-reading stages less its encode kernel (``read``: grows with d), its
+    ranking and writing (``rest``), its kernel and relocation; the +1% daily run's cost per written
+    item (the codes scan: the slope between its smallest and largest sizes, less the new items at the
+    first run's rate) and its fixed part."""
+    cores, runs = scale["cores"], sorted(scale["per_size"], key=lambda r: r["n"])
+    large, small = runs[-1], runs[0]
+    base = next((r for r in runs if "encode" in r), None)
+    kernel = 1 / base["encode"]["numpy_ceiling_rows_s"] if base else 0.0
+    stages = large["full"]["stages_s"]
+
+    def per_item(run: dict) -> float:  # the first run's rows stages, core-seconds an item
+        return sum(v for k, v in run["full"]["stages_s"].items() if k != "fit") * cores / run["n"]
+
+    read = sum(stages.get(k, 0.0) for k in READ_STAGES) * cores / large["n"] - kernel
+    new_cost = lambda r: r["incremental"]["n_new"] * per_item(r)  # noqa: E731
+    spend = lambda r: r["incremental"]["wall_s"] * cores - new_cost(r)  # noqa: E731
+    slope = (spend(large) - spend(small)) / (large["n"] - small["n"]) if large["n"] > small["n"] else 0.0
+    return {"dim": scale.get("dim", 64), "shape": scale.get("shape", "3x256"), "cores": cores, "n": large["n"],
+            "date": scale.get("machine", {}).get("date"), "read_s_per_item": read,
+            "rest_s_per_item": (stages.get("rank", 0.0) + stages.get("write", 0.0)) * cores / large["n"],
+            "kernel_s_per_item": kernel, "relocate_s_per_item": stages.get("relocate", 0.0) * cores / large["n"],
+            "daily_scan_s_per_catalog_item": max(slope, 0.0),
+            "daily_fixed_core_s": max(spend(large) - max(slope, 0.0) * large["n"], 0.0)}
+
+
+def plan(entry: dict, job: dict, driver_cores: int) -> dict:
+    """First-run and +0.1% daily core-hours at 10^9 items for each d of ``entry["billion"]``: per item,
+    the job's reading cost scaled from its d to this d, its ranking and writing, this shape's encode
+    kernel and relocation candidates at this d, plus the assignment's core-hours (the advisor's) and
+    the fit (this bench's seconds x the driver's cores); the daily run adds the codes scan of 10^9
+    written items and its fixed part to the new items at that rate (growing keys)."""
+    out = {}
+    billion, fit_s = entry["billion"], entry.get("fit", {}).get("ours_seconds", 0.0)
+    for d, kernel in billion["kernels"].items():
+        per_item = (job["read_s_per_item"] * int(d) / job["dim"] + job["rest_s_per_item"]
+                    + kernel["encode_s_per_row"] + kernel["candidates_s_per_row"])
+        assign_h = billion["assign_core_hours"]
+        first = BILLION * per_item / 3600 + assign_h + fit_s * driver_cores / 3600
+        daily = (DAILY_NEW * per_item + BILLION * job["daily_scan_s_per_catalog_item"] + job["daily_fixed_core_s"]) / 3600
+        out[d] = {"first_run_core_hours": first, "daily_core_hours": daily + assign_h * DAILY_NEW / BILLION,
+                  "encode_core_hours": BILLION * kernel["encode_s_per_row"] / 3600,
+                  "relocation_core_hours": BILLION * kernel["candidates_s_per_row"] / 3600 + assign_h,
+                  "job_core_hours": BILLION * (per_item - kernel["encode_s_per_row"] - kernel["candidates_s_per_row"]) / 3600}
+    return out
+
+
+def add_plans(report: dict, scale_json: str | None) -> None:
+    if not scale_json or not os.path.exists(scale_json):
+        return
+    with open(scale_json, encoding="utf-8") as fh:
+        job = job_costs(json.load(fh))
+    report["job"] = {**job, "from": scale_json}
+    for entry in report["shapes"].values():
+        if "billion" in entry:
+            entry["plan"] = plan(entry, job, report.get("driver_cores", os.cpu_count() or 1))
+
+
 # ----------------------------------------------------------------------------------- main
 def load_rows(args) -> np.ndarray:
     if args.data in ("sentences", "words"):
@@ -238,17 +372,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: fit and encode there too")
     parser.add_argument("--no-faiss", dest="faiss", action="store_false", help="without the faiss baselines")
     parser.add_argument("--no-fit", dest="fit", action="store_false", help="encode only (random codebooks)")
+    parser.add_argument("--plan-dims", default=",".join(map(str, PLAN_DIMS)), help="d of the 10^9 plan (default %(default)s)")
+    parser.add_argument("--scale-json", default=None,
+                        help="a semid bench --scale result for the job's per-item costs (default <out>/scale.json)")
+    parser.add_argument("--replan", action="store_true", help="recompute the plan of <out>/shapes.json only")
     parser.add_argument("--out", default="artifacts/bench")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    scale_json = args.scale_json or os.path.join(args.out, "scale.json")
+    path = os.path.join(args.out, "shapes.json")
+    if args.replan:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+        add_plans(report, scale_json)
+        return _write(report, path)
     shapes = [list(parse_shape(s)) for s in args.shapes.split(",")]
     x = load_rows(args)
     print(f"{len(x):,} rows x {x.shape[1]}-d ({args.data}), shapes {[shape_name(s) for s in shapes]}, "
           f"device {args.device}", flush=True)
-    report = {"data": args.data, "rows": len(x), "dim": int(x.shape[1]), "device": args.device, "shapes": {}}
+    report = {"data": args.data, "rows": len(x), "dim": int(x.shape[1]), "device": args.device,
+              "driver_cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "shapes": {}}
     for sizes in shapes:
         name, entry = shape_name(sizes), {}
         if args.fit:
@@ -257,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             fit = entry["fit"]
             print(f"{name} fit: ours {fit['ours_seconds']:.1f} s MSE {fit['ours_mse']:.5f} "
                   f"(iterations {fit['ours_runs'][0]['lloyd_iterations']}, passes {fit['ours_runs'][0]['joint_passes']}),"
-                  f" peak {fit['ours_peak_bytes'] / 2**20:.0f} MiB = {fit['peak_over_sample_and_codebooks']:.2f} x "
+                  f" peak {fit['ours_peak_bytes'] / 2**20:.0f} MiB ({fit['ours_runs'][0]['peak_measured_by']}) = {fit['peak_over_sample_and_codebooks']:.2f} x "
                   "(sample + codebooks)" + (f"; faiss {fit['faiss_seconds']:.1f} s MSE {fit['faiss_mse']:.5f}: "
                                             f"time ratio {fit['time_ratio']:.3f}, MSE ratio {fit['mse_ratio']:.4f}"
                                             if "faiss_seconds" in fit else ""), flush=True)
@@ -278,12 +424,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} encode on {args.device}: {dev['rows_per_s']:,.0f} rows/s = {dev['ratio_to_gemm']:.3f} x "
                   f"its float32 GEMM ({dev['gemm_tflops']:.1f} TFLOP/s); same codes as numpy "
                   f"{dev['same_codes_as_numpy']:.5f}", flush=True)
+        if args.fit:
+            entry["billion"] = bill = billion_figures(model, x, entry["fit"]["ours_seconds"],
+                                                      [int(d) for d in args.plan_dims.split(",")])
+            print(f"{name} at 10^9: counter share {bill['counter_share']:.4f}, largest bucket "
+                  f"{bill['largest_bucket']:,.0f}, assignment {bill['assign_core_hours']:.2f} core-h; one core encodes "
+                  + ", ".join(f"{1 / k['encode_s_per_row']:,.0f} rows/s at d={d}" for d, k in bill["kernels"].items()),
+                  flush=True)
         report["shapes"][name] = entry
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "shapes.json")
+        os.makedirs(args.out, exist_ok=True)
+        add_plans(report, scale_json)
+        _write(report, path)  # after every shape: a long run leaves what it measured
+    return 0
+
+
+def _write(report: dict, path: str) -> int:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
-    _write_table(report, os.path.join(args.out, "shapes.md"))
+    _write_table(report, os.path.join(os.path.dirname(path), "shapes.md"))
     print(f"written {path} and shapes.md")
     return 0
 
@@ -300,6 +458,20 @@ def _write_table(report: dict, path: str) -> None:
                      f"{cell('peak_over_sample_and_codebooks', '.2f')} | {enc['rows_per_s_core']:,.0f} | "
                      f"{enc['ratio_to_gemm']:.3f} | {enc.get('faster_than_faiss', float('nan')):.2f} | "
                      f"{enc['core_hours_per_billion']:.2f} |")
+    planned = [(name, entry) for name, entry in report["shapes"].items() if "plan" in entry]
+    if planned:
+        job = report["job"]
+        lines += ["", f"At 10^9 items (the advisor's prediction for each fitted model; core-hours from the job's per-item "
+                  f"costs measured by semid bench --scale at {job['n']:,} rows, d={job['dim']}, {job['shape']}, "
+                  f"{job['date']}, re-based to each shape and d):", "",
+                  "| shape | counter share | largest bucket | d | encode core-h | relocation core-h | rest of the job "
+                  "core-h | first run core-h | +0.1% daily core-h |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, entry in planned:
+            bill = entry["billion"]
+            for d, p in entry["plan"].items():
+                lines.append(f"| {name} | {bill['counter_share']:.4f} | {bill['largest_bucket']:,.0f} | {d} | "
+                             f"{p['encode_core_hours']:.2f} | {p['relocation_core_hours']:.2f} | {p['job_core_hours']:.2f} "
+                             f"| {p['first_run_core_hours']:.2f} | {p['daily_core_hours']:.3f} |")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 
