@@ -48,7 +48,7 @@ SCALE = {"cores": 2, "dim": 64, "shape": "3x256", "machine": {"date": "2026-12-0
 
 def test_the_billion_plan_rebases_the_jobs_per_item_costs_to_the_shape_and_d():
     """The plan's arithmetic on a scale summary with round figures: at the scale run's own d and kernel, a
-    first run costs its row stages less relocation per item; reading grows with d, nothing else does; the
+    first run costs its row stages per item; reading grows with d, nothing else does; the
     daily run is the new items at that rate plus the codes scan (the slope between the two sizes)."""
     from semid_spark.bench.shapes import BILLION, DAILY_NEW, job_costs, plan
 
@@ -61,7 +61,7 @@ def test_the_billion_plan_rebases_the_jobs_per_item_costs_to_the_shape_and_d():
     same = {"encode_s_per_row": 1 / 5_000, "candidates_s_per_row": 0.0}
     entry = {"billion": {"assign_core_hours": 0.0, "kernels": {"64": same, "768": same}}}
     out = plan(entry, job, driver_cores=2)
-    row_stages = (3.0 + 1.0 + 6.0 + 1.0 + 4.0) * 2 / 5_000
+    row_stages = (3.0 + 1.0 + 6.0 + 1.0 + 2.0 + 4.0) * 2 / 5_000
     assert out["64"]["first_run_core_hours"] == pytest.approx(BILLION * row_stages / 3600)
     assert out["768"]["first_run_core_hours"] - out["64"]["first_run_core_hours"] == pytest.approx(
         BILLION * job["read_s_per_item"] * (768 / 64 - 1) / 3600)

@@ -156,6 +156,11 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     x = arrow_embeddings(sample.column("embedding"), DIM, copy=True)
     with single_thread_blas():  # Spark's Python workers get one BLAS thread each (OMP_NUM_THREADS=1)
         ceiling = len(x) / best_of(lambda: model.encode(x), 3)
+        with_candidates = ceiling
+        if cfg.uniqueness.strategy == "relocate":  # the job's encode pass also finds relocation candidates
+            from semid_spark.uniqueness.relocate import N_CANDIDATES, encode_with_candidates
+
+            with_candidates = len(x) / best_of(lambda: encode_with_candidates(model, x, N_CANDIDATES), 2)
 
     def rate(frame, repeat: int = 1) -> float:
         return n / best_of(lambda: frame.write.format("noop").mode("overwrite").save(), repeat) / cores
@@ -174,7 +179,8 @@ def encode_rates(spark, cfg, n: int, cores: int) -> dict:
     encode_files(spark, files, frozen, dim=DIM, batch_rows=cfg.encode.batch_rows).write.mode("overwrite").parquet(
         os.path.join(os.path.dirname(cfg.output.path), "plain_codes"))
     plain_s = time.perf_counter() - started
-    return {"numpy_ceiling_rows_s": ceiling, "files_rows_s_per_core": via_files, "spark_reader_rows_s_per_core": via_spark,
+    return {"numpy_ceiling_rows_s": ceiling, "numpy_with_candidates_rows_s": with_candidates,
+            "files_rows_s_per_core": via_files, "spark_reader_rows_s_per_core": via_spark,
             "transfer_rows_s_per_core": transfer, "encode_plain_parquet_s": plain_s,
             "encode_per_core_ratio": via_files / ceiling, "spark_reader_ratio": via_spark / ceiling}
 

@@ -298,7 +298,8 @@ def job_costs(scale: dict) -> dict:
     cores, runs = scale["cores"], sorted(scale["per_size"], key=lambda r: r["n"])
     large, small = runs[-1], runs[0]
     base = next((r for r in runs if "encode" in r), None)
-    kernel = 1 / base["encode"]["numpy_ceiling_rows_s"] if base else 0.0
+    rates = base["encode"] if base else {}  # the encode stage's own kernel (with candidates under relocate)
+    kernel = 1 / rates.get("numpy_with_candidates_rows_s", rates["numpy_ceiling_rows_s"]) if base else 0.0
     stages = large["full"]["stages_s"]
 
     def per_item(run: dict) -> float:  # the first run's rows stages, core-seconds an item
@@ -311,29 +312,33 @@ def job_costs(scale: dict) -> dict:
     return {"dim": scale.get("dim", 64), "shape": scale.get("shape", "3x256"), "cores": cores, "n": large["n"],
             "date": scale.get("machine", {}).get("date"), "read_s_per_item": read,
             "rest_s_per_item": (stages.get("rank", 0.0) + stages.get("write", 0.0)) * cores / large["n"],
-            "kernel_s_per_item": kernel, "relocate_s_per_item": stages.get("relocate", 0.0) * cores / large["n"],
+            "kernel_s_per_item": kernel, "kernel_counts_candidates": "numpy_with_candidates_rows_s" in rates, "relocate_s_per_item": stages.get("relocate", 0.0) * cores / large["n"],
             "daily_scan_s_per_catalog_item": max(slope, 0.0),
             "daily_fixed_core_s": max(spend(large) - max(slope, 0.0) * large["n"], 0.0)}
 
 
 def plan(entry: dict, job: dict, driver_cores: int) -> dict:
     """First-run and +0.1% daily core-hours at 10^9 items for each d of ``entry["billion"]``: per item,
-    the job's reading cost scaled from its d to this d, its ranking and writing, this shape's encode
-    kernel and relocation candidates at this d, plus the assignment's core-hours (the advisor's) and
-    the fit (this bench's seconds x the driver's cores); the daily run adds the codes scan of 10^9
-    written items and its fixed part to the new items at that rate (growing keys)."""
+    the job's reading cost scaled from its d to this d, its ranking and writing, its ``relocate``
+    stage (the prefixes' grouping and the candidates' shuffle, paid by every item; the scale run's
+    shape should be one where few items collide, so that it holds little assignment), this shape's
+    encode kernel and relocation candidates at this d; plus the assignment's core-hours (the
+    advisor's, for the items that collide) and the fit (this bench's seconds x the driver's cores).
+    The daily run adds the codes scan of 10^9 written items and its fixed part to the new items at
+    that rate (growing keys)."""
     out = {}
     billion, fit_s = entry["billion"], entry.get("fit", {}).get("ours_seconds", 0.0)
     for d, kernel in billion["kernels"].items():
+        relocation = job["relocate_s_per_item"] + kernel["candidates_s_per_row"]
         per_item = (job["read_s_per_item"] * int(d) / job["dim"] + job["rest_s_per_item"]
-                    + kernel["encode_s_per_row"] + kernel["candidates_s_per_row"])
+                    + kernel["encode_s_per_row"] + relocation)
         assign_h = billion["assign_core_hours"]
         first = BILLION * per_item / 3600 + assign_h + fit_s * driver_cores / 3600
         daily = (DAILY_NEW * per_item + BILLION * job["daily_scan_s_per_catalog_item"] + job["daily_fixed_core_s"]) / 3600
         out[d] = {"first_run_core_hours": first, "daily_core_hours": daily + assign_h * DAILY_NEW / BILLION,
                   "encode_core_hours": BILLION * kernel["encode_s_per_row"] / 3600,
-                  "relocation_core_hours": BILLION * kernel["candidates_s_per_row"] / 3600 + assign_h,
-                  "job_core_hours": BILLION * (per_item - kernel["encode_s_per_row"] - kernel["candidates_s_per_row"]) / 3600}
+                  "relocation_core_hours": BILLION * relocation / 3600 + assign_h,
+                  "job_core_hours": BILLION * (per_item - kernel["encode_s_per_row"] - relocation) / 3600}
     return out
 
 
