@@ -61,3 +61,19 @@ def bad_frame(spark, problem):
         x[10] = None
     schema = T.StructType([T.StructField("item_id", T.StringType()), T.StructField("embedding", T.ArrayType(T.DoubleType()))])
     return spark.createDataFrame(list(zip(keys, x)), schema)
+
+
+def shuffles_carrying(df, column):
+    """Names of the shuffle exchanges in df's physical plan whose rows hold *column* (AQE off, so the plan is final)."""
+    found = []
+
+    def walk(node):
+        name = node.nodeName()
+        if "Exchange" in name and "Broadcast" not in name and column in node.output().toString():
+            found.append(name)
+        children = node.children()
+        for i in range(children.size()):
+            walk(children.apply(i))
+
+    walk(df._jdf.queryExecution().executedPlan())
+    return found

@@ -26,7 +26,7 @@ from semid_spark.delta.table import TableRef
 from semid_spark.exceptions import ConcurrentRunError, ShapeMismatchError
 from semid_spark.spark import assign, pipeline
 from tests.s3server import new_bucket, s3_server
-from tests.spark.conftest import DIM, ID_COLS, catalog, config, frame, write_input
+from tests.spark.conftest import DIM, ID_COLS, catalog, config, frame, shuffles_carrying, write_input
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -405,22 +405,6 @@ def test_batch_rows_slices_the_encoder_input_and_changes_no_id(spark, tmp_path):
 
 
 # ---------------------------------------------------------------- incremental runs cost what is new
-
-def shuffles_carrying(df, column):
-    """Names of the shuffle exchanges in df's physical plan whose rows hold *column* (AQE off, so the plan is final)."""
-    found = []
-
-    def walk(node):
-        name = node.nodeName()
-        if "Exchange" in name and "Broadcast" not in name and column in node.output().toString():
-            found.append(name)
-        children = node.children()
-        for i in range(children.size()):
-            walk(children.apply(i))
-
-    walk(df._jdf.queryExecution().executedPlan())
-    return found
-
 
 @pytest.mark.parametrize("broadcast_keys", [None, 500])  # a day's changes; a whole snapshot of 1000 rows
 def test_an_incremental_run_shuffles_no_embedding(spark, tmp_path, monkeypatch, broadcast_keys):

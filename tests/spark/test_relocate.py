@@ -11,7 +11,7 @@ from semid_spark.exceptions import QualityGateError
 from semid_spark.spark import pipeline
 from semid_spark.spark.evaluate import EvaluateOptions, evaluate_job
 from semid_spark.uniqueness.relocate import relocate_codes
-from tests.spark.conftest import catalog, config, frame, write_input
+from tests.spark.conftest import catalog, config, frame, shuffles_carrying, write_input
 
 
 def table_rows(spark, cfg):
@@ -155,6 +155,40 @@ def test_codes_too_large_to_pack_relocate_as_packed_ones_do(spark, relocated_run
         got[len(got)] = {r.item_id: (list(r.codes), r.counter, r.relocated) for r in rows.collect()}
     assert got[0] == got[1] and len(got[0]) == 1200
     assert sum(relocated for _, _, relocated in got[0].values()) > 0
+
+
+def test_many_new_items_with_few_colliding_codes_shuffle_no_row_that_collides_with_nothing(spark, relocated_run,
+                                                                                            monkeypatch):
+    """A first run whose new items pass the broadcast limit, but whose colliding codes do not (a large shape),
+    sends those codes to every task: the rows that collide with nothing cross no shuffle to learn it (at
+    16M rows, 2048/1024/512/256, 0.01% of them collide). The same codes as relocate_codes either way."""
+    from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES
+    from semid_spark.spark import incremental
+    from semid_spark.spark.ranking import with_code_key
+    from semid_spark.spark.strategies.relocate import relocated_rows
+    from semid_spark.uniqueness.relocate import last_level_candidates
+
+    _, _, _, keys, x, model = relocated_run
+    codes = model.encode(x[:1200])
+    cand, dist = last_level_candidates(model, x[:1200], codes, 16)
+    encoded = with_code_key(spark.createDataFrame(
+        [(k, c.tolist(), a.tolist(), d.tolist()) for k, c, a, d in zip(keys[:1200], codes, cand, dist)],
+        f"item_id string, {CODES} array<int>, {CANDIDATES} array<int>, {DISTANCES} array<float>"), [4, 4, 16])
+    expected = relocate_codes(model, x[:1200], keys=keys[:1200]).codes.tolist()
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # as at catalog scale
+    spark.conf.set("spark.sql.adaptive.enabled", "false")  # the plan as it runs
+    exchanges = {}
+    try:
+        for limit in (1199, 0):  # over the 1,200 new items but not their colliding codes; nothing broadcast
+            monkeypatch.setattr(incremental, "BROADCAST_KEYS", limit)
+            rows = relocated_rows(encoded, None, [4, 4, 16], key_col="item_id", n_new=1200, hot=[], hot_code_rows=10**6)
+            exchanges[limit] = shuffles_carrying(rows, "item_id")
+            got = {r.item_id: list(r.codes) for r in rows.collect()}
+            assert [got[k] for k in keys[:1200]] == expected
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+        spark.conf.unset("spark.sql.adaptive.enabled")
+    assert len(exchanges[1199]) < len(exchanges[0]), exchanges
 
 
 @pytest.mark.parametrize("hot_factor", [0, 1, 32])  # every prefix hot, the crowded ones, none (the default)

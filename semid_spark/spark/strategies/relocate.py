@@ -113,7 +113,6 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     # few new items (n_new 0: unknown, nothing broadcast): their codes go to every task, so no new row is
     # shuffled to split them
     small = 0 < n_new <= broadcast_limit()
-    to_every_task = lambda frame: F.broadcast(frame) if small else frame  # noqa: E731
     items = encoded.withColumn(_PREFIX, prefix_of(sizes))
     held_written = _written_code_keys(written, items, sizes, n_new=n_new)
     # the new items' codes and how many share each, computed once (a job over the cached codes, never the
@@ -129,8 +128,17 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
         taken = per_code.select(CODE_KEY).join(held_written.select(CODE_KEY), CODE_KEY, "left_semi")
         participant_codes = (shared.unionByName(taken.select(CODE_KEY, F.lit(True).alias(_OWN_WRITTEN)))
                              .groupBy(CODE_KEY).agg(F.max(_OWN_WRITTEN).alias(_OWN_WRITTEN)))
+    few_participants = small
+    if n_new and not small:
+        # many new items, few of whose codes collide (a large shape): the colliding codes go to every task,
+        # or every new row would cross a shuffle with its candidates (9.3 GB at 16M rows, 2048/1024/512/256).
+        # Counted on the checkpoint: the shared codes in a first run, all the new codes (a bound on those a
+        # written item also holds, without reading the table here) in an increment
+        with clock():
+            bound = (per_code if written is not None else per_code.where(F.col(_COUNT) > 1)).count()
+        few_participants = bound <= broadcast_limit()
     # the items that never collided leave here with counter 0
-    flagged = items.join(to_every_task(participant_codes), CODE_KEY, "left")
+    flagged = items.join(F.broadcast(participant_codes) if few_participants else participant_codes, CODE_KEY, "left")
     alone = flagged.where(F.col(_OWN_WRITTEN).isNull())
     participants = flagged.where(F.col(_OWN_WRITTEN).isNotNull())
     # every code an item holds, by prefix: the new items' (per_code) and the written ones'
