@@ -31,11 +31,16 @@ def test_bench_shapes_writes_fit_and_encode_figures_for_uniform_and_shrinking_sh
         billion = entry["billion"]  # the advisor's figures for the fitted model, kernels timed at 128 and 768
         assert 0 <= billion["counter_share"] <= billion["suffix_counter_share"] <= 1 and billion["largest_bucket"] >= 1
         assert set(billion["kernels"]) == {"128", "768"} and "plan" not in entry  # no scale.json in --out
-        assert fit["ours_runs"][0]["peak_measured_by"] in ("os", "tracemalloc")
+        assert fit["peak_measured_by"] in ("os", "tracemalloc")  # a fit in a fresh process
         assert fit["ours_peak_bytes"] >= fit["sample_bytes"]
     assert report["shapes"]["2x32"]["encode"]["same_codes_as_faiss"] == 1.0
     assert "same_codes_as_faiss" not in report["shapes"]["32/16/8"]["encode"]  # faiss takes one size for all levels
     assert (tmp_path / "shapes.md").read_text().startswith("Shapes on 3,000 x 128-d synthetic rows")
+    assert main(["bench", "--shapes", "--repeak", "--out", str(tmp_path)]) == 0  # the peaks again, fresh processes
+    again = json.loads((tmp_path / "shapes.json").read_text())
+    assert [e["fit"]["ours_mse"] for e in again["shapes"].values()] == [
+        e["fit"]["ours_mse"] for e in report["shapes"].values()]  # nothing else fitted again
+    assert all(e["fit"]["ours_peak_bytes"] >= e["fit"]["sample_bytes"] for e in again["shapes"].values())
 
 
 SCALE = {"cores": 2, "dim": 64, "shape": "3x256", "machine": {"date": "2026-12-07"}, "per_size": [

@@ -6,10 +6,12 @@ Run: ``make bench-shapes`` (the ``compare`` extra brings faiss). On the same row
 - **fit**: ``RQKMeans`` with the job's defaults against faiss's ``Kmeans`` run greedily level by
   level (25 iterations, at most 256 rows per centroid: faiss's defaults) on the same rows; seconds
   and reconstruction error, alternating ours and faiss's ``--repeats`` times (the median is quoted),
-  and the fit's peak memory beside the sample's bytes and the codebooks': the process's peak resident
-  set as the OS counts it (``VmHWM``, reset before each fit through ``/proc/self/clear_refs``), less
-  what was resident before the fit, plus the sample, which was resident already (where ``/proc`` does
-  not allow it, numpy's allocations by ``tracemalloc``); torch's allocator peak on cuda;
+  and the fit's peak memory beside the sample's bytes and the codebooks: one more fit in a fresh
+  process, as a driver runs it, its peak resident set as the OS counts it (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` once the sample is loaded) less what was resident before the fit, plus
+  the sample, which was resident already (where ``/proc`` does not allow it, numpy's allocations by
+  ``tracemalloc``); in a process that has fitted before, memory the allocator kept would hide part
+  of it. On cuda, torch's allocator peak;
 - **encode**: rows/s on one core (one BLAS thread), and that rate's share of the float32 GEMM rate
   of the same products measured in the same run (each level's ``(rows, d) @ (d, K)`` into a
   preallocated output, at the best of 256, 1024 and 4096 rows); faiss's greedy
@@ -36,6 +38,8 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from typing import Callable, Iterator
@@ -98,14 +102,27 @@ def added_peak_rss() -> Iterator[dict]:
     out.update(bytes=max(0, _status_bytes("VmHWM") - before), how="os")
 
 
+def fit_peak(x: np.ndarray, sizes: list[int]) -> dict:
+    """The default fit's peak memory on cpu: the sample's bytes plus what the fit added to the resident set."""
+    with added_peak_rss() as added:
+        RQKMeans(len(sizes), sizes, random_state=0).fit(x)
+    return {"peak_bytes": x.nbytes + added["bytes"], "peak_measured_by": added["how"]}
+
+
+def fit_peak_in_child(args, sizes: list[int]) -> dict:
+    """``fit_peak`` in a fresh process on the same rows (``--rss-child``)."""
+    cmd = [sys.executable, "-m", "semid_spark.bench.shapes", "--rss-child", shape_name(sizes), "--data", args.data,
+           "--rows", str(args.rows), "--dim", str(args.dim), "--topics", str(args.topics), "--out", args.out]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def fit_ours(x: np.ndarray, sizes: list[int], device: str, seed: int) -> dict:
-    """Seconds, error and peak memory of the default fit (the job's model parameters); on cpu the
-    memory is the sample's bytes plus what the fit's resident set added to them."""
+    """Seconds and error of the default fit (the job's model parameters); on cuda its allocator's peak."""
     model = RQKMeans(len(sizes), sizes, random_state=seed, device=device)
+    peak = None
     if device == "cpu":
-        with added_peak_rss() as added:
-            _, seconds = _seconds(lambda: model.fit(x))
-        peak = x.nbytes + added["bytes"]
+        _, seconds = _seconds(lambda: model.fit(x))
     else:
         import torch
 
@@ -115,8 +132,8 @@ def fit_ours(x: np.ndarray, sizes: list[int], device: str, seed: int) -> dict:
         _, seconds = _seconds(lambda: model.fit(x))
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
-    return {"seconds": seconds, "mse": _error(x, model.decode(model.encode(x))), "peak_bytes": int(peak),
-            "peak_measured_by": added["how"] if device == "cpu" else "torch.cuda.max_memory_allocated",
+    return {"seconds": seconds, "mse": _error(x, model.decode(model.encode(x))),
+            **({"peak_bytes": int(peak), "peak_measured_by": "torch.cuda.max_memory_allocated"} if peak is not None else {}),
             "lloyd_iterations": [s.n_iter for s in model.level_stats_], "joint_passes": model.refine_passes_,
             "model": model}
 
@@ -138,10 +155,17 @@ def fit_faiss(x: np.ndarray, sizes: list[int], seed: int) -> dict:
     return {"seconds": seconds, "mse": _mean_sq(residual), "niter": 25}
 
 
-def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, faiss_too: bool) -> tuple[dict, RQKMeans]:
+def peak_figures(memory: dict, sample_bytes: int, sizes: list[int], dim: int) -> dict:
+    book_bytes = 4 * dim * sum(sizes)
+    return {"ours_peak_bytes": memory["peak_bytes"], "peak_measured_by": memory["peak_measured_by"],
+            "peak_over_sample_and_codebooks": memory["peak_bytes"] / (sample_bytes + book_bytes),
+            "peak_over_goal": memory["peak_bytes"] / (2 * sample_bytes + book_bytes)}  # the goal: <= 1
+
+
+def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, faiss_too: bool,
+                peak: Callable[[list[int]], dict] | None = None) -> tuple[dict, RQKMeans]:
+    """Fit seconds and error, ours and faiss's alternating, and the peak memory (*peak* on cpu)."""
     ours, theirs, model = [], [], None
-    if device == "cpu":  # what any first fit makes resident once (BLAS buffers, lazily loaded code) is not this fit's
-        RQKMeans(len(sizes), [min(k, 16) for k in sizes], random_state=0).fit(x[:2048])
     for repeat in range(repeats):  # alternating, in one process: the machine's noise falls on both
         run = fit_ours(x, sizes, device, seed=repeat)
         model = model or run["model"]
@@ -149,12 +173,12 @@ def fit_figures(x: np.ndarray, sizes: list[int], *, device: str, repeats: int, f
         if faiss_too:
             theirs.append(fit_faiss(x, sizes, seed=repeat))
     sample_bytes, book_bytes = x.nbytes, 4 * x.shape[1] * sum(sizes)
+    memory = (peak or (lambda shape: fit_peak(x, shape)))(sizes) if device == "cpu" else {
+        "peak_bytes": max(r["peak_bytes"] for r in ours), "peak_measured_by": ours[0]["peak_measured_by"]}
     out = {
         "ours_seconds": statistics.median(r["seconds"] for r in ours),
         "ours_mse": statistics.median(r["mse"] for r in ours),
-        "ours_peak_bytes": max(r["peak_bytes"] for r in ours),
-        "peak_over_sample_and_codebooks": max(r["peak_bytes"] for r in ours) / (sample_bytes + book_bytes),
-        "peak_over_goal": max(r["peak_bytes"] for r in ours) / (2 * sample_bytes + book_bytes),  # goal <= 1
+        **peak_figures(memory, sample_bytes, sizes, x.shape[1]),
         "sample_bytes": sample_bytes, "codebook_bytes": book_bytes,
         "ours_runs": ours,
     }
@@ -381,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale-json", default=None,
                         help="a semid bench --scale result for the job's per-item costs (default <out>/scale.json)")
     parser.add_argument("--replan", action="store_true", help="recompute the plan of <out>/shapes.json only")
+    parser.add_argument("--repeak", action="store_true",
+                        help="measure again the fit's peak memory of each shape of <out>/shapes.json, in fresh processes")
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # internal: one fit's peak, this process
     parser.add_argument("--out", default="artifacts/bench")
     return parser
 
@@ -389,26 +416,38 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scale_json = args.scale_json or os.path.join(args.out, "scale.json")
     path = os.path.join(args.out, "shapes.json")
-    if args.replan:
+    if args.replan or args.repeak:
         with open(path, encoding="utf-8") as fh:
             report = json.load(fh)
+        if args.repeak:
+            args.data, args.rows, args.dim = report["data"], report["rows"], report["dim"]
+            args.topics = report.get("topics", args.topics)
+            for name, entry in report["shapes"].items():
+                if "fit" in entry and report["device"] == "cpu":
+                    entry["fit"].update(peak_figures(fit_peak_in_child(args, list(parse_shape(name))),
+                                                     report["rows"] * report["dim"] * 4, list(parse_shape(name)),
+                                                     report["dim"]))
         add_plans(report, scale_json)
         return _write(report, path)
+    if args.rss_child:
+        print(json.dumps(fit_peak(load_rows(args), list(parse_shape(args.rss_child)))))
+        return 0
     shapes = [list(parse_shape(s)) for s in args.shapes.split(",")]
     x = load_rows(args)
     print(f"{len(x):,} rows x {x.shape[1]}-d ({args.data}), shapes {[shape_name(s) for s in shapes]}, "
           f"device {args.device}", flush=True)
-    report = {"data": args.data, "rows": len(x), "dim": int(x.shape[1]), "device": args.device,
+    report = {"data": args.data, "rows": len(x), "dim": int(x.shape[1]), "topics": args.topics, "device": args.device,
               "driver_cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "shapes": {}}
     for sizes in shapes:
         name, entry = shape_name(sizes), {}
         if args.fit:
             entry["fit"], model = fit_figures(x, sizes, device=args.device, repeats=args.repeats,
-                                              faiss_too=args.faiss and args.device == "cpu")
+                                              faiss_too=args.faiss and args.device == "cpu",
+                                              peak=lambda shape: fit_peak_in_child(args, shape))
             fit = entry["fit"]
             print(f"{name} fit: ours {fit['ours_seconds']:.1f} s MSE {fit['ours_mse']:.5f} "
                   f"(iterations {fit['ours_runs'][0]['lloyd_iterations']}, passes {fit['ours_runs'][0]['joint_passes']}),"
-                  f" peak {fit['ours_peak_bytes'] / 2**20:.0f} MiB ({fit['ours_runs'][0]['peak_measured_by']}) = {fit['peak_over_sample_and_codebooks']:.2f} x "
+                  f" peak {fit['ours_peak_bytes'] / 2**20:.0f} MiB ({fit['peak_measured_by']}) = {fit['peak_over_sample_and_codebooks']:.2f} x "
                   "(sample + codebooks)" + (f"; faiss {fit['faiss_seconds']:.1f} s MSE {fit['faiss_mse']:.5f}: "
                                             f"time ratio {fit['time_ratio']:.3f}, MSE ratio {fit['mse_ratio']:.4f}"
                                             if "faiss_seconds" in fit else ""), flush=True)
