@@ -111,9 +111,11 @@ bench-encode: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m semid_spark.cli bench $(BENCH_ARGS)
 
-# Large codebook shapes (3x256 to 3x4096) fitted and encoded beside faiss and one core's GEMM on
-# 500k x 128 rows (15-25 minutes on 2 cores): artifacts/bench/shapes.json and shapes.md.
-# BENCH_ARGS="--shapes 3x8192 --device cuda" times the cuda path as well.
+# Large codebook shapes (3x1024, 2048/1024/512/256, 3x4096) fitted and encoded beside faiss and one core's
+# GEMM on 200k x 128 rows, with the advisor's figures and a plan at 10^9 items (about 15 minutes on 2 cores):
+# artifacts/bench/shapes.json and shapes.md. BENCH_ARGS="--repeats 3" gives the medians the README quotes
+# (about 35 minutes: run it in the background), "--shapes 3x8192" the largest shape, "--device cuda" the
+# cuda path as well; a semid bench --scale result in artifacts/bench (or --scale-json) adds the plan.
 bench-shapes: $(STAMP)
 	$(PY) -m semid_spark.cli bench --shapes $(BENCH_ARGS)
 

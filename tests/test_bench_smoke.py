@@ -17,6 +17,7 @@ def test_bench_quick_writes_json_and_markdown(spark, tmp_path):
     assert (tmp_path / "bench.md").read_text().startswith("| figure |")
 
 
+@pytest.mark.heavy  # faiss beside ours, a fresh process per fit's memory: `make test-heavy`
 def test_bench_shapes_writes_fit_and_encode_figures_for_uniform_and_shrinking_shapes(tmp_path):
     """`semid bench --shapes` at a tiny size: every shape fitted beside faiss, encoded on one core with the
     same codes as faiss's greedy RQ holding our codebooks (where faiss can hold them), and the table."""

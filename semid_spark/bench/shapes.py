@@ -51,7 +51,7 @@ from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.uniqueness.relocate import N_CANDIDATES, encode_with_candidates
 from semid_spark.utils.timing import best_of, one_blas_thread
 
-DEFAULT_SHAPES = ("3x256", "3x1024", "3x4096")
+DEFAULT_SHAPES = ("3x1024", "2048/1024/512/256", "3x4096")
 BILLION = 1_000_000_000
 DAILY_NEW = BILLION // 1000  # +0.1%
 PLAN_DIMS = (128, 768)
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help="comma-separated: 3x4096 or codes per level 2048/1024/512 (default %(default)s)")
     parser.add_argument("--data", choices=["synthetic", "sentences", "words"], default="synthetic")
-    parser.add_argument("--rows", type=int, default=500_000, help="rows fitted and encoded (sentences: at most)")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows fitted and encoded (sentences: at most)")
     parser.add_argument("--dim", type=int, default=128, help="synthetic only")
     parser.add_argument("--topics", type=int, default=1000, help="synthetic only: topics of the mixture")
     parser.add_argument("--encode-rows", type=int, default=65_536, help="rows encoded on one core")
