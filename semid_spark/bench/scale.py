@@ -2,10 +2,10 @@
 
 At each size, in a process of its own (so that its peak memory is its own): a synthetic topic
 mixture (d=64, written as a Delta table with its Change Data Feed on) gets a full first run
-(3 levels x 256 RQ-KMeans, or ``--shape``, with the job's default uniqueness: relocation), then a +1% daily run that reads only the input's new version
-(``input.since: last_run``), then, for reference, a +1% run over the whole snapshot
-(``input.since: all``: keys of the catalog are joined, embeddings of written items are not read
-into Python). Per run: seconds per stage, shuffle bytes read and written (Spark's REST API),
+(3 levels x 256 RQ-KMeans, or ``--shape``; the job's default uniqueness, relocation), then a +1%
+daily run that reads only the input's new version (``input.since: last_run``), then, for
+reference, a +1% run over the whole snapshot (``input.since: all``: keys of the catalog are joined,
+embeddings of written items are not read into Python). Per run: seconds per stage, shuffle bytes read and written (Spark's REST API),
 rows inserted; per size: the driver's peak RSS (this Python process) and the JVM's (in local
 mode the JVM also runs the executors).
 

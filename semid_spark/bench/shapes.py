@@ -46,7 +46,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from semid_spark.advise import ENCODE_TIMING_ROWS, parse_shape, predict_with, shape_name
+from semid_spark.advise import ENCODE_TIMING_ROWS, parse_shape, predict_from, sample_codes, shape_name
 from semid_spark.algorithms.rq_kmeans import RQKMeans
 from semid_spark.uniqueness.relocate import N_CANDIDATES, encode_with_candidates
 from semid_spark.utils.timing import best_of, one_blas_thread
@@ -282,16 +282,14 @@ def cuda_encode_figures(model: RQKMeans, x: np.ndarray, device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- 10^9 items
-def kernel_seconds_per_row(sizes: list[int], dim: int, rows: np.ndarray | None = None,
-                           model: RQKMeans | None = None) -> dict:
+def random_kernel_seconds_per_row(sizes: list[int], dim: int) -> dict:
     """One core's seconds a row for the encode, and the extra of the encode with relocation candidates,
-    on *model* and *rows* where given, else on random ones of this shape and *dim*."""
-    if model is None or rows is None or rows.shape[1] != dim:
-        rng = np.random.default_rng(dim)
-        model = RQKMeans(len(sizes), sizes)
-        model._set_codebooks([rng.standard_normal((k, dim), dtype=np.float32) * 0.5**i for i, k in enumerate(sizes)])
-        rows = rng.standard_normal((ENCODE_TIMING_ROWS // 4, dim), dtype=np.float32)
-    rows = np.ascontiguousarray(rows[:ENCODE_TIMING_ROWS])
+    on random rows and codebooks of this shape and *dim* (the cost depends on d and K, not on values),
+    timed as ``advise.sample_codes`` times the sample."""
+    rng = np.random.default_rng(dim)
+    model = RQKMeans(len(sizes), sizes)
+    model._set_codebooks([rng.standard_normal((k, dim), dtype=np.float32) * 0.5**i for i, k in enumerate(sizes)])
+    rows = rng.standard_normal((ENCODE_TIMING_ROWS // 4, dim), dtype=np.float32)
     with one_blas_thread():
         encode_s = best_of(lambda: model.encode(rows), 2) / len(rows)
         with_candidates_s = best_of(lambda: encode_with_candidates(model, rows, N_CANDIDATES), 2) / len(rows)
@@ -299,13 +297,15 @@ def kernel_seconds_per_row(sizes: list[int], dim: int, rows: np.ndarray | None =
 
 
 def billion_figures(model: RQKMeans, x: np.ndarray, fit_s: float, dims=PLAN_DIMS) -> dict:
-    """The advisor's prediction at 10^9 items for the fitted model, and the one-core kernel rates per d.
+    """The advisor's prediction at 10^9 items for the fitted model, and the one-core kernel rates per d:
+    at the rows' own d those the advisor timed on the sample, at another d random rows of the shape.
     Relocation's assignment (the items that share a code x its simulated seconds an item) does not
-    depend on d; its candidates' extra does, and is timed at each d."""
+    depend on d; its candidates' extra does."""
     sizes = [len(book) for book in model.codebooks_]
-    advice = predict_with(model, x, BILLION, fit_s=fit_s, strategy="relocate")
-    kernels = {str(d): kernel_seconds_per_row(sizes, d, x, model) for d in dims}
-    own = kernel_seconds_per_row(sizes, x.shape[1], x, model)  # the prediction's own candidates, at the rows' d
+    measured = sample_codes(model, x, strategy="relocate")
+    advice = predict_from(measured, BILLION, fit_s=fit_s, strategy="relocate")
+    own = {"encode_s_per_row": measured.encode_s_per_row, "candidates_s_per_row": measured.candidates_s_per_row}
+    kernels = {str(d): own if d == x.shape[1] else random_kernel_seconds_per_row(sizes, d) for d in dims}
     assign_core_h = max(advice.relocation_core_hours - BILLION * own["candidates_s_per_row"] / 3600, 0.0)
     return {"counter_share": advice.counter_share, "suffix_counter_share": advice.suffix_counter_share,
             "collision_share": advice.collision_share, "largest_bucket": advice.largest_bucket,
@@ -336,7 +336,8 @@ def job_costs(scale: dict) -> dict:
     return {"dim": scale.get("dim", 64), "shape": scale.get("shape", "3x256"), "cores": cores, "n": large["n"],
             "date": scale.get("machine", {}).get("date"), "read_s_per_item": read,
             "rest_s_per_item": (stages.get("rank", 0.0) + stages.get("write", 0.0)) * cores / large["n"],
-            "kernel_s_per_item": kernel, "kernel_counts_candidates": "numpy_with_candidates_rows_s" in rates, "relocate_s_per_item": stages.get("relocate", 0.0) * cores / large["n"],
+            "kernel_s_per_item": kernel, "kernel_counts_candidates": "numpy_with_candidates_rows_s" in rates,
+            "relocate_s_per_item": stages.get("relocate", 0.0) * cores / large["n"],
             "daily_scan_s_per_catalog_item": max(slope, 0.0),
             "daily_fixed_core_s": max(spend(large) - max(slope, 0.0) * large["n"], 0.0)}
 
@@ -424,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
             args.topics = report.get("topics", args.topics)
             for name, entry in report["shapes"].items():
                 if "fit" in entry and report["device"] == "cpu":
-                    entry["fit"].update(peak_figures(fit_peak_in_child(args, list(parse_shape(name))),
-                                                     report["rows"] * report["dim"] * 4, list(parse_shape(name)),
-                                                     report["dim"]))
+                    sizes = list(parse_shape(name))
+                    entry["fit"].update(peak_figures(fit_peak_in_child(args, sizes), entry["fit"]["sample_bytes"],
+                                                     sizes, report["dim"]))
         add_plans(report, scale_json)
         return _write(report, path)
     if args.rss_child:
