@@ -22,6 +22,9 @@ Formatter = Callable[[np.ndarray], str]
 TOKEN_LETTERS = string.ascii_lowercase
 
 
+CHECK_BLOCK_BYTES = 16 * 1024 * 1024  # check_embeddings looks for NaN/Inf in blocks of this many bytes of rows
+
+
 def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -> np.ndarray:
     """Return *x* (array-like, or a torch tensor on any device) as a C-contiguous float32 array of
     shape (n_items, dim), or raise.
@@ -51,7 +54,9 @@ def check_embeddings(x: ArrayLike, *, dim: int | None = None, name: str = "X") -
         raise ShapeMismatchError(f"{name} must contain at least one sample (N > 0), got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ShapeMismatchError(f"Expected D={dim}, got D={arr.shape[1]} for {name} of shape {arr.shape}")
-    bad_rows = ~np.isfinite(arr).all(axis=1)
+    # by blocks of rows: np.isfinite(arr) whole is one byte per value (a quarter of the rows' memory)
+    step = max(1, CHECK_BLOCK_BYTES // max(1, 4 * arr.shape[1]))
+    bad_rows = np.concatenate([~np.isfinite(arr[s : s + step]).all(axis=1) for s in range(0, len(arr), step)])
     if n_bad := int(bad_rows.sum()):
         first = int(np.flatnonzero(bad_rows)[0])
         raise InvalidInputError(

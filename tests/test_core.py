@@ -22,3 +22,17 @@ def test_bad_codes():
         codes_to_ids(np.array([1, 2]))
     with pytest.raises(ValueError, match="integers"):
         codes_to_ids(np.array([[1.5, 2.0]]))
+
+
+def test_check_embeddings_counts_bad_rows_across_its_blocks(monkeypatch):
+    """NaN/Inf are looked for a block of rows at a time (no (n, d) mask); the message still counts every
+    bad row and names the first, wherever the blocks fall."""
+    from semid_spark import core
+    from semid_spark.exceptions import InvalidInputError
+
+    monkeypatch.setattr(core, "CHECK_BLOCK_BYTES", 3 * 4 * 4)  # 3 rows of d = 4 per block
+    x = np.zeros((20, 4), dtype=np.float32)
+    x[[5, 6, 19], [0, 3, 2]] = [np.nan, np.inf, -np.inf]
+    with pytest.raises(InvalidInputError, match=r"NaN or Inf values in 3 of 20 rows \(first at row 5\)"):
+        core.check_embeddings(x)
+    assert core.check_embeddings(x[:5]) is not None

@@ -85,32 +85,50 @@ class _Scorer:
     reused buffer: each row gets a last column of 1 and the scaled, transposed codebook (by -2, exact) a
     last row of the norms, so the product adds the norms itself (a separate pass over the (block, k)
     scores cost 15% of an assignment at K = 4096; a fresh array per call would page-fault its memory in
-    every time). The fit needs no exact ties (see ``residual_pass``), so the norms' rounding inside the
-    sum is of no matter here; encoding follows the code contract of ``_ops`` instead."""
+    every time). *like*: another scorer of the same d whose row and score buffers this one shares (one
+    pass's levels score one after the other: one 16 MiB buffer, not one per level). The fit needs no exact
+    ties (see ``residual_pass``), so the norms' rounding inside the sum is of no matter here; encoding
+    follows the code contract of ``_ops`` instead."""
 
-    def __init__(self, centers: np.ndarray, rows: int = FIT_CHUNK):
+    def __init__(self, centers: np.ndarray, rows: int = FIT_CHUNK, like: "_Scorer | None" = None):
         dim = centers.shape[1]
         self.weights = np.empty((dim + 1, len(centers)), dtype=np.float32)
         self.weights[:dim] = _ops.scaled_transpose(centers)
         self.weights[dim] = np.einsum("kd,kd->k", centers, centers)
-        self.rows = np.ones((rows, dim + 1), dtype=np.float32)
-        self.buffer = np.empty((rows, len(centers)), dtype=np.float32)
+        if like is not None and len(like.rows) >= rows and len(like.buffer) >= rows * len(centers):
+            self.rows, self.buffer = like.rows, like.buffer
+        else:
+            self.rows = np.ones((rows, dim + 1), dtype=np.float32)
+            self.buffer = np.empty(rows * len(centers), dtype=np.float32)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:  # (b, d) -> (b, k), valid until the next call
         rows = self.rows[: len(block)]
         rows[:, :-1] = block
-        return np.matmul(rows, self.weights, out=self.buffer[: len(block)])
+        scores = self.buffer[: len(block) * self.weights.shape[1]].reshape(len(block), -1)
+        return np.matmul(rows, self.weights, out=scores)
+
+    def gathered(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:  # ``self(x[index])``, no (b, d) copy
+        rows = self.rows[: len(index)]
+        np.take(x, index, axis=0, out=rows[:, :-1], mode="clip")  # "clip": unbuffered (the index is valid)
+        scores = self.buffer[: len(index) * self.weights.shape[1]].reshape(len(index), -1)
+        return np.matmul(rows, self.weights, out=scores)
 
 
-def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int64, sq dist (n,) float32."""
+def assign(x: np.ndarray, centers: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int64, sq dist (n,) float32.
+    *rows*: score only x[rows] (labels and distances in their order), gathered a block at a time."""
+    n = len(x) if rows is None else len(rows)
     step = block_rows(len(centers))
-    scorer = _Scorer(centers, min(step, len(x)))
-    labels = np.empty(len(x), dtype=np.int64)
-    dists = np.empty(len(x), dtype=np.float32)
-    for start in range(0, len(x), step):
-        block = x[start : start + step]
-        scores = scorer(block)
+    scorer = _Scorer(centers, min(step, n))
+    labels = np.empty(n, dtype=np.int64)
+    dists = np.empty(n, dtype=np.float32)
+    for start in range(0, n, step):
+        if rows is None:
+            block = x[start : start + step]
+            scores = scorer(block)
+        else:
+            scores = scorer.gathered(x, rows[start : start + step])
+            block = scorer.rows[: len(scores), :-1]
         block_labels = scores.argmin(axis=1)
         labels[start : start + step] = block_labels
         best = scores[np.arange(len(block)), block_labels] + np.einsum("nd,nd->n", block, block)
@@ -118,13 +136,20 @@ def assign(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, dists
 
 
-def center_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def center_sums(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, d) float32 and counts (k,): the product of the transposed one-hot (n, k)
     matrix with x, which scipy runs as one sequential pass over the rows adding each into its cluster's
     sum (torch's ``index_add_``; the (k, n) product reads the rows cluster by cluster, 3x slower on 169k x
-    256, and ``np.add.at`` 20x)."""
-    n = len(x)
-    one_hot = sparse.csr_matrix((np.ones(n, dtype=np.float32), labels, np.arange(n + 1)), shape=(n, k))
+    256, and ``np.add.at`` 20x). *rows* (sorted): only x[rows] count, *labels* in their order; the
+    one-hot matrix then has an empty row for every other row of x, which the pass skips unread."""
+    n = len(labels)
+    if rows is None:
+        indptr = np.arange(n + 1)
+    else:
+        indptr = np.zeros(len(x) + 1, dtype=np.int64)
+        indptr[rows + 1] = 1
+        np.cumsum(indptr, out=indptr)
+    one_hot = sparse.csr_matrix((np.ones(n, dtype=np.float32), labels, indptr), shape=(len(indptr) - 1, k))
     return np.asarray(one_hot.T @ x, dtype=np.float32), np.bincount(labels, minlength=k)
 
 
@@ -157,25 +182,28 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, weights: n
     return x[np.array(chosen)].copy()
 
 
-def reseed_empty(centers: np.ndarray, cluster_counts: np.ndarray, x: np.ndarray, dists: np.ndarray) -> int:
-    """Move empty centers onto the points farthest from their centers; returns how many moved."""
+def reseed_empty(centers: np.ndarray, cluster_counts: np.ndarray, x: np.ndarray, dists: np.ndarray,
+                 rows: np.ndarray | None = None) -> int:
+    """Move empty centers onto the points farthest from their centers (of x[rows], where given);
+    returns how many moved."""
     empty = np.flatnonzero(cluster_counts == 0)
     if not len(empty):
         return 0
     far = np.argsort(-dists, kind="stable")[: len(empty)]
-    centers[empty] = x[far]
+    centers[empty] = x[far if rows is None else rows[far]]
     return len(empty)
 
 
-def mean_rows(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each cluster's mean row (zeros for an empty one) and the counts."""
-    sums, cluster_counts = center_sums(x, labels, k)
+def mean_rows(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each cluster's mean row (zeros for an empty one) and the counts (of x[rows], where given)."""
+    sums, cluster_counts = center_sums(x, labels, k, rows)
     return sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32), cluster_counts
 
 
-def _means(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _means(x: np.ndarray, labels: np.ndarray, centers: np.ndarray,
+           rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each cluster's rows (an empty cluster keeps its center), and the counts."""
-    new_centers, cluster_counts = mean_rows(x, labels, len(centers))
+    new_centers, cluster_counts = mean_rows(x, labels, len(centers), rows)
     empty = cluster_counts == 0
     new_centers[empty] = centers[empty]
     return new_centers, cluster_counts
@@ -183,21 +211,23 @@ def _means(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> tuple[np.n
 
 def lloyd(
     x: np.ndarray, centers: np.ndarray, *, max_iter: int, tol: float, inertia_tol: float = 0.0,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Lloyd iterations from *centers*; returns the final centers and the iterations run.
 
     Stops when the summed squared center shift falls to *tol* (absolute), or when an assignment
     lowers the inertia by less than the fraction *inertia_tol* of the one before (the centers of
-    that assignment are still updated: the update never raises the inertia).
+    that assignment are still updated: the update never raises the inertia). *rows* (sorted
+    indices): Lloyd on x[rows], read a block at a time (the same centers as on the copy, without it).
     """
     n_iter, previous = 0, math.inf
     for n_iter in range(1, max_iter + 1):
-        labels, dists = assign(x, centers)
+        labels, dists = assign(x, centers, rows)
         inertia = float(dists.sum(dtype=np.float64))
         gained_little = inertia > (1.0 - inertia_tol) * previous  # one last update, then stop
         previous = inertia
-        new_centers, cluster_counts = _means(x, labels, centers)
-        reseed_empty(new_centers, cluster_counts, x, dists)
+        new_centers, cluster_counts = _means(x, labels, centers, rows)
+        reseed_empty(new_centers, cluster_counts, x, dists, rows)
         shift = float(((new_centers - centers) ** 2).sum(dtype=np.float64))
         centers = new_centers
         if shift <= tol or gained_little:
@@ -213,7 +243,9 @@ def residual_pass(
     fewer at large K) go through every level while they are in cache; plain float32 argmin (a near tie costs
     the fit nothing)."""
     step = min(FIT_CHUNK, len(x), *(block_rows(len(c)) for c in codebooks))
-    scorers = [_Scorer(c, step) for c in codebooks]
+    largest = max(codebooks, key=len)
+    shared = _Scorer(largest, step)  # its buffers serve every level
+    scorers = [shared if c is largest else _Scorer(c, step, like=shared) for c in codebooks]
     codes = np.empty((len(codebooks), len(x)), dtype=np.int64)
     residual = np.empty_like(x) if out is None else out
     chosen = np.empty((step, x.shape[1]), dtype=np.float32)

@@ -27,7 +27,11 @@ SEED_SAMPLE_PER_CLUSTER = 64  # seeding looks at most this many points per clust
 SEED_BUDGET = 64 * 1024 * 1024
 SEED_ROUNDS = 5  # k-means|| draws 2K candidates in this many rounds, then weighted k-means++ picks K of them
 SEED_OVERSAMPLE = 2
-SEED_GATHER_ROWS = 65536  # k-means|| reads its sample in blocks of this many rows
+SEED_GATHER_BYTES = 16 * 1024 * 1024  # k-means|| reads its sample in blocks of at most this many bytes:
+# a block of 65,536 rows was 201 MB at d = 768, a third of the default sample
+SEED_COPY_BYTES = 32 * 1024 * 1024  # greedy k-means++ works on a copy of its sample: at most this big,
+# else k-means|| (which reads the sample by index); 200k x 768 rows at 1024/512 codes copied 201 and
+# 100 MB per level before
 WARMUP_PER_CLUSTER = 256  # Lloyd starts on a subsample of this many points per cluster (faiss's cap)...
 WARMUP_INERTIA_TOL = 3e-3  # ...until an iteration gains less than this fraction, then goes on with all
 REFINE_MIN_ROWS_PER_CODE = 64  # joint passes only when the fit has this many rows per codeword (else they overfit)
@@ -111,14 +115,15 @@ def kmeans_parallel(ops, x, k: int, rng: np.random.Generator, rows: np.ndarray |
     distance to the candidates so far and measure every row against the new ones in one blocked
     assignment (a GEMM); the candidates, weighted by the rows nearest to each, are then reduced to k by
     greedy k-means++. Its cost is n x 2k x d in GEMMs where greedy k-means++ on the n rows reads them
-    k times. *rows*: the sample as indices into x (None: all of x), gathered SEED_GATHER_ROWS at a time,
+    k times. *rows*: the sample as indices into x (None: all of x), gathered SEED_GATHER_BYTES at a time,
     never copied whole. Falls back to greedy k-means++ where fewer than k candidates are drawn (tiny or
     duplicated data)."""
     rows = np.arange(len(x)) if rows is None else rows
     n = len(rows)
 
     def measure(centers) -> tuple[np.ndarray, np.ndarray]:  # each sample row's nearest center and distance
-        parts = [ops.assign(ops.take(x, rows[s : s + SEED_GATHER_ROWS]), centers) for s in range(0, n, SEED_GATHER_ROWS)]
+        step = max(1, SEED_GATHER_BYTES // (4 * x.shape[1]))
+        parts = [ops.assign(ops.take(x, rows[s : s + step]), centers) for s in range(0, n, step)]
         return (np.concatenate([ops.to_numpy(labels) for labels, _ in parts]),
                 np.concatenate([np.asarray(ops.to_numpy(dists), dtype=np.float64) for _, dists in parts]))
 
@@ -356,14 +361,20 @@ class RQKMeans(BaseSemanticEncoder):
             else:
                 n_seed = min(n, SEED_SAMPLE_PER_CLUSTER * k)
                 sample = np.sort(rng.choice(n, n_seed, replace=False)) if n_seed < n else np.arange(n)
-                init = (ops.kmeans_plus_plus(ops.take(x, sample), k, rng) if n_seed * k <= SEED_BUDGET
+                greedy = n_seed * k <= SEED_BUDGET and n_seed * x.shape[1] * 4 <= SEED_COPY_BYTES
+                init = (ops.kmeans_plus_plus(ops.take(x, sample), k, rng) if greedy
                         else kmeans_parallel(ops, x, k, rng, rows=sample))
             if start is None and n > WARMUP_PER_CLUSTER * k:
                 # the first iterations move the centers far and need no precision: a subsample
-                # does them at a fraction of the cost, the full data then converges from there
-                rows = ops.take(x, np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False)))
-                init, _ = ops.lloyd(rows, init, max_iter=self.max_iter, tol=0.0,
-                                    inertia_tol=max(self.inertia_tol, WARMUP_INERTIA_TOL))
+                # does them at a fraction of the cost, the full data then converges from there.
+                # Read by index: a copy was up to 0.65x the sample (131k of 200k rows at K = 512)
+                warm = np.sort(rng.choice(n, WARMUP_PER_CLUSTER * k, replace=False))
+                warm_tol = max(self.inertia_tol, WARMUP_INERTIA_TOL)
+                if balanced:  # balanced Lloyd below needs the subsample's (rows, k) distances anyway
+                    rows = ops.take(x, warm)
+                    init, _ = ops.lloyd(rows, init, max_iter=self.max_iter, tol=0.0, inertia_tol=warm_tol)
+                else:
+                    init, _ = ops.lloyd(x, init, max_iter=self.max_iter, tol=0.0, inertia_tol=warm_tol, rows=warm)
             if balanced:  # balanced Lloyd on the subsample (memory O(rows x k)); offsets come after
                 centers, n_iter, prices = ops.balanced_lloyd(rows, init, max_iter=self.max_iter, tol=tol_abs,
                                                              inertia_tol=self.inertia_tol)

@@ -375,6 +375,38 @@ def test_kmeans_parallel_reads_a_sample_by_index_as_it_reads_its_copy(backend, m
     sample = np.sort(np.random.default_rng(3).choice(len(x), 1200, replace=False))
     rows = torch.from_numpy(x) if backend == "torch" else x
     copied = ops.to_numpy(rq_kmeans.kmeans_parallel(ops, ops.take(rows, sample), 48, np.random.default_rng(4)))
-    monkeypatch.setattr(rq_kmeans, "SEED_GATHER_ROWS", 500)
+    monkeypatch.setattr(rq_kmeans, "SEED_GATHER_BYTES", 500 * 12 * 4)  # 500 rows
     indexed = ops.to_numpy(rq_kmeans.kmeans_parallel(ops, rows, 48, np.random.default_rng(4), rows=sample))
     assert np.array_equal(copied, indexed)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_lloyd_on_a_sample_by_index_moves_the_centers_as_lloyd_on_its_copy(backend):
+    """The warm-up Lloyd reads its subsample by index (numpy gathers a block at a time; a copy was up to
+    0.65x the fit's sample): the same centers as on the copied rows, also when a cluster empties and is
+    re-seeded on the sample's farthest row."""
+    ops = {"numpy": _fit_ops, "torch": _torch_ops}[backend]
+    x = make_catalog(n=3000, dim=12, n_topics=40, seed=7)
+    sample = np.sort(np.random.default_rng(8).choice(len(x), 1100, replace=False))
+    rows = torch.from_numpy(x) if backend == "torch" else x
+    init = ops.take(rows, sample[:24])
+    init[5] = init[5] + 1e3  # no row comes near it: emptied in the first assignment
+    copied, n_copied = ops.lloyd(ops.take(rows, sample), ops.copy(init), max_iter=6, tol=0.0)
+    indexed, n_indexed = ops.lloyd(rows, ops.copy(init), max_iter=6, tol=0.0, rows=sample)
+    assert n_indexed == n_copied
+    assert np.array_equal(ops.to_numpy(indexed), ops.to_numpy(copied))
+    assert not np.array_equal(ops.to_numpy(indexed)[5], ops.to_numpy(init)[5])  # re-seeded on a row
+
+
+def test_residual_pass_over_levels_of_different_sizes_shares_one_score_buffer():
+    """One pass's levels share the scorer buffers of the largest level: each level's codes are still the
+    nearest codeword of the residual the level above left."""
+    x = make_catalog(n=5000, dim=10, n_topics=30, seed=9)
+    books = [x[:7].copy(), x[100:131].copy() * 0.3, x[200:203].copy() * 0.1]
+    codes, residual, _ = _fit_ops.residual_pass(x, books)
+    expected = x.copy()
+    for level, book in enumerate(books):
+        labels, _ = _fit_ops.assign(expected, book)
+        assert np.array_equal(codes[level], labels)
+        expected -= book[labels]
+    assert np.array_equal(residual, expected)
