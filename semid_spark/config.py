@@ -144,6 +144,7 @@ class EncodeConfig:
 # uniqueness.strategy's values: the job's implementations are ``spark.strategies.STRATEGIES`` (a test
 # holds the two equal; this module stays free of pyspark)
 STRATEGY_NAMES = ("relocate", "suffix")
+RELOCATE_SOLVERS = ("greedy", "exact")  # uniqueness.relocate_solver's values (``uniqueness.relocate.SOLVERS``; a test holds them equal)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,9 @@ class UniquenessConfig:
     # none is free near them; suffix: every item keeps its nearest code, later ones get counters
     strategy: str = "relocate"
     relocate_candidates: int = 16  # last-level codes an item may move to (its own included)
+    # how a prefix's colliding items share its free codes: greedy (nearest first, by distance then key)
+    # or exact (as many placed as possible, then the least total distance; an assignment solver)
+    relocate_solver: str = "greedy"
 
     def __post_init__(self) -> None:
         if self.hot_code_rows < 1:
@@ -164,6 +168,9 @@ class UniquenessConfig:
         if isinstance(self.relocate_candidates, bool) or not isinstance(self.relocate_candidates, int) \
                 or self.relocate_candidates < 2:
             raise ConfigError(f"uniqueness.relocate_candidates={self.relocate_candidates!r}; expected an int >= 2")
+        if self.relocate_solver not in RELOCATE_SOLVERS:
+            raise ConfigError(f"uniqueness.relocate_solver={self.relocate_solver!r}; expected "
+                              + " or ".join(repr(name) for name in RELOCATE_SOLVERS))
 
 
 @dataclass(frozen=True)

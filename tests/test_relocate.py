@@ -9,7 +9,8 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from semid_spark.engine import SemanticIdEngine
 from semid_spark.exceptions import ConfigError, InvalidInputError
-from semid_spark.uniqueness.relocate import place_edges, place_items, relocate_codes
+from semid_spark.config import RELOCATE_SOLVERS
+from semid_spark.uniqueness.relocate import SOLVERS, greedy_edges, place_edges, place_items, relocate_codes
 from semid_spark.uniqueness.resolver import RelocatingResolver
 
 
@@ -26,6 +27,11 @@ def test_bad_arguments_are_named(fitted, X):
         relocate_codes(fitted, X[:3], n_candidates=1)
     with pytest.raises(ConfigError, match="requires 'embeddings' and 'model'"):
         RelocatingResolver().assign(["1-2-3"])
+    with pytest.raises(ConfigError, match="relocate solver 'hungarian'; expected 'greedy' or 'exact'"):
+        relocate_codes(fitted, X[:3], solver="hungarian")
+    with pytest.raises(ConfigError, match="relocate solver 'optimal'"):
+        RelocatingResolver(solver="optimal")
+    assert RELOCATE_SOLVERS == SOLVERS  # the job's config names them without importing numpy's rule
 
 
 def test_place_items_places_as_many_as_it_can_then_the_cheapest():
@@ -151,11 +157,13 @@ def test_lowest_scores_are_the_lowest(seed, k, m, integral):
         assert len(set(columns[row])) == m
 
 
+@pytest.mark.parametrize("solver", ["greedy", "exact"])
 @settings(max_examples=80, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 60), st.sampled_from([4, 8, 16]), st.integers(1, 6), st.booleans())
-def test_dropping_dominated_edges_keeps_the_optimum(seed, n, k, t, integral):
-    """place_participants drops the edges dearer than an item's cheapest uncontested code: as many items
-    placed, at the same total cost, as the solver gives on every edge (costs full of ties when integral)."""
+def test_dropping_dominated_edges_keeps_the_optimum(solver, seed, n, k, t, integral):
+    """place_participants drops the edges after an item's cheapest uncontested code: as many items
+    placed, at the same total cost, as the solver gives on every edge (costs full of ties when integral);
+    greedy gives the very same codes."""
     from semid_spark.uniqueness import relocate
 
     rng = np.random.default_rng(seed)
@@ -172,7 +180,8 @@ def test_dropping_dominated_edges_keeps_the_optimum(seed, n, k, t, integral):
         drop = relocate.dominated_edges_dropped
         relocate.dominated_edges_dropped = drop if prune else (lambda rows, target, cost: np.ones(len(rows), bool))
         try:
-            prefixes, ranks, given = relocate.place_participants(prefix, rank, own_written, cand, dist, taken, k)
+            prefixes, ranks, given = relocate.place_participants(prefix, rank, own_written, cand, dist, taken, k,
+                                                                 solver)
         finally:
             relocate.dominated_edges_dropped = drop
         item = {(p, r): i for i, (p, r) in enumerate(zip(prefix, rank))}
@@ -183,7 +192,60 @@ def test_dropping_dominated_edges_keeps_the_optimum(seed, n, k, t, integral):
                 total += float(dist[i][list(cand[i]).index(g)])
         codes = [(p, g) for p, g in zip(prefixes, given) if g >= 0]
         assert len(codes) == len(set(codes))  # each code once per prefix
-        return int((given >= 0).sum()), total
+        return int((given >= 0).sum()), total, given.tolist()
 
     pruned, full = placed(True), placed(False)
     assert pruned[0] == full[0] and pruned[1] == pytest.approx(full[1], abs=1e-4)
+    if solver == "greedy":
+        assert pruned[2] == full[2]
+
+
+def greedy_one_edge_at_a_time(prefix, rank, code, cost):
+    """The greedy rule as it reads: edges by (cost, rank, code), each taken while its item and its code
+    (within its prefix) are free."""
+    items, codes, given = set(), set(), {}
+    for e in np.lexsort((code, rank, cost)):
+        item, full = (prefix[e], rank[e]), (prefix[e], code[e])
+        if item not in items and full not in codes:
+            items.add(item)
+            codes.add(full)
+            given[item] = code[e]
+    return given
+
+
+@settings(max_examples=80, deadline=None)
+@given(prefixes())
+def test_greedy_rounds_take_what_the_sequential_rule_takes(edges):
+    """greedy_edges takes every locally first edge per round: the assignment of the one-edge-at-a-time
+    rule, one row per item in (prefix, rank) order; an item without a code has every code it could
+    take taken (the assignment is maximal)."""
+    prefix, rank, code, cost = edges.T
+    got_prefix, got_rank, given = greedy_edges(prefix, rank, code, cost.astype(np.float32))
+    expected = greedy_one_edge_at_a_time(prefix, rank, code, cost)
+    items = sorted(set(zip(prefix.tolist(), rank.tolist())))
+    assert list(zip(got_prefix.tolist(), got_rank.tolist())) == items
+    assert {i: g for i, g in zip(items, given.tolist()) if g >= 0} == expected
+    taken = set(zip(got_prefix[given >= 0].tolist(), given[given >= 0].tolist()))
+    for p, r in (i for i, g in zip(items, given.tolist()) if g < 0):
+        mine = (prefix == p) & (rank == r)
+        assert all((p, c) in taken for c in code[mine].tolist())
+
+
+def test_greedy_gives_the_nearest_free_code_first_where_exact_places_more():
+    """Two items, codes 7 and 8: item 0 is nearest to 7 and could take 8; item 1 has only 7. Greedy
+    gives 7 to the nearer item 0 and leaves item 1 a counter; exact places both. The case that the
+    README's greedy-versus-exact figures count."""
+    args = np.zeros(3, dtype=np.int64), np.array([0, 0, 1]), np.array([7, 8, 7]), np.array([0.1, 0.15, 0.2])
+    assert greedy_edges(*args)[2].tolist() == [7, -1]
+    assert place_edges(*args)[2].tolist() == [8, 7]
+
+
+@pytest.mark.parametrize("solver", ["greedy", "exact"])
+def test_both_solvers_keep_the_prefixes_and_give_unique_codes(fitted, X, solver):
+    keys = [f"k{i:04d}" for i in range(len(X))]
+    relocation = relocate_codes(fitted, X, keys=keys, solver=solver)
+    nearest = fitted.encode(X)
+    assert np.array_equal(relocation.codes[:, :-1], nearest[:, :-1])
+    placed = relocation.codes[~relocation.unplaced]
+    assert len(np.unique(placed, axis=0)) == len(placed)
+    assert np.array_equal(relocation.relocated, (relocation.codes != nearest).any(axis=1))

@@ -115,12 +115,12 @@ class _Scorer:
 
 
 def assign(x: np.ndarray, centers: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int64, sq dist (n,) float32.
+    """Nearest center by the float32 formula: (n, d), (k, d) -> labels (n,) int32, sq dist (n,) float32.
     *rows*: score only x[rows] (labels and distances in their order), gathered a block at a time."""
     n = len(x) if rows is None else len(rows)
     step = block_rows(len(centers))
     scorer = _Scorer(centers, min(step, n))
-    labels = np.empty(n, dtype=np.int64)
+    labels = np.empty(n, dtype=np.int32)  # the fit holds a level's codes per row: half of int64's memory
     dists = np.empty(n, dtype=np.float32)
     for start in range(0, n, step):
         if rows is None:
@@ -238,7 +238,7 @@ def lloyd(
 def residual_pass(
     x: np.ndarray, codebooks: list[np.ndarray], out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Greedy residual encoding for training: codes (L, n) int64, the final residual (n, d) (written
+    """Greedy residual encoding for training: codes (L, n) int32, the final residual (n, d) (written
     into *out* when given) and its summed squared norm (``squared_error``'s sum). Blocks of rows (FIT_CHUNK,
     fewer at large K) go through every level while they are in cache; plain float32 argmin (a near tie costs
     the fit nothing)."""
@@ -246,7 +246,7 @@ def residual_pass(
     largest = max(codebooks, key=len)
     shared = _Scorer(largest, step)  # its buffers serve every level
     scorers = [shared if c is largest else _Scorer(c, step, like=shared) for c in codebooks]
-    codes = np.empty((len(codebooks), len(x)), dtype=np.int64)
+    codes = np.empty((len(codebooks), len(x)), dtype=np.int32)
     residual = np.empty_like(x) if out is None else out
     chosen = np.empty((step, x.shape[1]), dtype=np.float32)
     for start in range(0, len(x), step):

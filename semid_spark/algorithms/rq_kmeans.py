@@ -314,8 +314,9 @@ class RQKMeans(BaseSemanticEncoder):
                 levels.set_postfix(mse=f"{ops.mean_sq_norm(residual):.4g}", iters=n_iter)
             self.refine_passes_ = 0
             if self.refine_passes and not balanced and len(sizes) > 1 and len(x) >= REFINE_MIN_ROWS_PER_CODE * max(sizes):
+                codes = ops.stack(codes)  # the levels' own arrays go: one copy of the codes, not two
                 centers, self.refine_passes_, codes = refine_codebooks(
-                    ops, data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=ops.stack(codes),
+                    ops, data, centers, max_passes=self.refine_passes, tol=self.inertia_tol, codes=codes,
                     residual=residual)
             # from the final codebooks and their codes (the passes' when they ran), in the residual's memory
             stats, residual = [], ops.copy_into(residual, data) if residual is not data else ops.copy(data)

@@ -72,6 +72,8 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
                      "a counter tells items sharing it apart), as the job's uniqueness.strategy", TypeConverters.toString)
     relocateCandidates = Param(Params._dummy(), "relocateCandidates", "last-level codes an item may move to (its own "
                                "included), as the job's uniqueness.relocate_candidates", TypeConverters.toInt)
+    relocateSolver = Param(Params._dummy(), "relocateSolver", "greedy (nearest free code first) or exact (an "
+                           "assignment solver), as the job's uniqueness.relocate_solver", TypeConverters.toString)
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -79,7 +81,8 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
         self._setDefault(inputCol="embedding", outputCol="semantic_id", keyCol="item_id", codesCol="codes",
                          algorithm=_JOB.kind, nLevels=_JOB.n_levels, nClusters=_JOB.n_clusters,
                          sampleSize=_JOB.sample_size, seed=_JOB.seed, sep="-", rankBuckets=RANK_BUCKETS,
-                         strategy=_IDS.strategy, relocateCandidates=_IDS.relocate_candidates)
+                         strategy=_IDS.strategy, relocateCandidates=_IDS.relocate_candidates,
+                         relocateSolver=_IDS.relocate_solver)
 
     def getKeyCol(self) -> str:
         return self.getOrDefault(self.keyCol)
@@ -110,6 +113,9 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
 
     def getRelocateCandidates(self) -> int:
         return self.getOrDefault(self.relocateCandidates)
+
+    def getRelocateSolver(self) -> str:
+        return self.getOrDefault(self.relocateSolver)
 
     def setInputCol(self, value: str):
         return self._set(inputCol=value)
@@ -150,6 +156,9 @@ class _SemanticIdParams(HasInputCol, HasOutputCol, HasSeed):
     def setRelocateCandidates(self, value: int):
         return self._set(relocateCandidates=value)
 
+    def setRelocateSolver(self, value: str):
+        return self._set(relocateSolver=value)
+
     def _columns(self) -> tuple[str, str]:
         return self.getKeyCol(), self.getInputCol()
 
@@ -165,7 +174,8 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
                  codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
                  nClusters: int | list[int] = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
                  sep: str = "-", rankBuckets: int = RANK_BUCKETS,
-                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> None:
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates,
+                 relocateSolver: str = _IDS.relocate_solver) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
 
@@ -174,7 +184,8 @@ class SemanticIdEstimator(Estimator, _SemanticIdParams, DefaultParamsReadable, D
                   codesCol: str = "codes", algorithm: str = _JOB.kind, nLevels: int = _JOB.n_levels,
                   nClusters: int | list[int] = _JOB.n_clusters, sampleSize: int = _JOB.sample_size, seed: int = _JOB.seed,
                   sep: str = "-", rankBuckets: int = RANK_BUCKETS,
-                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> "SemanticIdEstimator":
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates,
+                 relocateSolver: str = _IDS.relocate_solver) -> "SemanticIdEstimator":
         """Set the params named (the others keep their values)."""
         return self._set(**self._input_kwargs)
 
@@ -209,7 +220,8 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     @keyword_only
     def __init__(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                  codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS,
-                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> None:
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates,
+                 relocateSolver: str = _IDS.relocate_solver) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
         self._encoder = None
@@ -217,7 +229,8 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
     @keyword_only
     def setParams(self, *, inputCol: str = "embedding", outputCol: str = "semantic_id", keyCol: str = "item_id",
                   codesCol: str = "codes", sep: str = "-", rankBuckets: int = RANK_BUCKETS,
-                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates) -> "SemanticIdModel":
+                 strategy: str = _IDS.strategy, relocateCandidates: int = _IDS.relocate_candidates,
+                 relocateSolver: str = _IDS.relocate_solver) -> "SemanticIdModel":
         """Set the params named (the others keep their values)."""
         return self._set(**self._input_kwargs)
 
@@ -241,7 +254,8 @@ class SemanticIdModel(Model, _SemanticIdParams, MLReadable, MLWritable):
         if buckets < 1:
             raise ConfigError(f"rankBuckets={buckets}; expected >= 1 (buckets each code's rows are ranked in)")
         strategy = strategy_for(UniquenessConfig(sep=sep, strategy=self.getStrategy(),
-                                                 relocate_candidates=self.getRelocateCandidates()))
+                                                 relocate_candidates=self.getRelocateCandidates(),
+                                                 relocate_solver=self.getRelocateSolver()))
         dim, sizes = self._encoder.n_features_in_, self._encoder.codebook_sizes
         df = normalize_columns(dataset, key, emb)  # the schema only
         encoded = encode_embeddings(df, FrozenModel(dataset.sparkSession, self._encoder), key_col=key,

@@ -4,12 +4,12 @@ Counters (``3-9-1-4``) carry no meaning. Most colliding items have free codes cl
 own prefix (the prefix holds at most K items at the last level, and few prefixes are full), so
 instead, among the items that share a full code (or whose code an earlier item holds), all but
 one move to distinct *free* last-level codes of their prefix: codes no item holds, written before
-or in this batch. Which item goes where is a minimum-cost assignment per prefix over the squared
-distances of the items' last-level residuals to the free codes; only the items left when a prefix
-has no free code near them get counters. The prefix, and so every coarser level of the ID, never
+or in this batch. Which item goes where follows the squared distances of the items' last-level residuals to the free
+codes, per prefix: nearest first (greedy), or as a minimum-cost assignment (exact); only the items
+left when a prefix has no free code near them get counters. The prefix, and so every coarser level of the ID, never
 changes, and an item already written never moves.
 
-The rule, shared by the Spark job (``semid_spark.spark.relocate``) and the single-machine
+The rule, shared by the Spark job (``semid_spark.spark.strategies.relocate``) and the single-machine
 ``relocate_codes`` / ``RelocatingResolver``, so that both give the same codes:
 
 1. *Candidates*: each item's own last-level code and its ``n_candidates - 1`` next-nearest ones,
@@ -21,9 +21,12 @@ The rule, shared by the Spark job (``semid_spark.spark.relocate``) and the singl
    prefix has at most K codes, so an optimal assignment never uses a pruned edge (if K items are
    nearer to a code than the one given it, one of them is free to take it at a lower cost); the
    pruning only bounds the work of a prefix, whatever its size.
-5. *Assignment* per prefix (``place_edges``, many prefixes a call): as many participants as possible get a code, then
-   the least total distance; items in key order, codes in code order, so the answer is the same on
-   every machine and for every partitioning.
+5. *Assignment* per prefix, by the ``solver``: ``"greedy"`` (the default, ``greedy_edges``) takes the
+   edges in (distance, key, code) order, each while its item and its code are both free; ``"exact"``
+   (``place_edges``) places as many participants as possible, then at the least total distance. Both
+   are defined by the items' keys and codes alone, so the answer is the same on every machine and for
+   every partitioning; the pruning of step 4 holds for both (a pruned edge's code would need K + 1
+   codes in its prefix).
 6. Participants left without a code keep their own and get counters after the placed items.
 """
 
@@ -75,6 +78,15 @@ def encode_with_candidates(encoder: Any, x: np.ndarray, n_candidates: int = N_CA
         return encoder.encode_with_candidates(x, t)
     codes = encoder.encode(x, device=device)
     return (codes, *last_level_candidates(encoder, x, codes, t))
+
+
+SOLVERS = ("greedy", "exact")  # uniqueness.relocate_solver's values
+
+
+def check_solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise ConfigError(f"relocate solver {solver!r}; expected " + " or ".join(repr(name) for name in SOLVERS))
+    return solver
 
 
 PLACE_CHUNK = 128  # prefixes per call of the matching solver (block-diagonal; its cost grows with the square of a call's size)
@@ -140,6 +152,60 @@ def place_edges(prefix: np.ndarray, rank: np.ndarray, code: np.ndarray, cost: np
     return prefix[new_item], rank[new_item], given
 
 
+def greedy_edges(prefix: np.ndarray, rank: np.ndarray, code: np.ndarray, cost: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``place_edges``'s input and output, by the greedy rule: a prefix's edges are taken in (cost, rank,
+    code) order, each while its item has no code yet and no item has taken its code.
+
+    Computed in rounds over every prefix at once, not edge by edge: in each round, every edge that is
+    the first remaining one of both its item and its code is taken (with a strict order on the edges
+    those are exactly the edges the sequential rule takes next, Preis's locally dominant edges), and the
+    edges of the items and codes taken leave. The cheapest remaining edge is always taken, so rounds
+    end; their number follows the longest chain of items that want one another's codes, not the items.
+    """
+    if len(prefix) == 0:
+        none = np.zeros(0, dtype=np.int64)
+        return none, none, none
+    prefix, rank = np.asarray(prefix, dtype=np.int64), np.asarray(rank, dtype=np.int64)
+    code, cost = np.asarray(code, dtype=np.int64), np.asarray(cost)
+    item, items = _numbered(prefix, rank)
+    code_id, _ = _numbered(prefix, code)
+    order = np.lexsort((code, rank, cost))  # within a prefix a strict order: an item has a code once
+    item, code_id, last = item[order], code_id[order], code[order]
+    given = np.full(len(items), -1, dtype=np.int64)
+    while len(item):
+        position = np.arange(len(item))
+        first_of_item = np.full(len(given), len(item))
+        np.minimum.at(first_of_item, item, position)
+        first_of_code = np.full(int(code_id.max()) + 1, len(item))
+        np.minimum.at(first_of_code, code_id, position)
+        taken = (first_of_item[item] == position) & (first_of_code[code_id] == position)
+        given[item[taken]] = last[taken]
+        item_done = np.zeros(len(given), dtype=bool)
+        item_done[item[taken]] = True
+        code_done = np.zeros(len(first_of_code), dtype=bool)
+        code_done[code_id[taken]] = True
+        left = ~(item_done[item] | code_done[code_id])
+        item, code_id, last = item[left], code_id[left], last[left]
+    return prefix[items], rank[items], given
+
+
+def _numbered(prefix: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (prefix, value) pair's number, 0.. in (prefix, value) order, and the first position of each."""
+    order = np.lexsort((value, prefix))
+    p, v = prefix[order], value[order]
+    new = np.r_[True, (p[1:] != p[:-1]) | (v[1:] != v[:-1])]
+    number = np.empty(len(order), dtype=np.int64)
+    number[order] = np.cumsum(new) - 1
+    return number, order[new]
+
+
+def place(prefix: np.ndarray, rank: np.ndarray, code: np.ndarray, cost: np.ndarray, solver: str = "greedy"
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``greedy_edges`` or ``place_edges`` (exact), by *solver*."""
+    return (greedy_edges if check_solver(solver) == "greedy" else place_edges)(prefix, rank, code, cost)
+
+
 @dataclass(frozen=True)
 class _Columns:
     index: np.ndarray  # (e + I,) the column of each edge, then of each item's dummy
@@ -170,11 +236,12 @@ def _block_diagonal(group: np.ndarray, item: np.ndarray, code: np.ndarray, n_ite
 
 
 def place_participants(prefix: np.ndarray, rank: np.ndarray, own_written: np.ndarray, cand: np.ndarray,
-                       dist: np.ndarray, taken: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       dist: np.ndarray, taken: np.ndarray, k: int, solver: str = "greedy"
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 3-5 of the rule for participants (p,) of any prefixes: their *prefix* (ints), *rank* in key
     order, whether a written item holds their own code, their candidates and distances (p, T); *taken*:
     the full codes (prefix * k + last-level code) that any item, new or written, holds. Returns
-    ``place_edges``'s (prefix, rank, code given or -1), one row per participant with an edge."""
+    ``place``'s (prefix, rank, code given or -1), one row per participant with an edge."""
     p, t = cand.shape
     rows = np.repeat(np.arange(p), t)
     position = np.tile(np.arange(t), p)
@@ -186,14 +253,16 @@ def place_participants(prefix: np.ndarray, rank: np.ndarray, own_written: np.nda
     if len(rows) and np.unique(prefix, return_counts=True)[1].max() > k:  # a code may have more than k edges
         pruned = prune_edges(target, cost, rank[rows], k)
         rows, target, cost = rows[pruned], target[pruned], cost[pruned]
-    return place_edges(prefix[rows], rank[rows], target % k, cost)
+    return place(prefix[rows], rank[rows], target % k, cost, solver)
 
 
 def dominated_edges_dropped(rows: np.ndarray, target: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Mask of the edges (item *rows*, ascending; full code *target*; *cost*) an optimal assignment
-    needs. A code no other item can take is the item's own to keep: an item matched to a costlier
-    code can move to its cheapest such code without taking one from anyone, so every edge dearer than
-    that code can go, and the most items placed at the least total cost stays what it was. Most
+    """Mask of the edges (item *rows*, ascending; full code *target*; *cost*) either solver needs. A
+    code no other item can take is the item's own to keep: an item matched to a costlier code can move
+    to its cheapest such code without taking one from anyone, so every edge after that code in (cost,
+    code) order can go; the most items placed at the least total cost stays what it was (exact), and
+    greedy, which meets an item's edges in that order and takes an uncontested code when it meets it,
+    never reaches them (the same assignment). Most
     colliding items keep two or three edges of their T (their shared code, the nearest free code
     nobody else wants, and any cheaper contested one), which is what the matching's time follows."""
     if len(rows) == 0:
@@ -201,9 +270,12 @@ def dominated_edges_dropped(rows: np.ndarray, target: np.ndarray, cost: np.ndarr
     _, at, count = np.unique(target, return_inverse=True, return_counts=True)
     private = count[at.ravel()] == 1
     starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
-    cheapest = np.minimum.reduceat(np.where(private, cost, np.inf), starts)  # per item with edges
-    bound = np.repeat(cheapest, np.diff(np.r_[starts, len(rows)]))
-    return (cost < bound) | (private & (cost == bound))
+    span = np.diff(np.r_[starts, len(rows)])
+    bound = np.repeat(np.minimum.reduceat(np.where(private, cost, np.inf), starts), span)  # per item with edges
+    # at that cost, its lowest such code: greedy meets an item's edges in (cost, code) order
+    first = np.repeat(np.minimum.reduceat(np.where(private & (cost == bound), target, np.iinfo(np.int64).max),
+                                          starts), span)
+    return (cost < bound) | ((cost == bound) & (target <= first))
 
 
 def prune_edges(target: np.ndarray, cost: np.ndarray, key_rank: np.ndarray, keep: int) -> np.ndarray:
@@ -240,13 +312,15 @@ class Relocation:
 
 def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | None = None,
                    codes: np.ndarray | None = None, held: np.ndarray | None = None,
-                   n_candidates: int = N_CANDIDATES, device: str | None = None) -> Relocation:
+                   n_candidates: int = N_CANDIDATES, device: str | None = None, solver: str = "greedy") -> Relocation:
     """The codes a fitted RQKMeans or RQVAE gives *embeddings* (N, D) once colliding items have moved
     to free last-level codes of their prefix (the module's rule, as the Spark job applies it).
 
     *keys*: item keys, which order ties (default: the row positions). *codes*: the items' nearest
     codes, when already encoded. *held*: (M, L) codes that earlier items hold (they count as taken).
+    *solver*: ``"greedy"`` or ``"exact"`` (the job's ``uniqueness.relocate_solver``).
     """
+    check_solver(solver)
     x = check_embeddings(embeddings, dim=model.n_features_in_)
     if codes is None:
         codes, cand, dist = encode_with_candidates(model, x, n_candidates, device=device or model.device)
@@ -260,7 +334,7 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
     held = np.empty((0, codes.shape[1]), dtype=np.int64) if held is None else np.asarray(held, dtype=np.int64)
     if held.ndim != 2 or held.shape[1] != codes.shape[1]:
         raise InvalidInputError(f"held has shape {held.shape}; expected (M, {codes.shape[1]}) codes")
-    new_last, unplaced = assign_last_level(codes, cand, dist, key_rank, held, len(model.codebooks_[-1]))
+    new_last, unplaced = assign_last_level(codes, cand, dist, key_rank, held, len(model.codebooks_[-1]), solver)
     out = codes.copy()
     out[:, -1] = new_last
     relocated = new_last != codes[:, -1]
@@ -270,7 +344,7 @@ def relocate_codes(model: Any, embeddings: Any, *, keys: Sequence[Hashable] | No
 
 
 def assign_last_level(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key_rank: np.ndarray,
-                      held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+                      held: np.ndarray, k: int, solver: str = "greedy") -> tuple[np.ndarray, np.ndarray]:
     """(new last-level code per item, unplaced flag per item) by the module's rule, for items of codes
     (n, L), candidates and distances (n, T), key ranks (n,), codes *held* by earlier items (m, L)."""
     n, t = cand.shape
@@ -284,7 +358,7 @@ def assign_last_level(codes: np.ndarray, cand: np.ndarray, dist: np.ndarray, key
     participant = (counts[inverse.ravel()] > 1) | own_written
     who = np.flatnonzero(participant)
     _, item_rank, given = place_participants(prefix[who], key_rank[who], own_written[who], cand[who], dist[who],
-                                             np.concatenate([full, held_full]), k)
+                                             np.concatenate([full, held_full]), k, solver)
     new_last = codes[:, -1].copy()
     placed = np.zeros(n, dtype=bool)
     members = np.argsort(key_rank)[item_rank[given >= 0]]  # key ranks are 0..n-1, one per item

@@ -22,7 +22,7 @@ import numpy as np
 from semid_spark.algorithms.rq_vae import RQVAE
 from semid_spark.core import TOKEN_LETTERS, ArrayLike
 from semid_spark.exceptions import ConfigError, CounterOverflowError, DuplicateIdError, InvalidInputError
-from semid_spark.uniqueness.relocate import check_n_candidates, key_ranks, relocate_codes
+from semid_spark.uniqueness.relocate import check_n_candidates, check_solver, key_ranks, relocate_codes
 from semid_spark.uniqueness.stores import CollisionStore, InMemoryCollisionStore
 
 
@@ -211,6 +211,8 @@ class RelocatingResolver(BaseResolver):
         every ID stays unique across calls, and ``keys=`` gives a seen item its ID back)
     n_candidates : last-level codes an item may move to, its own included (the job's
         ``uniqueness.relocate_candidates``)
+    solver : ``"greedy"`` (nearest first) or ``"exact"`` (an assignment solver), the job's
+        ``uniqueness.relocate_solver``
     fixed_length, counter_size : as ``UniqueIdResolver``'s
 
     ``assign`` needs the model and the embeddings (a ``SemanticIdEngine`` passes both). A code is
@@ -221,8 +223,9 @@ class RelocatingResolver(BaseResolver):
     needs_model = True  # the engine passes codes, embeddings and the encoder to assign
 
     def __init__(self, store: CollisionStore | None = None, *, n_candidates: int = 16, fixed_length: bool = False,
-                 counter_size: int = 256) -> None:
+                 counter_size: int = 256, solver: str = "greedy") -> None:
         self.n_candidates = check_n_candidates(n_candidates)
+        self.solver = check_solver(solver)
         self.counters = UniqueIdResolver(store, fixed_length=fixed_length, counter_size=counter_size)
         self.last_relocation = None  # the last call's Relocation (moved share, error ratio)
 
@@ -242,7 +245,7 @@ class RelocatingResolver(BaseResolver):
                               "RQKMeans, RQVAE or RQVAEModule; a SemanticIdEngine passes both")
         n = len(semantic_ids)
         relocation = relocate_codes(encoder, embeddings, keys=keys, codes=codes,
-                                    n_candidates=self.n_candidates, device=device)
+                                    n_candidates=self.n_candidates, device=device, solver=self.solver)
         if len(relocation.codes) != n:
             raise InvalidInputError(f"{n} semantic_ids for {len(relocation.codes)} embeddings; expected one each")
         self.last_relocation = relocation

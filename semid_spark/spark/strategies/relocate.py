@@ -41,7 +41,7 @@ from semid_spark.spark.incremental import broadcast_limit, next_counters
 from semid_spark.spark.ranking import CODE_KEY, CodeStats, assign_counters, is_packed, with_code_key
 from semid_spark.spark.session import Seconds, stage
 from semid_spark.spark.strategies.base import StrategyFigures
-from semid_spark.uniqueness.relocate import place_edges, place_participants
+from semid_spark.uniqueness.relocate import place, place_participants
 
 _PREFIX, _TARGET, _LAST, _DIST, _POS = "_prefix", "_target", "_last", "_dist", "_pos"
 _NEW, _OWN_WRITTEN, _COUNT, _SALT, _RN, _BUCKET = "_new_last", "_own_written", "_n", "_salt", "_rn", "_bucket"
@@ -65,7 +65,7 @@ class RelocateStrategy:
     def ranked_rows(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
                     n_new: int, hot: list, salts: int = 0, seconds: Seconds | None = None) -> DataFrame:
         return relocated_rows(encoded, written, sizes, key_col=key_col, n_new=n_new, hot=hot,
-                              hot_code_rows=self.ids.hot_code_rows, salts=salts,
+                              hot_code_rows=self.ids.hot_code_rows, salts=salts, solver=self.ids.relocate_solver,
                               timed=(lambda: seconds.timed(self.stage)) if seconds is not None else None)
 
     def n_counters(self, encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], stats: CodeStats, *,
@@ -96,7 +96,7 @@ def full_code(prefix: Column, last: Column, sizes: Sequence[int]) -> Column:
 
 def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequence[int], *, key_col: str,
                    n_new: int, hot: list, hot_code_rows: int, salts: int = 0,
-                   timed: Callable[[], ContextManager] | None = None) -> DataFrame:
+                   timed: Callable[[], ContextManager] | None = None, solver: str = "greedy") -> DataFrame:
     """encoded (key, codes, code key, candidates, distances) [+ the written table] -> (key, codes, code
     key, counter, relocated): the codes after relocation and each row's counter, every one unique.
     *hot*: the codes of *encoded* over *hot_code_rows* rows (``code_stats``); the items left on one keep
@@ -106,7 +106,7 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     new items' codes are counted in a job of their own (over encoded only; the table stays read inside
     the MERGE) and, up to ``broadcast_limit`` items, go to every task, so no new row is shuffled to
     find the colliding ones. *timed*: a context manager for the jobs run here (the report's
-    ``relocate`` seconds)."""
+    ``relocate`` seconds). *solver*: the placement's (``uniqueness.relocate_solver``)."""
 
     k = int(sizes[-1])
     clock = timed or contextlib.nullcontext
@@ -157,10 +157,11 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
             any_hot = bool(hot_prefixes.take(1))
     usual = participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_anti") if any_hot else participants
     placements = _placements(usual, held, sizes, key_col, n_buckets=max(PLACE_BUCKETS, n_new // PLACE_BUCKET_ITEMS),
-                             small=small)
+                             small=small, solver=solver)
     if any_hot:
         placements = placements.unionByName(
-            _hot_placements(participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_semi"), held, sizes, key_col))
+            _hot_placements(participants.join(F.broadcast(hot_prefixes), _PREFIX, "left_semi"), held, sizes, key_col,
+                            solver))
     if n_new and written is None:
         # a first run: nothing above reads the table, so the assignment is solved once, here, where the
         # MERGE's plan would solve it twice (the placed and the unplaced rows each read it)
@@ -213,7 +214,7 @@ def _last_code(sizes: Sequence[int]) -> Column:
 
 
 def _placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], key_col: str, *, n_buckets: int,
-                small: bool) -> DataFrame:
+                small: bool, solver: str) -> DataFrame:
     """(key, new last code) of the placed participants: their rows, candidates as arrays, and the codes
     held in their prefixes (prefix, code key) meet by prefix bucket in one cogrouped pandas call, which
     applies steps 2-5 of the rule in numpy (``place_participants``). No edge is exploded in Spark."""
@@ -227,12 +228,12 @@ def _placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], 
              .select(bucket, _PREFIX, _LAST))
     key_type = participants.schema[key_col].dataType
     return rows.groupBy(_BUCKET).cogroup(codes.groupBy(_BUCKET)).applyInPandas(
-        _cogrouped_placement(key_col, int(sizes[-1])),
+        _cogrouped_placement(key_col, int(sizes[-1]), solver),
         T.StructType([T.StructField(key_col, key_type), T.StructField(_NEW, T.IntegerType())]))
 
 
-def _cogrouped_placement(key_col: str, k: int):
-    def place(rows: pd.DataFrame, codes: pd.DataFrame) -> pd.DataFrame:
+def _cogrouped_placement(key_col: str, k: int, solver: str):
+    def place_bucket(rows: pd.DataFrame, codes: pd.DataFrame) -> pd.DataFrame:
         """A bucket's participants (bucket, prefix, key, own written, candidates, distances) and held codes
         (bucket, prefix, last) -> (key, new last code) of its placed participants."""
         if rows.empty:
@@ -247,14 +248,15 @@ def _cogrouped_placement(key_col: str, k: int):
         dist = np.stack(rows[DISTANCES].to_numpy()).astype(np.float32)
         taken = theirs * k + codes[_LAST].to_numpy(np.int64)
         _, item_rank, given = place_participants(mine, rank.ravel(), rows[_OWN_WRITTEN].to_numpy(bool), cand, dist,
-                                                 taken, k)
+                                                 taken, k, solver)
         placed = given >= 0
         return pd.DataFrame({key_col: keys[item_rank[placed]], _NEW: given[placed].astype(np.int32)})
 
-    return place
+    return place_bucket
 
 
-def _hot_placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], key_col: str) -> DataFrame:
+def _hot_placements(participants: DataFrame, held: DataFrame, sizes: Sequence[int], key_col: str,
+                    solver: str) -> DataFrame:
     """``_placements`` for the participants of hot prefixes (over ``hot_prefix_items`` new items): their
     edges exploded, each code's K nearest kept by windows that span many tasks, then per prefix bucket
     the assignment in pandas."""
@@ -270,7 +272,7 @@ def _hot_placements(participants: DataFrame, held: DataFrame, sizes: Sequence[in
     kept = _nearest_per_code(marked.where(free).drop(_HELD), key_col, k, salts=PRUNE_SALTS)
     buckets = kept.select(F.pmod(F.xxhash64(_PREFIX), F.lit(PLACE_BUCKETS)).alias(_BUCKET), _PREFIX, key_col,
                           _LAST, _DIST)
-    return buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col), T.StructType(
+    return buckets.groupBy(_BUCKET).applyInPandas(_placement_function(key_col, solver), T.StructType(
         [T.StructField(key_col, participants.schema[key_col].dataType), T.StructField(_NEW, T.IntegerType())]))
 
 
@@ -284,20 +286,20 @@ def _nearest_per_code(edges: DataFrame, key_col: str, k: int, *, salts: int) -> 
     return second.where(F.col(_RN) <= k).drop(_RN)
 
 
-def _placement_function(key_col: str):
-    def place(edges: pd.DataFrame) -> pd.DataFrame:
+def _placement_function(key_col: str, solver: str):
+    def place_bucket(edges: pd.DataFrame) -> pd.DataFrame:
         """Edges (bucket, prefix, key, last, dist) of some prefixes -> (key, new last code) of their placed items."""
         prefixes = edges[_PREFIX]
         if prefixes.dtype == object:  # codes arrays (codebooks too large to pack): a tuple per prefix
             prefixes = prefixes.map(tuple)
         group = pd.factorize(prefixes)[0]
         keys, rank = np.unique(edges[key_col].to_numpy(), return_inverse=True)  # items in key order
-        _, item_rank, given = place_edges(group, rank.ravel(), edges[_LAST].to_numpy(np.int64),
-                                          edges[_DIST].to_numpy(np.float32))
+        _, item_rank, given = place(group, rank.ravel(), edges[_LAST].to_numpy(np.int64),
+                                    edges[_DIST].to_numpy(np.float32), solver)
         placed = given >= 0
         return pd.DataFrame({key_col: keys[item_rank[placed]], _NEW: given[placed].astype(np.int32)})
 
-    return place
+    return place_bucket
 
 
 def relocation_figures(inserted: DataFrame, encoded: DataFrame, *, key_col: str, n_levels: int) -> dict:
