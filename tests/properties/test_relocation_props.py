@@ -82,10 +82,11 @@ def test_resolver_ids_are_unique_and_the_placed_item_keeps_the_bare_code(params)
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2), st.integers(0, 10_000), st.integers(2, 40))
 def test_with_every_code_a_candidate_the_assignment_is_optimal(model_seed, data_seed, n):
-    """Against a dense Hungarian assignment per prefix over every free code: as many items placed, same cost."""
+    """The exact solver against a dense Hungarian assignment per prefix over every free code: as many items
+    placed, same cost."""
     m, x, _, keys, _ = case(model_seed, data_seed, n, 0, 2)
     k = SIZES[-1]
-    out = relocate_codes(m, x, keys=keys, n_candidates=k)
+    out = relocate_codes(m, x, keys=keys, n_candidates=k, solver="exact")
     nearest = m.encode(x)
     cand, dist = last_level_candidates(m, x, nearest, k)
     full = {tuple(c) for c in nearest.tolist()}
