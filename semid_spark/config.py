@@ -144,7 +144,8 @@ class EncodeConfig:
 # uniqueness.strategy's values: the job's implementations are ``spark.strategies.STRATEGIES`` (a test
 # holds the two equal; this module stays free of pyspark)
 STRATEGY_NAMES = ("relocate", "suffix")
-RELOCATE_SOLVERS = ("greedy", "exact")  # uniqueness.relocate_solver's values (``uniqueness.relocate.SOLVERS``; a test holds them equal)
+# uniqueness.relocate_solver's values: ``uniqueness.relocate.SOLVERS`` (a test holds the two equal)
+RELOCATE_SOLVERS = ("greedy", "exact")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def test_relocation_bench_runs_both_strategies_on_the_same_model(tmp_path):
         runs = run["shapes"][shape]
         assert "fit" in runs["fit"]["stages_s"] and "fit" not in runs["relocate_first"]["stages_s"]
         assert "relocate" in runs["relocate_first"]["stages_s"] and "relocate" not in runs["suffix_first"]["stages_s"]
-        assert runs["relocate_first"]["n_new"] == runs["suffix_first"]["n_new"] == runs["exact_first"]["n_new"] == 20_000
+        assert {runs[f"{v}_first"]["n_new"] for v in ("relocate", "exact", "suffix")} == {20_000}
         assert runs["relocate_daily"]["n_new"] == runs["suffix_daily"]["n_new"] == 200
     tight = summary["rows"][0]["first"]  # 2x16: 256 codes for 20k items, relocation has nowhere to go
     assert tight["suffix_counter_share"] > 0.9 and tight["counter_share"] > 0.9

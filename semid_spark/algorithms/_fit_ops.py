@@ -136,7 +136,8 @@ def assign(x: np.ndarray, centers: np.ndarray, rows: np.ndarray | None = None) -
     return labels, dists
 
 
-def center_sums(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def center_sums(x: np.ndarray, labels: np.ndarray, k: int,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums (k, d) float32 and counts (k,): the product of the transposed one-hot (n, k)
     matrix with x, which scipy runs as one sequential pass over the rows adding each into its cluster's
     sum (torch's ``index_add_``; the (k, n) product reads the rows cluster by cluster, 3x slower on 169k x
@@ -194,7 +195,8 @@ def reseed_empty(centers: np.ndarray, cluster_counts: np.ndarray, x: np.ndarray,
     return len(empty)
 
 
-def mean_rows(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def mean_rows(x: np.ndarray, labels: np.ndarray, k: int,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each cluster's mean row (zeros for an empty one) and the counts (of x[rows], where given)."""
     sums, cluster_counts = center_sums(x, labels, k, rows)
     return sums / np.maximum(cluster_counts, 1)[:, None].astype(np.float32), cluster_counts

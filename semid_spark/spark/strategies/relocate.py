@@ -150,8 +150,8 @@ def relocated_rows(encoded: DataFrame, written: DataFrame | None, sizes: Sequenc
     # _hot_placements); the others' participants and held codes go, by prefix, to one pandas call per bucket
     hot_prefixes = (per_code.groupBy(_PREFIX).agg(F.sum(_COUNT).alias(_COUNT))
                     .where(F.col(_COUNT) > hot_prefix_items(k)).select(_PREFIX))  # few: each holds > 32 K items
-    any_hot = True
-    if n_new:
+    any_hot = n_new == 0 or n_new > hot_prefix_items(k)  # no prefix holds more new items than the run has
+    if any_hot and n_new:
         with clock():
             hot_prefixes = hot_prefixes.localCheckpoint(eager=True)
             any_hot = bool(hot_prefixes.take(1))
