@@ -102,16 +102,16 @@ class _Scorer:
             self.buffer = np.empty(rows * len(centers), dtype=np.float32)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:  # (b, d) -> (b, k), valid until the next call
-        rows = self.rows[: len(block)]
-        rows[:, :-1] = block
-        scores = self.buffer[: len(block) * self.weights.shape[1]].reshape(len(block), -1)
-        return np.matmul(rows, self.weights, out=scores)
+        self.rows[: len(block), :-1] = block
+        return self._scores(len(block))
 
     def gathered(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:  # ``self(x[index])``, no (b, d) copy
-        rows = self.rows[: len(index)]
-        np.take(x, index, axis=0, out=rows[:, :-1], mode="clip")  # "clip": unbuffered (the index is valid)
-        scores = self.buffer[: len(index) * self.weights.shape[1]].reshape(len(index), -1)
-        return np.matmul(rows, self.weights, out=scores)
+        np.take(x, index, axis=0, out=self.rows[: len(index), :-1], mode="clip")  # "clip": unbuffered (valid index)
+        return self._scores(len(index))
+
+    def _scores(self, n: int) -> np.ndarray:  # the first n rows' scores, from the row buffer
+        out = self.buffer[: n * self.weights.shape[1]].reshape(n, -1)
+        return np.matmul(self.rows[:n], self.weights, out=out)
 
 
 def assign(x: np.ndarray, centers: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -74,19 +74,11 @@ def nearest_codes(
     precomputed it once per model; scaling by a power of two is exact, so the scores are those
     of ``-2 * (residual @ codebook.T)`` without a pass over them.
     """
-    return scored_nearest_codes(residual, codebook, code_sq_norms, minus_2_codebook_t, offsets)[0]
-
-
-def scored_nearest_codes(
-    residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray, minus_2_codebook_t: np.ndarray | None = None,
-    offsets: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:  # -> codes (n,) int64, the float32 scores (n, k) they were chosen by
-    """``nearest_codes``, and the scores (``||c||^2 + p - 2 r.c``, float32) it chose them by."""
     if minus_2_codebook_t is None:
         minus_2_codebook_t = scaled_transpose(codebook)
     scores = residual @ minus_2_codebook_t  # (n, k)
     scores += code_sq_norms
-    return decided_codes(scores, residual, codebook, code_sq_norms, offsets), scores
+    return decided_codes(scores, residual, codebook, code_sq_norms, offsets)
 
 
 def decided_codes(scores: np.ndarray, residual: np.ndarray, codebook: np.ndarray, code_sq_norms: np.ndarray,

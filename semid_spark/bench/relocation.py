@@ -69,7 +69,7 @@ def job_seconds(run: dict) -> float:
 
 
 def first_run_bound(shape: str) -> float:
-    return 1.05 if int(shape.replace("x", "/").split("/")[-1]) >= LARGE_K else 1.20
+    return 1.05 if parse_shape(shape)[-1] >= LARGE_K else 1.20
 
 
 def one_size(n: int, shapes: list[list[int]], work: str, cores: int, *, n_topics: int, noise: float,

@@ -191,25 +191,34 @@ def test_many_new_items_with_few_colliding_codes_shuffle_no_row_that_collides_wi
     assert len(exchanges[1199]) < len(exchanges[0]), exchanges
 
 
-@pytest.mark.parametrize("hot_factor", [0, 1, 32])  # every prefix hot, the crowded ones, none (the default)
-def test_hot_prefixes_pruned_in_spark_relocate_as_the_others_do(spark, relocated_run, monkeypatch, hot_factor):
-    """A prefix over HOT_PREFIX_FACTOR x K new items has its edges exploded and pruned by windows; the
-    others are solved in one cogrouped pandas call per bucket: both give relocate_codes' codes."""
+def relocated_in_spark(spark, relocated_run, **solver) -> list:
+    """The job's relocation (``relocated_rows``, a first run) of the fixture's first 1,200 items, from
+    their codes and candidates, as collected rows."""
     from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES
     from semid_spark.spark.ranking import with_code_key
     from semid_spark.spark.strategies import relocate as strategy
     from semid_spark.uniqueness.relocate import last_level_candidates
 
     _, _, _, keys, x, model = relocated_run
-    monkeypatch.setattr(strategy, "HOT_PREFIX_FACTOR", hot_factor)
     codes = model.encode(x[:1200])
     cand, dist = last_level_candidates(model, x[:1200], codes, 16)
     encoded = spark.createDataFrame(
         [(k, c.tolist(), a.tolist(), d.tolist()) for k, c, a, d in zip(keys[:1200], codes, cand, dist)],
         f"item_id string, {CODES} array<int>, {CANDIDATES} array<int>, {DISTANCES} array<float>")
     sizes = [4, 4, 16]
-    rows = strategy.relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col="item_id", n_new=1200, hot=[],
-                                   hot_code_rows=1_000_000).collect()
+    return strategy.relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col="item_id", n_new=1200, hot=[],
+                                   hot_code_rows=1_000_000, **solver).collect()
+
+
+@pytest.mark.parametrize("hot_factor", [0, 1, 32])  # every prefix hot, the crowded ones, none (the default)
+def test_hot_prefixes_pruned_in_spark_relocate_as_the_others_do(spark, relocated_run, monkeypatch, hot_factor):
+    """A prefix over HOT_PREFIX_FACTOR x K new items has its edges exploded and pruned by windows; the
+    others are solved in one cogrouped pandas call per bucket: both give relocate_codes' codes."""
+    from semid_spark.spark.strategies import relocate as strategy
+
+    _, _, _, keys, x, model = relocated_run
+    monkeypatch.setattr(strategy, "HOT_PREFIX_FACTOR", hot_factor)
+    rows = relocated_in_spark(spark, relocated_run)
     expected = relocate_codes(model, x[:1200], keys=keys[:1200])
     got = {r.item_id: list(r.codes) for r in rows}
     assert [got[k] for k in keys[:1200]] == expected.codes.tolist()
@@ -222,21 +231,11 @@ def test_the_exact_solver_in_spark_gives_relocate_codes_exact_answer(spark, relo
     """uniqueness.relocate_solver: exact reaches both of the job's placement paths (hot prefixes pruned in
     Spark, the others per bucket) and gives relocate_codes(solver="exact")'s codes, which here differ
     from greedy's (crowded prefixes, 16 codes)."""
-    from semid_spark.delta.schema import CANDIDATES, CODES, DISTANCES
-    from semid_spark.spark.ranking import with_code_key
     from semid_spark.spark.strategies import relocate as strategy
-    from semid_spark.uniqueness.relocate import last_level_candidates
 
     _, _, _, keys, x, model = relocated_run
     monkeypatch.setattr(strategy, "HOT_PREFIX_FACTOR", hot_factor)
-    codes = model.encode(x[:1200])
-    cand, dist = last_level_candidates(model, x[:1200], codes, 16)
-    encoded = spark.createDataFrame(
-        [(k, c.tolist(), a.tolist(), d.tolist()) for k, c, a, d in zip(keys[:1200], codes, cand, dist)],
-        f"item_id string, {CODES} array<int>, {CANDIDATES} array<int>, {DISTANCES} array<float>")
-    sizes = [4, 4, 16]
-    rows = strategy.relocated_rows(with_code_key(encoded, sizes), None, sizes, key_col="item_id", n_new=1200, hot=[],
-                                   hot_code_rows=1_000_000, solver="exact").collect()
+    rows = relocated_in_spark(spark, relocated_run, solver="exact")
     exact = relocate_codes(model, x[:1200], keys=keys[:1200], solver="exact")
     greedy = relocate_codes(model, x[:1200], keys=keys[:1200])
     got = {r.item_id: list(r.codes) for r in rows}
